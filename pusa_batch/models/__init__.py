@@ -1,0 +1,1 @@
+"""Pusa model families: real architectures, real loaders, tiny twins."""
