@@ -1,0 +1,86 @@
+"""Typed errors. The CLI turns each into one `Error: ...` line and an exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PusaBatchError(Exception):
+    """Base class for every error a user can act on."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One problem found in one manifest row (row is 1-based, as a user counts data rows)."""
+
+    row: int
+    id: str | None
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        who = f"row {self.row}" + (f" (id {self.id})" if self.id else "")
+        return f"{who}, column '{self.column}': {self.message}"
+
+
+class ManifestError(PusaBatchError):
+    """The manifest cannot be used. Carries every bad row found, not only the first."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[RowProblem] | None = None):
+        self.problems = list(problems or [])
+        super().__init__(message)
+
+
+class TaskError(PusaBatchError):
+    """A conditioning request that a task cannot honour (bad positions, counts, multipliers)."""
+
+    exit_code = 2
+
+    def __init__(self, column: str, message: str):
+        self.column = column
+        self.message = message
+        super().__init__(f"{column}: {message}")
+
+
+class InputMediaError(PusaBatchError):
+    """An input image or video is missing, unreadable or too short."""
+
+    exit_code = 2
+
+
+class PipelineError(PusaBatchError):
+    """A pipeline definition or its weights are wrong (missing files, keys, shapes)."""
+
+    exit_code = 2
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint's keys or shapes do not match the architecture."""
+
+
+class StoreError(PusaBatchError):
+    """The output root cannot be read or written."""
+
+
+class LeaseError(StoreError):
+    """Another live run holds the output root."""
+
+    exit_code = 3
+
+
+class ChangedItemsError(PusaBatchError):
+    """Items already done have a different fingerprint now; refusing to skip or overwrite them."""
+
+    exit_code = 2
+
+    def __init__(self, changed_ids: list[str]):
+        self.changed_ids = changed_ids
+        shown = ", ".join(changed_ids[:20]) + (" ..." if len(changed_ids) > 20 else "")
+        super().__init__(
+            f"{len(changed_ids)} item(s) already done have changed since they were generated: "
+            f"{shown}. Rerun with --regenerate-changed to replace them, or give them new ids."
+        )
