@@ -1,0 +1,282 @@
+"""Schedules, the frame-level Euler loop and the model-fn wrappers (torch only; no I/O).
+
+Convention: ``model_fn(x, sigma) -> v`` with ``x`` of shape (B, C, F, H, W), ``sigma`` of shape
+(B, F) holding each frame's own noise level (already multiplied by its conditioning multiplier),
+and ``v`` the flow velocity dx/dsigma (about ``noise - x0``). See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+Callback = Callable[[int, int, Tensor], None]
+
+# ---------------------------------------------------------------------------------------------
+# Schedules
+
+
+def shifted_sigmas(steps: int, shift: float = 5.0) -> Tensor:
+    """Pusa V1 / Wan: s = linspace(1, 0, N+1), sigma = shift*s / (1 + (shift-1)*s); last is 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    sigmas = shift * s / (1.0 + (shift - 1.0) * s)
+    sigmas[-1] = 0.0
+    return sigmas.float()
+
+
+def linear_quadratic_sigmas(
+    steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None
+) -> Tensor:
+    """Pusa V0.5 / Mochi (genmo's linear_quadratic_schedule), as sigmas from 1.0 down to 0.0.
+
+    Sigma falls linearly from 1 to ``1 - threshold_noise`` over ``linear_steps`` (default N//2)
+    steps, then quadratically to 0.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps == 1:
+        return torch.tensor([1.0, 0.0])
+    n_lin = steps // 2 if linear_steps is None else linear_steps
+    if not 0 < n_lin < steps:
+        raise ValueError(f"linear_steps must be in 1..{steps - 1}, got {n_lin}")
+    linear = [i * threshold_noise / n_lin for i in range(n_lin)]
+    diff = n_lin - threshold_noise * steps
+    n_quad = steps - n_lin
+    quad_coef = diff / (n_lin * n_quad**2)
+    lin_coef = threshold_noise / n_lin - 2 * diff / (n_quad**2)
+    const = quad_coef * n_lin**2
+    quadratic = [quad_coef * i**2 + lin_coef * i + const for i in range(n_lin, steps)]
+    return torch.tensor([1.0 - t for t in (*linear, *quadratic, 1.0)], dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning
+
+
+@dataclass(frozen=True, eq=False)
+class ConditioningSpec:
+    """Clean latents written at ``latent_index`` and their noise multipliers (0 = frozen).
+
+    ``clean`` has shape (B, C, n, H, W) with n == len(latent_index); B may be 1 (broadcast).
+    """
+
+    latent_index: tuple[int, ...]
+    clean: Tensor
+    multipliers: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.latent_index)
+        if self.clean.dim() != 5:
+            raise ValueError(f"clean must be (B, C, n, H, W), got shape {tuple(self.clean.shape)}")
+        if self.clean.shape[2] != n or len(self.multipliers) != n:
+            raise ValueError(
+                f"{n} latent indices, {self.clean.shape[2]} clean latents and "
+                f"{len(self.multipliers)} multipliers: give one of each per conditioned frame"
+            )
+        if len(set(self.latent_index)) != n:
+            raise ValueError(f"latent indices must be unique, got {self.latent_index}")
+        if any(not 0.0 <= m <= 1.0 for m in self.multipliers):
+            raise ValueError(f"multipliers must be within [0, 1], got {self.multipliers}")
+
+    def check_fits(self, num_frames_latent: int) -> None:
+        """Raise ValueError unless every index is in [0, F) and at least one frame stays free."""
+        bad = [i for i in self.latent_index if not 0 <= i < num_frames_latent]
+        if bad:
+            raise ValueError(f"latent indices {bad} outside 0..{num_frames_latent - 1}")
+        if len(self.latent_index) >= num_frames_latent:
+            raise ValueError(
+                f"all {num_frames_latent} latent frames are conditioned; leave at least one free"
+            )
+
+
+def frame_scale(num_frames_latent: int, spec: ConditioningSpec | None) -> Tensor:
+    """(F,) float32: 1 for free frames, the multiplier m for conditioned ones."""
+    scale = torch.ones(num_frames_latent)
+    if spec is not None:
+        spec.check_fits(num_frames_latent)
+        scale[list(spec.latent_index)] = torch.tensor(spec.multipliers, dtype=torch.float32)
+    return scale
+
+
+def initial_latents(noise: Tensor, sigmas: Tensor, spec: ConditioningSpec | None) -> Tensor:
+    """x = noise; conditioned frames get their clean latent, noised once with the same noise."""
+    x = noise.clone()
+    if spec is None:
+        return x
+    spec.check_fits(noise.shape[2])
+    clean = spec.clean.to(noise.dtype).expand(noise.shape[0], -1, -1, -1, -1)
+    if clean.shape[1:2] + clean.shape[3:] != noise.shape[1:2] + noise.shape[3:]:
+        raise ValueError(
+            f"clean latents {tuple(spec.clean.shape)} do not match noise {tuple(noise.shape)}"
+        )
+    sigma0 = float(sigmas[0])
+    for j, (f, m) in enumerate(zip(spec.latent_index, spec.multipliers)):
+        x[:, :, f] = clean[:, :, j]
+        if m > 0:
+            s = m * sigma0
+            x[:, :, f] = (1.0 - s) * clean[:, :, j] + s * noise[:, :, f]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler
+
+
+def sample(
+    model_fn: ModelFn,
+    noise: Tensor,
+    sigmas: Tensor,
+    cond: ConditioningSpec | None = None,
+    *,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Euler flow matching with one noise level per frame.
+
+    Frame f follows the trajectory ``scale_f * sigmas``; frames with multiplier 0 are returned
+    bit-identical to their clean latent. Conditioning is written once, never re-injected.
+    ``callback(step, total, x)`` runs after each step, with step counting 1..total.
+    """
+    if noise.dim() != 5:
+        raise ValueError(f"noise must be (B, C, F, H, W), got shape {tuple(noise.shape)}")
+    if sigmas.dim() != 1 or len(sigmas) < 2 or float(sigmas[-1]) != 0.0:
+        raise ValueError("sigmas must be 1-D with at least 2 entries, ending at 0")
+    batch, frames = noise.shape[0], noise.shape[2]
+    scale = frame_scale(frames, cond).to(noise.device)
+    frozen = (scale == 0).view(1, 1, frames, 1, 1)
+    sigmas = sigmas.to(device=noise.device, dtype=torch.float32)
+    x = initial_latents(noise, sigmas, cond)
+    total = len(sigmas) - 1
+    for k in range(total):
+        sigma_frames = (sigmas[k] * scale).expand(batch, frames)
+        v = model_fn(x, sigma_frames)
+        if v.shape != x.shape:
+            raise ValueError(f"model_fn returned shape {tuple(v.shape)}, expected {tuple(x.shape)}")
+        step = (scale * (sigmas[k + 1] - sigmas[k])).view(1, 1, frames, 1, 1)
+        x = torch.where(frozen, x, x + v.to(x.dtype) * step)
+        if callback is not None:
+            callback(k + 1, total, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Model-fn wrappers
+
+Context = Tensor | tuple[Tensor, ...]
+ModelCall = Callable[[Tensor, Tensor, Context], Tensor]
+
+
+def _pad_to(t: Tensor, length: int) -> Tensor:
+    if t.dim() < 2 or t.shape[1] == length:
+        return t
+    pad = t.new_zeros((t.shape[0], length - t.shape[1], *t.shape[2:]))
+    return torch.cat([t, pad], dim=1)
+
+
+def _cat_contexts(pos: Context, neg: Context, batch: int) -> Context:
+    """Concatenate two contexts along batch, expanding batch-1 ones and zero-padding dim 1."""
+    if isinstance(pos, Tensor):
+        pos_t, neg_t = pos.expand(batch, *pos.shape[1:]), neg.expand(batch, *neg.shape[1:])
+        length = max(pos_t.shape[1], neg_t.shape[1]) if pos_t.dim() >= 2 else 0
+        return torch.cat([_pad_to(pos_t, length), _pad_to(neg_t, length)], dim=0)
+    if len(pos) != len(neg):
+        raise ValueError("positive and negative contexts must have the same parts")
+    return tuple(_cat_contexts(p, n, batch) for p, n in zip(pos, neg))
+
+
+def guided(
+    model_call: ModelCall,
+    positive: Context,
+    negative: Context | None,
+    scale: float,
+    *,
+    batched: bool = False,
+) -> ModelFn:
+    """Classifier-free guidance: v = neg + scale * (pos - neg); scale 1 runs only the positive pass.
+
+    ``batched=True`` runs one pass on the doubled batch. Contexts (a tensor or a tuple of tensors,
+    batch first) are then expanded from batch 1 and zero-padded along dim 1 to the longer one.
+    Zero padding is exact for Wan (umT5 embeddings are zero past the real tokens, padded to 512
+    anyway) and for masks (False); for a model whose padding is not zeros, use two passes.
+    """
+    if scale == 1.0:
+        return lambda x, sigma: model_call(x, sigma, positive)
+    if negative is None:
+        raise ValueError(f"guidance scale {scale} needs a negative context")
+
+    def two_pass(x: Tensor, sigma: Tensor) -> Tensor:
+        pos = model_call(x, sigma, positive)
+        neg = model_call(x, sigma, negative)
+        return neg + scale * (pos - neg)
+
+    def one_pass(x: Tensor, sigma: Tensor) -> Tensor:
+        context = _cat_contexts(positive, negative, x.shape[0])
+        v = model_call(torch.cat([x, x]), torch.cat([sigma, sigma]), context)
+        pos, neg = v.chunk(2)
+        return neg + scale * (pos - neg)
+
+    return one_pass if batched else two_pass
+
+
+def wan_timesteps(sigma_frames: Tensor) -> Tensor:
+    """Pusa V1's DiT timesteps: 1000*sigma truncated to an integer, then rounded to bf16.
+
+    E.g. 993.2 -> 993 -> 992.0. Returned as float32 of the same shape.
+    """
+    return (sigma_frames.float() * 1000.0).long().to(torch.bfloat16).float()
+
+
+def expert_switch(high_fn: ModelFn, low_fn: ModelFn, boundary: float = 0.875) -> ModelFn:
+    """Wan2.2: the high-noise expert while the step's un-multiplied t >= boundary*1000, else low.
+
+    The step sigma is the max over frames (at least one frame is always free), so conditioned
+    frames never change the choice: one expert per step for all frames.
+    """
+
+    def model_fn(x: Tensor, sigma: Tensor) -> Tensor:
+        t = float(sigma.max()) * 1000.0
+        return high_fn(x, sigma) if t >= boundary * 1000.0 else low_fn(x, sigma)
+
+    return model_fn
+
+
+def flip_to_mochi(mochi_call: ModelFn, *, takes_time: bool = False) -> ModelFn:
+    """Adapt a Mochi-convention DiT (predicts ``x0 - noise``) to ``model_fn``: v = -pred.
+
+    genmo's DiT takes sigma and embeds ``1 - sigma`` itself; pass ``takes_time=True`` for a
+    DiT whose input is already Mochi's time ``t = 1 - sigma`` (1 = clean). Either way Pusa
+    V0.5's update ``z += (sigma - sigma_next) * pred`` is ``sample``'s Euler step.
+    """
+
+    def model_fn(x: Tensor, sigma: Tensor) -> Tensor:
+        return -mochi_call(x, 1.0 - sigma if takes_time else sigma)
+
+    return model_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise
+
+
+def make_noise(shape: Sequence[int], seed: int) -> Tensor:
+    """float32 noise from a fresh CPU generator: the same seed gives the same tensor anywhere."""
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+
+
+def stack_noise(shapes_and_seeds: Sequence[tuple[Sequence[int], int]]) -> Tensor:
+    """Concatenate each item's own noise along batch: item i never depends on its batch mates.
+
+    Each shape includes its batch axis (usually 1); all shapes must agree past it.
+    """
+    if not shapes_and_seeds:
+        raise ValueError("stack_noise needs at least one (shape, seed)")
+    tails = {tuple(shape[1:]) for shape, _ in shapes_and_seeds}
+    if len(tails) != 1:
+        raise ValueError(f"items in one micro-batch must share a latent shape, got {sorted(tails)}")
+    return torch.cat([make_noise(shape, seed) for shape, seed in shapes_and_seeds], dim=0)
