@@ -84,3 +84,7 @@ class ChangedItemsError(PusaBatchError):
             f"{len(changed_ids)} item(s) already done have changed since they were generated: "
             f"{shown}. Rerun with --regenerate-changed to replace them, or give them new ids."
         )
+
+
+class WorkerError(PusaBatchError):
+    """The run lost every Ray worker (none could start, or all crashed past their restarts)."""
