@@ -16,8 +16,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from pusa_batch.errors import PipelineError
 
 TINY_VERSION = "v1"
@@ -135,6 +133,8 @@ def _build_tokenizer():
 
 def _seeded(seed: int, build):
     """Build a module from a seeded RNG without touching the caller's global RNG."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build().eval()

@@ -1,0 +1,117 @@
+"""umT5 prompt encoding as Wan and Pusa do it, with a per-pipeline LRU cache of embeddings.
+
+Tokenize to `max_length` (512 for the real model), run the encoder with the attention mask and
+zero every position past the prompt's real length (Pusa's `wan_prompter`, diffusers'
+`_get_t5_prompt_embeds`). Embeddings are kept on the CPU in the cache and returned as
+`(1, max_length, d_model)` tensors.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+
+from pusa_batch.errors import PipelineError
+
+
+def clean_prompt(text: str) -> str:
+    """diffusers' Wan `prompt_clean` without ftfy: unescape HTML twice, collapse whitespace."""
+    text = html.unescape(html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class TextEncoder:
+    """Tokenizer + umT5 encoder, loaded once; `encode(prompt)` is cached by prompt text."""
+
+    def __init__(
+        self,
+        tokenizer,
+        model: torch.nn.Module,
+        *,
+        max_length: int,
+        device: torch.device,
+        out_dtype: torch.dtype,
+        cache_size: int = 256,
+    ):
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.max_length = max_length
+        self.device = device
+        self.out_dtype = out_dtype
+        self.cache_size = cache_size
+        self.calls = 0  # encoder forward passes actually run (cache misses)
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+
+    @classmethod
+    def load(
+        cls,
+        text_encoder_path: str | os.PathLike,
+        tokenizer_path: str | os.PathLike,
+        *,
+        max_length: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        cache_size: int = 256,
+    ) -> TextEncoder:
+        """Load a transformers `UMT5EncoderModel` folder and its tokenizer folder.
+
+        `device` is where the encoder runs (the CPU when the pipeline offloads it).
+        """
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_path))
+        except (OSError, ValueError) as e:
+            raise PipelineError(f"cannot load the tokenizer from {tokenizer_path}: {e}") from e
+        try:
+            model = UMT5EncoderModel.from_pretrained(os.fspath(text_encoder_path), dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise PipelineError(
+                f"cannot load the umT5 text encoder from {text_encoder_path}: {e}. It must be a "
+                "transformers folder (config.json + model*.safetensors)."
+            ) from e
+        return cls(
+            tokenizer,
+            model.to(device),
+            max_length=max_length,
+            device=device,
+            out_dtype=dtype,
+            cache_size=cache_size,
+        )
+
+    def encode(self, prompt: str) -> Tensor:
+        """(1, max_length, d_model) embeddings on the CPU, zero past the prompt's tokens."""
+        key = clean_prompt(prompt)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        emb = self._run(key)
+        if self.cache_size > 0:
+            self._cache[key] = emb
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return emb
+
+    @torch.inference_mode()
+    def _run(self, text: str) -> Tensor:
+        tokens = self.tokenizer(
+            [text],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        ids = tokens.input_ids.to(self.device)
+        mask = tokens.attention_mask.to(self.device)
+        self.calls += 1
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = hidden * mask[..., None].to(hidden.dtype)
+        return hidden.to(device="cpu", dtype=self.out_dtype)

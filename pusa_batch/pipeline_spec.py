@@ -1,0 +1,327 @@
+"""The TOML pipeline spec: which weights, which LoRAs, the item defaults and the run options.
+
+`load_pipeline_spec(path)` parses and validates a file once; the result is frozen. Every problem
+is a `PipelineError` naming the file and the key. Relative weight paths are resolved against the
+TOML file's folder and `~` is expanded. `pipelines/README.md` documents every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pusa_batch.errors import PipelineError
+from pusa_batch.models.tiny import TINY_VERSION
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+FAMILIES = ("wan2.1", "wan2.2")
+COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+ATTENTIONS = ("sdpa", "flash")
+IDLE_EXPERT = ("keep", "offload")
+LORA_KINDS = ("pusa", "lightx2v")
+EXPERTS = ("high", "low")
+TOP_KEYS = ("name", "family", "weights", "lora", "defaults", "options")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Values an item gets when its manifest row leaves the column empty."""
+
+    negative_prompt: str = ""
+    num_frames: int = 81
+    height: int = 720
+    width: int = 1280
+    fps: int = 25
+    seed: int = 0
+    steps: int = 30
+    guidance_scale: float = 3.0
+    shift: float = 5.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the pipeline runs. Only `IDENTITY_OPTIONS` can change the frames it makes."""
+
+    dtype: str = "auto"
+    device: str = "auto"
+    batched_cfg: bool = False
+    text_encoder_offload: bool = False
+    vae_tiling: bool = False
+    attention: str = "sdpa"
+    switch_boundary: float = 0.875
+    text_max_length: int = 512
+    idle_expert: str = "keep"
+    prompt_cache_size: int = 256
+
+
+IDENTITY_OPTIONS = ("dtype", "vae_tiling", "switch_boundary", "text_max_length")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: Path
+    alpha: float
+    kind: str = "pusa"
+    expert: str = "high"
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    """Resolved paths per component, or `tiny` = the kind of tiny twin to build and use."""
+
+    tiny: str | None = None
+    transformer: Path | None = None
+    transformer_2: Path | None = None
+    vae: Path | None = None
+    text_encoder: Path | None = None
+    tokenizer: Path | None = None
+
+    def components(self) -> dict[str, Path]:
+        return {c: getattr(self, c) for c in COMPONENTS if getattr(self, c) is not None}
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    family: str
+    source: Path
+    weights: WeightPaths
+    loras: tuple[LoraSpec, ...] = ()
+    defaults: Defaults = field(default_factory=Defaults)
+    options: Options = field(default_factory=Options)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 4
+
+    @property
+    def spatial_multiple(self) -> int:
+        return 16
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        return ("transformer", "transformer_2") if self.family == "wan2.2" else ("transformer",)
+
+    def check_weights(self) -> None:
+        """Raise `PipelineError` naming every weight or LoRA path that does not exist."""
+        comps = self.weights.components().items()
+        missing = [f"weights.{c} = {p}" for c, p in comps if not p.exists()]
+        missing += [f"lora.path = {lo.path}" for lo in self.loras if not lo.path.exists()]
+        if missing:
+            raise PipelineError(
+                f"{self.source}: weight files not found: {'; '.join(missing)}. Download them "
+                "there or edit the paths (relative paths start at the TOML file's folder)."
+            )
+
+    def identity(self) -> str:
+        """Stable hash of what decides the frames: family, weight files (names and sizes, not
+        contents), LoRAs and alphas, and the options in `IDENTITY_OPTIONS`. Item defaults are
+        not part of it: they are resolved into each item, whose fingerprint covers them."""
+        if self.weights.tiny is not None:
+            weights: Any = f"tiny:{self.weights.tiny}-{TINY_VERSION}"
+        else:
+            self.check_weights()
+            weights = {c: _file_listing(p) for c, p in self.weights.components().items()}
+        loras = [[_file_listing(lo.path), lo.alpha, lo.kind, lo.expert] for lo in self.loras]
+        options = {k: getattr(self.options, k) for k in IDENTITY_OPTIONS}
+        if self.family != "wan2.2":
+            options.pop("switch_boundary")
+        blob = json.dumps(
+            {"family": self.family, "weights": weights, "loras": loras, "options": options},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _file_listing(path: Path) -> list[tuple[str, int]]:
+    """(name, size) of a file, or of every file under a folder (relative names, sorted)."""
+    if path.is_file():
+        return [(path.name, path.stat().st_size)]
+    return sorted(
+        (str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file()
+    )
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+class _Where:
+    """Names the file and key in every error."""
+
+    def __init__(self, source: Path):
+        self.source = source
+
+    def fail(self, key: str, message: str) -> PipelineError:
+        return PipelineError(f"{self.source}: {key}: {message}")
+
+    def table(self, raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"must be a table ([{key}]), got {type(value).__name__}")
+        return value
+
+    def no_unknown(self, raw: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+        unknown = sorted(set(raw) - set(allowed))
+        if unknown:
+            names = ", ".join(f"{prefix}{k}" for k in unknown)
+            raise self.fail(names, f"unknown key; allowed here: {', '.join(allowed)}")
+
+
+def load_pipeline_spec(path: str | os.PathLike) -> PipelineSpec:
+    """Read and validate a pipeline TOML file."""
+    source = Path(path).expanduser().resolve()
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PipelineError(f"{source}: pipeline file not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise PipelineError(f"{source}: not valid TOML ({e})") from e
+    return parse_pipeline_spec(raw, source)
+
+
+def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
+    where = _Where(source)
+    where.no_unknown(raw, TOP_KEYS, "")
+    family = raw.get("family")
+    if family not in FAMILIES:
+        raise where.fail("family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
+    name = raw.get("name", source.stem)
+    if not isinstance(name, str) or not name:
+        raise where.fail("name", "must be a non-empty string")
+    weights = _parse_weights(where, where.table(raw, "weights"), family, source.parent)
+    loras = _parse_loras(where, raw.get("lora", []), family, source.parent)
+    if weights.tiny is not None and loras:
+        raise where.fail("lora", "a tiny pipeline takes no LoRAs (its weights are random)")
+    defaults = _parse_dataclass(where, where.table(raw, "defaults"), Defaults, "defaults")
+    _check_defaults(where, defaults)
+    options = _parse_dataclass(where, where.table(raw, "options"), Options, "options")
+    _check_options(where, options)
+    return PipelineSpec(name, family, source, weights, loras, defaults, options)
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Path) -> WeightPaths:
+    allowed = ("tiny", "root", *COMPONENTS)
+    where.no_unknown(raw, allowed, "weights.")
+    for key, value in raw.items():
+        if not isinstance(value, str) or not value:
+            raise where.fail(f"weights.{key}", f"must be a non-empty string, got {value!r}")
+    if "tiny" in raw:
+        if raw["tiny"] != family:
+            raise where.fail(
+                "weights.tiny", f"must be {family!r} (the family), got {raw['tiny']!r}"
+            )
+        if len(raw) > 1:
+            raise where.fail("weights", "`tiny` uses generated weights: give no other weight keys")
+        return WeightPaths(tiny=family)
+    needed = [c for c in COMPONENTS if c != "transformer_2" or family == "wan2.2"]
+    if family != "wan2.2" and "transformer_2" in raw:
+        raise where.fail("weights.transformer_2", "only a wan2.2 pipeline has a second expert")
+    root = _resolve(base, raw["root"]) if "root" in raw else None
+    paths: dict[str, Path] = {}
+    for comp in needed:
+        if comp in raw:
+            paths[comp] = _resolve(base, raw[comp])
+        elif root is not None:
+            paths[comp] = root / comp
+        else:
+            raise where.fail(f"weights.{comp}", "missing: give it, or `root` (a diffusers folder)")
+    return WeightPaths(**paths)
+
+
+def _parse_loras(where: _Where, raw: Any, family: str, base: Path) -> tuple[LoraSpec, ...]:
+    if not isinstance(raw, list):
+        raise where.fail("lora", "must be an array of tables ([[lora]])")
+    out = []
+    for i, entry in enumerate(raw):
+        key = f"lora[{i}]"
+        if not isinstance(entry, Mapping):
+            raise where.fail(key, "must be a table with path and alpha")
+        where.no_unknown(entry, ("path", "alpha", "kind", "expert"), f"{key}.")
+        path, alpha = entry.get("path"), entry.get("alpha")
+        if not isinstance(path, str) or not path:
+            raise where.fail(f"{key}.path", "missing: the LoRA file (.pt or .safetensors)")
+        if not _is_number(alpha) or not 0 < alpha <= 10:
+            raise where.fail(f"{key}.alpha", f"must be a number in (0, 10], got {alpha!r}")
+        kind = entry.get("kind", "pusa")
+        if kind not in LORA_KINDS:
+            raise where.fail(f"{key}.kind", f"must be one of {', '.join(LORA_KINDS)}")
+        expert = entry.get("expert")
+        if family == "wan2.2" and expert not in EXPERTS:
+            raise where.fail(f"{key}.expert", 'wan2.2 LoRAs need expert = "high" or "low"')
+        if family != "wan2.2" and expert is not None:
+            raise where.fail(f"{key}.expert", "only wan2.2 pipelines have experts")
+        out.append(LoraSpec(_resolve(base, path), float(alpha), kind, expert or "high"))
+    return tuple(out)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_dataclass(where: _Where, raw: Mapping[str, Any], cls: type, prefix: str):
+    fields = asdict(cls())
+    where.no_unknown(raw, tuple(fields), f"{prefix}.")
+    values = {}
+    for key, value in raw.items():
+        want = type(fields[key])
+        ok = (
+            isinstance(value, want) and not (want is int and isinstance(value, bool))
+            if want is not float
+            else _is_number(value)
+        )
+        if not ok:
+            raise where.fail(f"{prefix}.{key}", f"must be {want.__name__}, got {value!r}")
+        values[key] = float(value) if want is float else value
+    return cls(**values)
+
+
+def _check_defaults(where: _Where, d: Defaults) -> None:
+    if d.num_frames < 5 or (d.num_frames - 1) % 4:
+        raise where.fail(
+            "defaults.num_frames", f"must be 4k+1 and >= 5 (81, 17...), got {d.num_frames}"
+        )
+    for key in ("height", "width"):
+        value = getattr(d, key)
+        if value < 16 or value % 16:
+            raise where.fail(f"defaults.{key}", f"must be a positive multiple of 16, got {value}")
+    checks = {
+        "fps": d.fps >= 1,
+        "steps": 1 <= d.steps <= 1000,
+        "seed": 0 <= d.seed < 2**32,
+        "guidance_scale": d.guidance_scale >= 1.0,
+        "shift": d.shift > 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise where.fail(f"defaults.{key}", f"out of range: {getattr(d, key)!r}")
+
+
+def _check_options(where: _Where, o: Options) -> None:
+    choices = {"dtype": DTYPES, "attention": ATTENTIONS, "idle_expert": IDLE_EXPERT}
+    for key, allowed in choices.items():
+        if getattr(o, key) not in allowed:
+            raise where.fail(f"options.{key}", f"must be one of {', '.join(allowed)}")
+    if o.device != "auto" and o.device.split(":")[0] not in ("cpu", "cuda"):
+        raise where.fail("options.device", f"must be auto, cpu, cuda or cuda:N, got {o.device!r}")
+    if not 0 < o.switch_boundary < 1:
+        raise where.fail("options.switch_boundary", "must be between 0 and 1 (0.875 for Wan2.2)")
+    if not 1 <= o.text_max_length <= 4096:
+        raise where.fail("options.text_max_length", "must be in 1..4096 (Wan uses 512)")
+    if o.prompt_cache_size < 0:
+        raise where.fail("options.prompt_cache_size", "must be >= 0")
