@@ -1,0 +1,290 @@
+"""Storage primitives under one output root: retries, atomic writes, listing, URL redaction.
+
+Every storage call of the store goes through `Root`, and every `Root` call goes through
+`with_retries`: transient failures (throttling, 5xx, resets, timeouts) are retried with
+exponential backoff and full jitter; permanent ones (permission, not found) are not.
+Writes are atomic per file: local files are written under `.tmp/` and renamed into place;
+object stores get one PUT (`pipe_file`), which makes the key visible all at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import posixpath
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pusa_batch.errors import StoreError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TMP_DIR = ".tmp"
+_PERMANENT = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    NotImplementedError,
+    ValueError,
+    TypeError,
+)
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+_TRANSIENT_ERRNO = {
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ECONNREFUSED,
+    errno.ETIMEDOUT,
+    errno.EAGAIN,
+    errno.EPIPE,
+}
+_TRANSIENT_WORDS = (
+    "slowdown",
+    "slow down",
+    "throttl",
+    "service unavailable",
+    "serviceunavailable",
+    "internalerror",
+    "internal error",
+    "requesttimeout",
+    "request timeout",
+    "too many requests",
+    "reduce your request rate",
+    "connection reset",
+    "timed out",
+)
+# Network errors of botocore / aiohttp, matched by name so this module imports neither.
+_TRANSIENT_CLASS_NAMES = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ClientPayloadError",
+    "ResponseStreamingError",
+    "IncompleteReadError",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying: throttling, 5xx, connection resets, timeouts."""
+    if isinstance(exc, _PERMANENT):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if type(exc).__name__ in _TRANSIENT_CLASS_NAMES:
+        return True
+    status = getattr(exc, "response", {}) or {}
+    if isinstance(status, dict):
+        code = status.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _TRANSIENT_STATUS:
+            return True
+    if isinstance(exc, OSError):
+        first = exc.args[0] if exc.args else None
+        if first in _TRANSIENT_STATUS or exc.errno in _TRANSIENT_ERRNO:
+            return True
+        text = str(exc).lower()
+        return any(word in text for word in _TRANSIENT_WORDS)
+    return False
+
+
+def with_retries(
+    fn: Callable[[], T],
+    attempts: int = 5,
+    base_delay: float = 0.2,
+    max_delay: float = 10.0,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    retryable: Callable[[BaseException], bool] = is_transient,
+) -> T:
+    """Call `fn` until it succeeds, retrying transient errors with full-jitter backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt >= attempts or not retryable(exc):
+                raise
+            delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+            log.debug("transient %s (attempt %d), retrying", type(exc).__name__, attempt)
+            sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 10.0
+
+    def run(self, fn: Callable[[], T]) -> T:
+        return with_retries(fn, self.attempts, self.base_delay, self.max_delay)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password and query values replaced by `***`."""
+    parts = urlsplit(url)
+    if not parts.scheme or len(parts.scheme) == 1:  # plain or Windows path
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(f"{kv.split('=', 1)[0]}=***" for kv in parts.query.split("&") if kv)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class Root:
+    """An fsspec filesystem plus a root path; every method takes a path relative to the root."""
+
+    def __init__(self, fs: Any, root: str, display_url: str, retry: RetryPolicy):
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.display_url = display_url
+        self.retry = retry
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        self.is_local = bool({"file", "local"} & set(protocols))
+        self._made_dirs: set[str] = set()
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if self.root else rel
+
+    def where(self, rel: str) -> str:
+        return f"{self.display_url.rstrip('/')}/{rel}"
+
+    def call(self, what: str, rel: str, fn: Callable[[], T]) -> T:
+        """Run one storage call with retries; missing/existing files pass through unchanged."""
+        try:
+            return self.retry.run(fn)
+        except (FileNotFoundError, FileExistsError):
+            raise
+        except PermissionError as exc:
+            raise StoreError(
+                f"permission denied to {what} {self.where(rel)}: check the credentials "
+                f"and the bucket or directory permissions ({type(exc).__name__})"
+            ) from exc
+        except Exception as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(
+                f"could not {what} {self.where(rel)} ({type(exc).__name__}: {exc}); "
+                "check that the output root is reachable and retry"
+            ) from exc
+
+    # reads
+    def read_bytes(self, rel: str) -> bytes:
+        return self.call("read", rel, lambda: self.fs.cat_file(self.path(rel)))
+
+    def read_json(self, rel: str) -> dict | None:
+        """The parsed JSON file, or None if it does not exist."""
+        try:
+            data = self.read_bytes(rel)
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise StoreError(
+                f"{self.where(rel)} is not valid JSON ({exc}); delete it if it is a leftover"
+            ) from exc
+
+    def size(self, rel: str) -> int | None:
+        """Size in bytes, or None if the file does not exist."""
+        try:
+            info = self.call("stat", rel, lambda: self.fs.info(self.path(rel)))
+        except FileNotFoundError:
+            return None
+        return None if info.get("type") == "directory" else int(info["size"])
+
+    def list_names(self, rel_dir: str) -> list[str]:
+        """Base names of the files directly under a folder (empty if it does not exist)."""
+        path = self.path(rel_dir)
+
+        def listing() -> list[str]:
+            self.fs.invalidate_cache(path)  # other processes write here: never trust a cache
+            return self.fs.ls(path, detail=False)
+
+        try:
+            names = self.call("list", rel_dir, listing)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(n.rstrip("/")) for n in names)
+
+    def open_read(self, rel: str) -> Any:
+        return self.call("open", rel, lambda: self.fs.open(self.path(rel), "rb"))
+
+    def url(self, rel: str) -> str:
+        return self.fs.unstrip_protocol(self.path(rel))
+
+    # writes
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomically create or replace one file."""
+        if not self.is_local:
+            self.call("write", rel, lambda: self.fs.pipe_file(self.path(rel), data))
+            return
+        self._local_write(rel, data, publish=lambda tmp: self.fs.mv(tmp, self.path(rel)))
+
+    def create_exclusive(self, rel: str, data: bytes) -> None:
+        """Create a file only if it does not exist; raise FileExistsError otherwise."""
+        if self.is_local:  # a hard link fails if the target exists: atomic and exclusive
+            self._local_write(rel, data, publish=lambda tmp: self.fs.link(tmp, self.path(rel)))
+            return
+
+        def put() -> None:
+            with self.fs.open(self.path(rel), "xb") as handle:
+                handle.write(data)
+
+        try:
+            self.call("create", rel, put)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, (NotImplementedError, ValueError, TypeError)):
+                raise
+            # No exclusive create on this backend: check, then write; callers re-read a token.
+            if self.size(rel) is not None:
+                raise FileExistsError(self.where(rel)) from None
+            self.write_bytes(rel, data)
+
+    def _local_write(self, rel: str, data: bytes, publish: Callable[[str], None]) -> None:
+        self._makedirs(posixpath.dirname(rel))
+        self._makedirs(TMP_DIR)
+        tmp = self.path(f"{TMP_DIR}/{uuid.uuid4().hex}-{posixpath.basename(rel)}")
+        try:
+            self.call("write", rel, lambda: self.fs.pipe_file(tmp, data))
+            self.call("publish", rel, lambda: publish(tmp))
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm_file(tmp)
+
+    def _makedirs(self, rel_dir: str) -> None:
+        if rel_dir in self._made_dirs:
+            return
+        self.call("create folder", rel_dir, lambda: self.fs.makedirs(self.path(rel_dir), True))
+        self._made_dirs.add(rel_dir)
+
+    def delete(self, rel: str) -> None:
+        """Delete one file; a missing file is fine."""
+        try:
+            self.call("delete", rel, lambda: self.fs.rm_file(self.path(rel)))
+        except FileNotFoundError:
+            pass
+
+    def delete_many(self, rels: Iterable[str]) -> None:
+        rels = list(rels)
+        paths = [self.path(r) for r in rels]
+        if not paths:
+            return
+        if self.is_local:
+            for rel in rels:
+                self.delete(rel)
+            return
+        try:
+            self.call("delete", posixpath.dirname(rels[0]), lambda: self.fs.rm(paths))
+        except FileNotFoundError:
+            for rel in rels:
+                self.delete(rel)
