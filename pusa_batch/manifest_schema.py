@@ -1,0 +1,348 @@
+"""The manifest schema: columns, built-in defaults, cell parsing, paths, derived ids and `Item`.
+
+Pure data and small functions; the streaming loader and the validator live in `manifest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pusa_batch.errors import ManifestError
+
+# Column name -> kind. Order matters: it is the order of the derived-id hash.
+COLUMNS: dict[str, str] = {
+    "id": "text",
+    "task": "text",
+    "prompt": "text",
+    "negative_prompt": "text",
+    "image": "path",
+    "images": "paths",
+    "video": "path",
+    "video_b": "path",
+    "cond_frames": "ints",
+    "noise_multipliers": "floats",
+    "num_frames": "int",
+    "height": "int",
+    "width": "int",
+    "fps": "int",
+    "seed": "int",
+    "steps": "int",
+    "guidance_scale": "float",
+    "shift": "float",
+}
+REQUIRED_COLUMNS = ("task", "prompt")
+PATH_COLUMNS = ("image", "images", "video", "video_b")
+DEFAULTED_COLUMNS = (
+    "negative_prompt",
+    "num_frames",
+    "height",
+    "width",
+    "fps",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "shift",
+)
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+ID_PATTERN_TEXT = "1-128 characters from A-Z a-z 0-9 . _ -"
+SEED_MAX = 2**32 - 1
+
+# Used when no pipeline spec is given (`validate` without `--pipeline`): Pusa-Wan at 720p, the
+# same values as `pipeline_spec.Defaults()` (not imported: it would pull in torch).
+WAN_DEFAULTS: dict[str, Any] = {
+    "negative_prompt": "",
+    "num_frames": 81,
+    "height": 720,
+    "width": 1280,
+    "fps": 25,
+    "seed": 0,
+    "steps": 30,
+    "guidance_scale": 3.0,
+    "shift": 5.0,
+}
+WAN_TEMPORAL_FACTOR = 4
+WAN_SPATIAL_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the validator and the resolver need from a pipeline spec (or Wan's built-ins)."""
+
+    defaults: Mapping[str, Any]
+    temporal_factor: int
+    spatial_multiple: int
+
+
+def rules_from_spec(spec: Any | None) -> Rules:
+    """Duck-typed: any object with `.defaults`, `.temporal_factor`, `.spatial_multiple` works."""
+    if spec is None:
+        return Rules(dict(WAN_DEFAULTS), WAN_TEMPORAL_FACTOR, WAN_SPATIAL_MULTIPLE)
+    given = spec.defaults
+    defaults = {}
+    for name in DEFAULTED_COLUMNS:
+        value = given.get(name) if isinstance(given, Mapping) else getattr(given, name, None)
+        defaults[name] = WAN_DEFAULTS[name] if value is None else value
+    return Rules(defaults, int(spec.temporal_factor), int(spec.spatial_multiple))
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def is_empty(value: Any) -> bool:
+    """Empty cell: None, NaN, "" (after stripping), or an empty list/array."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return len(value) == 0
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_path_list(value: Any) -> tuple[str, ...]:
+    """`images` cell: a Parquet/JSON list, a JSON array string, or comma-separated paths."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not a valid JSON array ({e.msg}): {text!r}") from e
+            if not isinstance(items, list):
+                raise ValueError(f"expected a list of paths, got {text!r}")
+        else:
+            items = text.split(",")
+    else:
+        raise TypeError(f"expected a list of paths, got {value!r}")
+    if not all(isinstance(p, str) and p.strip() for p in items):
+        raise ValueError(f"every entry must be a non-empty path, got {value!r}")
+    return tuple(p.strip() for p in items)
+
+
+def resolve_path(base: str, path: str) -> str:
+    """Relative paths resolve against the manifest's folder; URLs and absolute paths stay."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    if "://" in base:
+        return base.rstrip("/") + "/" + path
+    return os.path.normpath(os.path.join(base, path))
+
+
+def manifest_folder(path: str) -> str:
+    if "://" in path:
+        return path.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(path))
+
+
+# --------------------------------------------------------------------------- derived ids
+
+
+def canonical_value(kind: str, value: Any) -> str:
+    """The text a normalised cell contributes to the derived-id hash (format-independent)."""
+    if kind in ("int",):
+        return str(int(value))
+    if kind == "float":
+        return repr(float(value))
+    if kind in ("ints", "floats", "paths"):
+        return json.dumps(list(value), separators=(",", ":"))
+    return str(value)
+
+
+def derived_ids(tasks: list[str], canon: list[str]) -> list[str]:
+    """`{task}-{sha1(canonical row)[:12]}`; `canon` holds each row's `col=value\\x1f` text."""
+    return [
+        f"{t}-{hashlib.sha1(c.encode('utf-8')).hexdigest()[:12]}"
+        for t, c in zip(tasks, canon, strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------- Item
+
+
+@dataclass(frozen=True)
+class Item:
+    """One resolved manifest row: paths absolute (or URLs), every default filled in."""
+
+    id: str
+    row: int
+    task: str
+    prompt: str
+    negative_prompt: str
+    image: str | None
+    images: tuple[str, ...]
+    video: str | None
+    video_b: str | None
+    cond_frames: tuple[int, ...] | None
+    noise_multipliers: tuple[float, ...] | None
+    num_frames: int
+    height: int
+    width: int
+    fps: int
+    seed: int
+    steps: int
+    guidance_scale: float
+    shift: float
+
+    def cost(self) -> int:
+        """Relative work (frames x pixels x steps): schedule the largest first."""
+        return self.num_frames * self.height * self.width * self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples become lists)."""
+        out = asdict(self)
+        for name in ("images", "cond_frames", "noise_multipliers"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Item:
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data]
+        unknown = [k for k in data if k not in names]
+        if missing or unknown:
+            raise ManifestError(
+                f"Cannot rebuild an Item: missing keys {missing}, unknown keys {unknown}. "
+                "Was it written by a different pusa-batch version?"
+            )
+        values = dict(data)
+        values["images"] = tuple(values["images"] or ())
+        for name, cast in (("cond_frames", int), ("noise_multipliers", float)):
+            if values[name] is not None:
+                values[name] = tuple(cast(v) for v in values[name])
+        for name in ("row", "num_frames", "height", "width", "fps", "seed", "steps"):
+            values[name] = int(values[name])
+        for name in ("guidance_scale", "shift"):
+            values[name] = float(values[name])
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------- vectorised columns
+
+
+@dataclass(frozen=True)
+class TextColumn:
+    values: np.ndarray  # object: str, or None for an empty cell
+    bad: np.ndarray  # bool: a cell that is not text
+
+
+@dataclass(frozen=True)
+class NumberColumn:
+    values: np.ndarray  # float64; NaN where empty or bad
+    empty: np.ndarray
+    bad: np.ndarray  # not a number, or not whole for an integer column
+
+
+def text_column(s: pd.Series, *, lower: bool = False, allow_numbers: bool = False) -> TextColumn:
+    n = len(s)
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        empty = s.isna().to_numpy()
+        if not allow_numbers:
+            return TextColumn(np.full(n, None, dtype=object), ~empty)
+        s = (
+            s.astype(object)
+            .where(~empty, None)
+            .map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+        )
+    values = s.astype(object).to_numpy(dtype=object, na_value=None)
+    is_str = (
+        np.ones(n, dtype=bool)
+        if pd.api.types.is_string_dtype(s.dtype) and not pd.api.types.is_object_dtype(s.dtype)
+        else np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=n)
+    )
+    present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+    bad = present & ~is_str
+    stripped = pd.Series(np.where(is_str, values, None), dtype=object).str.strip()
+    if lower:
+        stripped = stripped.str.lower()
+    out = stripped.to_numpy(dtype=object, copy=True)
+    out[(out == "") | bad] = None
+    out[pd.isna(out)] = None
+    return TextColumn(out, bad)
+
+
+def number_column(s: pd.Series, *, integer: bool) -> NumberColumn:
+    if pd.api.types.is_bool_dtype(s.dtype):
+        empty = s.isna().to_numpy()
+        return NumberColumn(np.full(len(s), np.nan), empty, ~empty)
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        values = s.to_numpy(dtype="float64", na_value=np.nan)
+        empty = np.isnan(values)
+        bad = np.zeros(len(s), dtype=bool)
+    else:
+        obj = s.astype(object)
+        empty = obj.map(is_empty).to_numpy(dtype=bool)
+        texts = obj.where(~empty, None).map(lambda v: v.strip() if isinstance(v, str) else v)
+        try:
+            values = pd.to_numeric(texts, errors="coerce").to_numpy(
+                dtype="float64", na_value=np.nan
+            )
+        except (TypeError, ValueError):  # lists or dicts among the cells
+            values = np.array([_to_float(v) for v in texts], dtype="float64")
+        bad = ~empty & np.isnan(values)
+    if integer:
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(values) & (np.floor(values) == values)
+        bad |= ~empty & ~whole
+    values = np.where(bad, np.nan, values)
+    return NumberColumn(values, empty, bad)
+
+
+def _to_float(value: Any) -> float:
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# --------------------------------------------------------------------------- duplicate ids
+
+
+class IdSet:
+    """8-byte id hashes with the row that first held them, in sorted runs merged like a binary
+    counter: about 16 bytes per row and O(log n) runs to search."""
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
+        """The earlier row holding each hash, 0 where unseen."""
+        out = np.zeros(len(hashes), dtype=np.int64)
+        for keys, rows in self._runs:
+            pos = np.minimum(np.searchsorted(keys, hashes), len(keys) - 1)
+            hit = keys[pos] == hashes
+            out = np.where(hit & (out == 0), rows[pos], out)
+        return out
+
+    def add(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        if len(hashes) == 0:
+            return
+        order = np.argsort(hashes, kind="stable")
+        self._runs.append((hashes[order], rows[order]))
+        while len(self._runs) > 1 and len(self._runs[-2][0]) <= len(self._runs[-1][0]):
+            k2, r2 = self._runs.pop()
+            k1, r1 = self._runs.pop()
+            keys, rows_ = np.concatenate([k1, k2]), np.concatenate([r1, r2])
+            order = np.argsort(keys, kind="stable")
+            self._runs.append((keys[order], rows_[order]))
+
+
+def hash_ids(ids: np.ndarray) -> np.ndarray:
+    return pd.util.hash_array(ids.astype(object), categorize=False)
