@@ -440,6 +440,7 @@ def decode_mochi_latents(vae, dit_latents: torch.Tensor) -> torch.Tensor:
     return video.permute(0, 2, 3, 4, 1)
 
 
+@torch.no_grad()
 def mochi_velocity(
     model: PusaMochiTransformer,
     x: torch.Tensor,
