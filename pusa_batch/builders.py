@@ -1,0 +1,686 @@
+"""Manifest builders: from a folder of images, from a prompt list, and parameter sweeps.
+
+Every builder streams rows into `write_manifest` (Parquet, CSV or JSONL by suffix), validates the
+result with the validator `run` uses, and returns a `BuildSummary`.
+
+Ids are deterministic and safe (``[A-Za-z0-9._-]``, at most 128 characters):
+- folder: the image's path relative to the folder, without extension, ``/`` joined as ``__``;
+  accents are transliterated (``café`` -> ``cafe``), other unsafe runs become ``_``, and a part
+  that lost characters (``猫``) gets an 8-hex hash of the original. Two images with the same stem
+  (``cat.png`` + ``cat.jpg``) are both kept, each with its extension in the id (``cat.png``,
+  ``cat.jpg``), and the summary notes it: adding ``cat.jpg`` later renames ``cat``.
+- prompts: ``p-{sha1(prompt)[:10]}-s{seed}``; the k-th repeat (k >= 1) of the same 10-hex prefix
+  is ``p-{hash}.{k}-s{seed}``. Appending prompts never changes earlier ids.
+- sweeps: ``{base_id}--{column}_{value}--...``; rows without an id keep none (the manifest derives
+  one from the row's content, which differs per grid point).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pusa_batch.errors import ManifestError, RowProblem
+from pusa_batch.manifest import iter_raw_chunks, manifest_format, validate_manifest
+from pusa_batch.manifest_schema import COLUMNS
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
+CHUNK_ROWS = 20_000
+MAX_ID = 128
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_ARROW = {
+    "text": pa.string(),
+    "path": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "ints": pa.list_(pa.int64()),
+    "floats": pa.list_(pa.float64()),
+    "paths": pa.list_(pa.string()),
+}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    source: str  # the file or "file:line" that produced no row
+    reason: str
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    out: str
+    rows: int
+    task_counts: Mapping[str, int]
+    skipped: tuple[Skipped, ...] = ()
+    notes: tuple[str, ...] = ()
+    validated: bool = False  # False when the builder was called with validate=False
+
+
+# --------------------------------------------------------------------------- ids and names
+
+
+def _hash(text: str, n: int = 8) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
+
+
+def safe_id(text: str) -> str:
+    """One id part: transliterated, unsafe runs to ``_``, hashed when characters were lost."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    base = "".join(c for c in decomposed if not unicodedata.combining(c))
+    ascii_text = base.encode("ascii", "ignore").decode("ascii")
+    safe = _UNSAFE.sub("_", ascii_text)
+    if len(ascii_text) < len(base) or not safe:
+        safe = f"{safe}-{_hash(text)}" if safe else _hash(text)
+    return cap_id(safe)
+
+
+def cap_id(text: str) -> str:
+    """Ids longer than 128 characters keep their head and end in a hash of the whole."""
+    if len(text) <= MAX_ID:
+        return text
+    return f"{text[: MAX_ID - 11]}-{_hash(text, 10)}"
+
+
+def vbench_name(prompt: str, index: int) -> str:
+    """VBench's ``{prompt}-{index}.mp4`` file name, kept verbatim whenever it is safe.
+
+    VBench matches videos by the exact prompt text, so only what POSIX and object stores cannot
+    hold is changed: ``/``, ``\\`` and control characters become ``_``. Names longer than 255
+    UTF-8 bytes (the usual file-name limit) keep the longest prefix that fits, cut on a character
+    boundary, followed by ``~`` and 8 hex of sha1(prompt), so distinct prompts stay distinct.
+    """
+    if not prompt.strip():
+        raise ValueError("vbench_name needs a non-empty prompt")
+    if index < 0:
+        raise ValueError(f"vbench index must be >= 0, got {index}")
+    stem = re.sub(r"[/\\\x00-\x1f\x7f]", "_", prompt)
+    tail = f"-{index}.mp4"
+    if len((stem + tail).encode("utf-8")) <= 255:
+        return stem + tail
+    tail = f"~{_hash(prompt)}{tail}"
+    budget = 255 - len(tail.encode("utf-8"))
+    cut = stem.encode("utf-8")[:budget].decode("utf-8", "ignore")
+    return cut + tail
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_format(path: str) -> str:
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in FORMATS:
+        raise ManifestError(f"{path}: cannot write this format; name it .parquet, .csv or .jsonl")
+    return FORMATS[suffix]
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays to Python values; NaN to None."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _as_list(value: Any) -> list:
+    if isinstance(value, str):
+        text = value.strip()
+        return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",")]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(number)
+
+
+def normalise_cell(kind: str | None, value: Any) -> Any:
+    """A cell in its manifest type (CSV text '10' -> 10, '[0.2,0.5]' -> list); raises ValueError."""
+    value = _plain(value)
+    if kind is None:
+        return value
+    if _is_missing(value) or (isinstance(value, list) and not value):
+        return None
+    if kind in ("text", "path"):
+        return str(value)
+    if kind == "int":
+        return _as_int(value)
+    if kind == "float":
+        return float(value)
+    cast = {"ints": _as_int, "floats": float, "paths": str}[kind]
+    try:
+        return [cast(v) for v in _as_list(value)]
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not a valid JSON array ({e.msg}): {value!r}") from e
+
+
+def _normalise_chunk(rows: list[dict], columns: list[str], first_row: int) -> list[dict]:
+    problems, out = [], []
+    for offset, row in enumerate(rows):
+        number = first_row + offset
+        extra = [k for k in row if k not in columns]
+        if extra:
+            problems.append(
+                RowProblem(number, row.get("id"), extra[0], "column not seen in the first rows")
+            )
+        clean = {}
+        for column in columns:
+            try:
+                clean[column] = normalise_cell(COLUMNS.get(column), row.get(column))
+            except (TypeError, ValueError) as e:
+                problems.append(RowProblem(number, row.get("id"), column, str(e)))
+        out.append(clean)
+    if problems:
+        raise ManifestError(f"{len(problems)} bad cell(s) while writing the manifest", problems)
+    return out
+
+
+def _arrow_schema(columns: list[str], rows: list[dict]) -> pa.Schema:
+    fields = []
+    for column in columns:
+        if column in COLUMNS:
+            kind = _ARROW[COLUMNS[column]]
+        else:
+            kind = pa.array([r.get(column) for r in rows]).type
+            kind = pa.string() if pa.types.is_null(kind) else kind
+        fields.append(pa.field(column, kind))
+    return pa.schema(fields)
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict, bool)):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class _Sink:
+    """Writes normalised chunks in one of the three formats to an open binary file."""
+
+    def __init__(self, fmt: str, f, columns: list[str], first_chunk: list[dict]):
+        self.fmt, self.columns = fmt, columns
+        if fmt == "parquet":
+            self.schema = _arrow_schema(columns, first_chunk)
+            self.writer = pq.ParquetWriter(f, self.schema)
+        else:
+            self.text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            if fmt == "csv":
+                self.csv = csv.writer(self.text)
+                self.csv.writerow(columns)
+
+    def write(self, rows: list[dict], first_row: int) -> None:
+        if self.fmt == "parquet":
+            try:
+                table = pa.Table.from_pylist(rows, schema=self.schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise ManifestError(
+                    f"rows {first_row}-{first_row + len(rows) - 1}: a column changes type "
+                    f"({e}); make each column hold one kind of value"
+                ) from e
+            self.writer.write_table(table)
+        elif self.fmt == "csv":
+            self.csv.writerows([_csv_cell(r[c]) for c in self.columns] for r in rows)
+        else:
+            self.text.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            self.writer.close()
+        else:
+            self.text.flush()
+            self.text.detach()
+
+
+def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    iterator = iter(rows)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def write_manifest(
+    rows: Iterable[dict],
+    out_path: str,
+    *,
+    columns: Sequence[str] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    storage_options: dict | None = None,
+) -> int:
+    """Stream rows to Parquet / CSV / JSONL (by suffix); returns the number of rows written.
+
+    Columns are ``columns`` or those of the first chunk. Known manifest columns get their typed
+    form (lists are Parquet list columns, JSON arrays in CSV). A local file is written to a
+    temporary name and renamed, so a failed build never leaves a half manifest behind.
+    """
+    fmt = _write_format(out_path)
+    out = str(out_path)
+    local = "://" not in out or out.startswith("file://")
+    target = out.removeprefix("file://") + f".tmp-{os.getpid()}" if local else out
+    if local:
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    count, sink = 0, None
+    try:
+        with fsspec.open(target, "wb", **(storage_options or {})) as f:
+            for chunk in _chunks(rows, chunk_rows):
+                if sink is None:
+                    names = (
+                        list(columns) if columns else list(dict.fromkeys(itertools.chain(*chunk)))
+                    )
+                    chunk = _normalise_chunk(chunk, names, 1)
+                    sink = _Sink(fmt, f, names, chunk)
+                else:
+                    chunk = _normalise_chunk(chunk, sink.columns, count + 1)
+                sink.write(chunk, count + 1)
+                count += len(chunk)
+            if sink is None:
+                sink = _Sink(fmt, f, list(columns or ("id", "task", "prompt")), [])
+            sink.close()
+        if local:
+            os.replace(target, out.removeprefix("file://"))
+    finally:
+        if local and os.path.exists(target):
+            os.remove(target)
+    return count
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_text(path: str):
+    return fsspec.open(str(path), "r", encoding="utf-8-sig", newline="")
+
+
+def iter_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """(1-based row number, row without its empty cells) from any manifest, streamed."""
+    number = 0
+    for df in iter_raw_chunks(str(path), CHUNK_ROWS):
+        for record in df.to_dict("records"):
+            number += 1
+            plain = {str(k): _plain(v) for k, v in record.items()}
+            yield number, {k: v for k, v in plain.items() if not _is_missing(v)}
+
+
+def _columns_of(path: str) -> list[str]:
+    """Every column of a manifest in first-seen order (JSONL rows may differ in their keys)."""
+    if manifest_format(path) == "parquet":
+        with fsspec.open(str(path), "rb") as f:
+            return list(pq.ParquetFile(f).schema_arrow.names)
+    seen: dict[str, None] = {}
+    for df in iter_raw_chunks(str(path), CHUNK_ROWS):
+        seen.update(dict.fromkeys(str(c).strip() for c in df.columns))
+    return list(seen)
+
+
+def _finish(out, rows: Iterable[dict], columns, skipped, notes, validate, spec) -> BuildSummary:
+    """Write, then check the result with the validator `run` uses (raises its ManifestError)."""
+    tasks: Counter[str] = Counter()
+
+    def counted() -> Iterator[dict]:
+        for row in rows:
+            tasks[str(row.get("task"))] += 1
+            yield row
+
+    count = write_manifest(counted(), out, columns=columns)
+    notes = list(notes)
+    if validate:
+        report = validate_manifest(str(out), spec, check_files=True)
+        report.raise_for_problems(str(out))
+        if report.unknown_columns:
+            notes.append(f"columns the manifest ignores: {', '.join(report.unknown_columns)}")
+    return BuildSummary(str(out), count, dict(tasks), tuple(skipped), tuple(notes), validate)
+
+
+def _check_defaults(defaults: Mapping[str, Any], owned: Sequence[str]) -> None:
+    clash = [k for k in defaults if k in owned]
+    if clash:
+        raise ManifestError(f"{', '.join(clash)} is set by the builder itself; remove it")
+
+
+# --------------------------------------------------------------------------- from_folder
+
+
+def _list_files(root: str, suffixes: tuple[str, ...]) -> tuple[dict[str, str], list[Skipped]]:
+    """{relative posix path: url or local path} of files with these suffixes; hidden ones skipped."""
+    fs, base = fsspec.core.url_to_fs(str(root))
+    if not fs.isdir(base):
+        raise ManifestError(f"{root}: not a folder (or it does not exist)")
+    found, hidden = {}, []
+    for path in sorted(fs.find(base)):
+        rel = path[len(base.rstrip("/")) :].lstrip("/")
+        if not rel.lower().endswith(suffixes):
+            continue
+        if any(part.startswith(".") for part in rel.split("/")):
+            hidden.append(Skipped(rel, "hidden file (name starts with '.')"))
+            continue
+        found[rel] = path if "://" not in str(root) else fs.unstrip_protocol(path)
+    return found, hidden
+
+
+def _stem(rel: str) -> str:
+    return os.path.splitext(rel)[0]
+
+
+def _path_id(rel: str) -> str:
+    return cap_id("__".join(safe_id(part) for part in rel.split("/")))
+
+
+def _image_cell(path: str, out: str) -> str:
+    """Relative to the manifest's folder when the image lies under it (portable), else absolute."""
+    if "://" in path or "://" in str(out):
+        return path
+    folder = os.path.dirname(os.path.abspath(out))
+    full = os.path.abspath(path)
+    return os.path.relpath(full, folder) if full.startswith(folder + os.sep) else full
+
+
+def _read_prompt(path: str) -> str | None:
+    try:
+        with _open_text(path) as f:
+            return f.read().strip() or None
+    except UnicodeDecodeError:
+        return None
+
+
+def from_folder(
+    images_dir: str,
+    out: str,
+    *,
+    prompts_dir: str | None = None,
+    task: str = "i2v",
+    strict: bool = False,
+    validate: bool = True,
+    spec: Any = None,
+    **defaults: Any,
+) -> BuildSummary:
+    """One row per image found recursively, its prompt read from the ``.txt`` of the same stem.
+
+    ``a/b/cat.png`` pairs with ``{prompts_dir}/a/b/cat.txt`` (or ``a/b/cat.txt`` beside it when
+    ``prompts_dir`` is None). Unpaired images and prompts, empty or non-UTF-8 prompt files are
+    skipped and listed in the summary; with ``strict`` they raise `ManifestError` instead.
+    ``defaults`` become columns of every row (``num_frames=81``, ``seed=0``, ...).
+    """
+    _check_defaults(defaults, ("id", "task", "prompt", "image"))
+    images, skipped = _list_files(images_dir, IMAGE_SUFFIXES)
+    prompt_root = images_dir if prompts_dir is None else prompts_dir
+    prompts, hidden = _list_files(prompt_root, (".txt",))
+    skipped += hidden if prompts_dir is not None else []
+    prompt_of = {_stem(rel): path for rel, path in prompts.items()}
+    by_stem: dict[str, list[str]] = {}
+    for rel in images:
+        by_stem.setdefault(_stem(rel), []).append(rel)
+
+    notes, planned = [], []
+    for stem in sorted(by_stem):
+        rels = sorted(by_stem[stem])
+        if len(rels) > 1:
+            notes.append(f"same stem {stem!r} for {', '.join(rels)}: ids keep the extension")
+        prompt_path = prompt_of.get(stem)
+        if prompt_path is None:
+            reason = f"no prompt file {stem}.txt in {prompt_root}"
+            skipped += [Skipped(rel, reason) for rel in rels]
+            continue
+        prompt = _read_prompt(prompt_path)
+        if prompt is None:
+            skipped += [
+                Skipped(rel, f"empty or non-UTF-8 prompt file {prompt_path}") for rel in rels
+            ]
+            continue
+        for rel in rels:
+            planned.append((_path_id(rel if len(rels) > 1 else stem), rel, prompt))
+    skipped += [
+        Skipped(rel, f"prompt without an image ({'/'.join(IMAGE_SUFFIXES)}) of the same stem")
+        for rel in sorted(prompts)
+        if _stem(rel) not in by_stem
+    ]
+    if strict and skipped:
+        listed = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:20])
+        more = f" (and {len(skipped) - 20} more)" if len(skipped) > 20 else ""
+        raise ManifestError(f"{len(skipped)} file(s) cannot be paired: {listed}{more}")
+
+    counts = Counter(item_id for item_id, _, _ in planned)
+    rows = [
+        {
+            "id": item_id if counts[item_id] == 1 else cap_id(f"{item_id}-{_hash(rel)}"),
+            "task": task,
+            "prompt": prompt,
+            "image": _image_cell(images[rel], out),
+            **defaults,
+        }
+        for item_id, rel, prompt in planned
+    ]
+    columns = ["id", "task", "prompt", "image", *defaults]
+    return _finish(out, rows, columns, skipped, notes, validate, spec)
+
+
+# --------------------------------------------------------------------------- from_prompts
+
+
+def _iter_txt(path: str) -> Iterator[tuple[int, dict]]:
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            text = line.strip()
+            if text and not text.startswith("#"):
+                yield number, {"prompt": text}
+
+
+def _iter_prompt_records(path: str) -> Iterator[tuple[int, dict]]:
+    if str(path).lower().endswith(".txt"):
+        return _iter_txt(path)
+    return iter_rows(path)  # .jsonl / .csv / .tsv / .parquet (and .gz), as manifests are read
+
+
+def _prompt_of(record: dict) -> str | None:
+    prompt = record.get("prompt")
+    return prompt.strip() if isinstance(prompt, str) and prompt.strip() else None
+
+
+def _repeated_prefixes(path: str) -> set[str]:
+    """10-hex prompt hashes that occur more than once (pass 1: 8 bytes of memory per prompt)."""
+    chunks, current = [], []
+    for _, record in _iter_prompt_records(path):
+        prompt = _prompt_of(record)
+        if prompt is not None:
+            current.append(int(_hash(prompt, 10), 16))
+            if len(current) >= CHUNK_ROWS:
+                chunks.append(np.array(current, dtype=np.uint64))
+                current = []
+    chunks.append(np.array(current, dtype=np.uint64))
+    values, counts = np.unique(np.concatenate(chunks), return_counts=True)
+    return {f"{int(v):010x}" for v in values[counts > 1]}
+
+
+def from_prompts(
+    path: str,
+    out: str,
+    *,
+    task: str = "t2v",
+    seeds_per_prompt: int = 1,
+    seed_start: int = 0,
+    validate: bool = True,
+    spec: Any = None,
+    **defaults: Any,
+) -> BuildSummary:
+    """One row per (prompt, seed) from a .txt (a prompt per line; blanks and ``#`` skipped),
+    a .jsonl (``{"prompt": ...}`` plus any manifest columns) or a .csv with a ``prompt`` column.
+
+    Seeds are ``seed_start .. seed_start + seeds_per_prompt - 1`` (a row's own ``seed`` replaces
+    ``seed_start``); a row's own ``id`` is kept (``{id}-s{seed}`` with several seeds). Streams:
+    two passes over the file, memory flat apart from 8 bytes per prompt.
+    """
+    if seeds_per_prompt < 1:
+        raise ManifestError(f"seeds_per_prompt must be >= 1, got {seeds_per_prompt}")
+    _check_defaults(defaults, ("id", "prompt"))
+    columns = ["id", "task", "prompt", "seed", *defaults]
+    if not str(path).lower().endswith(".txt"):
+        found = _columns_of(path)
+        if "prompt" not in found:
+            raise ManifestError(f"{path}: no 'prompt' column/key; found {found or 'none'}")
+        columns += [c for c in found if c not in columns]
+    repeated = _repeated_prefixes(path)
+    skipped: list[Skipped] = []
+
+    def rows() -> Iterator[dict]:
+        seen: Counter[str] = Counter()
+        for number, record in _iter_prompt_records(path):
+            prompt = _prompt_of(record)
+            if prompt is None:
+                skipped.append(Skipped(f"{path}:{number}", "empty prompt"))
+                continue
+            prefix = _hash(prompt, 10)
+            occurrence = ""
+            if prefix in repeated:
+                occurrence = f".{seen[prefix]}" if seen[prefix] else ""
+                seen[prefix] += 1
+            own_id = record.get("id")
+            first_seed = record.get("seed")
+            first_seed = seed_start if _is_missing(first_seed) else _as_int(first_seed)
+            base = {**defaults, **record, "prompt": prompt, "task": record.get("task") or task}
+            for k in range(seeds_per_prompt):
+                seed = first_seed + k
+                if _is_missing(own_id):
+                    item_id = f"p-{prefix}{occurrence}-s{seed}"
+                else:
+                    item_id = str(own_id) if seeds_per_prompt == 1 else f"{own_id}-s{seed}"
+                yield {**base, "id": item_id, "seed": seed}
+
+    return _finish(out, rows(), columns, skipped, (), validate, spec)
+
+
+# --------------------------------------------------------------------------- sweep
+
+_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
+
+
+def _parse_values(text: str) -> list:
+    try:
+        return json.loads(f"[{text}]")
+    except json.JSONDecodeError:
+        if any(c in text for c in '[]{}"'):
+            raise
+        # Bare words (task=i2v,t2v): each comma-separated item is JSON if it parses, else text.
+        out = []
+        for item in (part.strip() for part in text.split(",")):
+            try:
+                out.append(json.loads(item))
+            except json.JSONDecodeError:
+                out.append(item)
+        return out
+
+
+def parse_grid(spec: str) -> tuple[str, list]:
+    """``'steps=10,20,30'``, ``'seed=0..4'`` (inclusive) or ``'noise_multipliers=[0,0.2],[0.2,0.5]'``
+    (a comma-separated list of JSON values) -> (column, values)."""
+    column, sep, text = spec.partition("=")
+    column = column.strip()
+    if not sep or not column or not text.strip():
+        raise ManifestError(
+            f"grid {spec!r}: expected column=values, e.g. steps=10,20 or seed=0..4 or "
+            "noise_multipliers='[0,0.2],[0.2,0.5]'"
+        )
+    if column == "id":
+        raise ManifestError(f"grid {spec!r}: 'id' cannot be swept; ids are built from the grid")
+    if match := _RANGE.match(text):
+        low, high = int(match[1]), int(match[2])
+        if high < low:
+            raise ManifestError(f"grid {spec!r}: range {low}..{high} is empty; write low..high")
+        return column, list(range(low, high + 1))
+    try:
+        values = _parse_values(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"grid {spec!r}: values are not valid JSON ({e.msg})") from e
+    canon = [json.dumps(v, sort_keys=True) for v in values]
+    if len(set(canon)) != len(canon):
+        raise ManifestError(f"grid {spec!r}: repeated values would repeat ids; remove them")
+    return column, values
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "_".join(_value_text(v) for v in value) or "empty"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return safe_id(str(value))
+
+
+def _suffixes(column: str, values: list) -> list[str]:
+    """Id part per value, e.g. 'steps_10'; hashed when two values would read the same."""
+    texts = [_value_text(v) for v in values]
+    if len(set(texts)) != len(texts):
+        texts = [_hash(json.dumps(v, sort_keys=True)) for v in values]
+    return [f"{safe_id(column)}_{t}" for t in texts]
+
+
+def sweep(
+    base_manifest: str,
+    out: str,
+    grid: Mapping[str, Sequence],
+    *,
+    validate: bool = True,
+    spec: Any = None,
+) -> BuildSummary:
+    """Every base row repeated over the Cartesian product of ``grid`` (last column fastest).
+
+    Grid values replace the base row's own. New ids are ``{base_id}--{col}_{value}--...``
+    (safe, <= 128 characters, hashed tail when longer); rows without an id stay without one.
+    """
+    if not grid:
+        raise ManifestError("sweep needs at least one grid column, e.g. steps=10,20")
+    if "id" in grid:
+        raise ManifestError("'id' cannot be swept; ids are built from the grid")
+    names = list(grid)
+    values = [list(grid[c]) for c in names]
+    if any(not v for v in values):
+        empty = [c for c, v in zip(names, values, strict=True) if not v]
+        raise ManifestError(f"grid column(s) {', '.join(empty)} have no values")
+    suffixes = [_suffixes(c, v) for c, v in zip(names, values, strict=True)]
+    points = list(
+        zip(
+            itertools.product(*values),
+            ("--".join(parts) for parts in itertools.product(*suffixes)),
+            strict=True,
+        )
+    )
+    base_columns = _columns_of(base_manifest)
+    columns = list(dict.fromkeys(["id", *base_columns, *names]))
+
+    def rows() -> Iterator[dict]:
+        for _, row in iter_rows(base_manifest):
+            base_id = row.get("id")
+            for point, suffix in points:
+                new = {**row, **dict(zip(names, point, strict=True))}
+                new["id"] = None if _is_missing(base_id) else cap_id(f"{base_id}--{suffix}")
+                yield new
+
+    return _finish(out, rows(), columns, (), (), validate, spec)
