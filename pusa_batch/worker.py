@@ -1,0 +1,262 @@
+"""The actor side of the engine: one `Worker` per GPU (or CPU slot) holding one loaded pipeline.
+
+An item's life inside a worker is three stages, each guarded by its own lock so that calls running
+in the actor's threads form a pipeline: while item n+1 is sampled, item n is decoded, encoded and
+committed, and item n+2 is prepared. The driver bounds how many items an actor holds at once.
+
+Item errors never escape `run`: they come back as a result dict with `status="failed"`, so that a
+Ray error on the returned reference always means the actor process itself is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import ray
+
+from pusa_batch.store import Store
+
+OnStep = Callable[[int, int], None]
+
+
+class ItemRunner(Protocol):
+    """The unit of work a worker drives; `PipelineRunner` is the real one."""
+
+    def load(self) -> dict[str, Any]: ...
+
+    def prepare(self, item: dict[str, Any]) -> Any: ...
+
+    def sample(self, prepared: Any, on_step: OnStep) -> Any: ...
+
+    def finish(self, item: dict[str, Any], latents: Any) -> tuple[bytes, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    worker_id: str
+    output: str
+    storage_options: dict[str, Any]
+    torch_threads: int | None
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("pusa-batch", "torch", "diffusers", "ray"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return "cpu"
+
+
+def failure_info(exc: BaseException) -> dict[str, str]:
+    return {
+        "error_type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class WorkerCore:
+    """Plain-Python worker; `Worker` below is its Ray actor form."""
+
+    def __init__(self, make_runner: Callable[[], ItemRunner], settings: WorkerSettings):
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        self.settings = settings
+        self.store = Store(settings.output, settings.storage_options)
+        self._prepare_lock = threading.Lock()
+        self._sample_lock = threading.Lock()
+        self._finish_lock = threading.Lock()
+        self._progress: tuple[str | None, int, int] = (None, 0, 0)
+        self._busy_s = 0.0
+        self.load_error: dict[str, str] | None = None
+        started = time.perf_counter()
+        try:
+            self.runner = make_runner()
+            self.runner.load()
+        except Exception as exc:  # noqa: BLE001 - reported by `info`; the driver retires it
+            self.load_error = failure_info(exc)
+        self.load_s = time.perf_counter() - started
+        self.host = socket.gethostname()
+        self.node_id = _node_id()
+        self.device = device_name()
+        self.versions = versions()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "worker": self.settings.worker_id,
+            "pid": os.getpid(),
+            "host": self.host,
+            "node_id": self.node_id,
+            "device": self.device,
+            "load_s": self.load_s,
+            "error": self.load_error,
+        }
+
+    def progress(self) -> dict[str, Any]:
+        item, step, steps = self._progress
+        return {"item": item, "step": step, "steps": steps, "busy_s": self._busy_s}
+
+    def run(self, task: dict[str, Any]) -> dict[str, Any]:
+        """Prepare, sample, decode, encode and commit one item; never raises for item errors.
+
+        `task` holds `item` (the item's dict), `fingerprint`, `attempt` (1-based) and
+        `queued_at` (driver wall clock when it was sent).
+        """
+        item, attempt = task["item"], task["attempt"]
+        timings: dict[str, float] = {}
+        stage = "prepare"
+        try:
+            with self._prepare_lock:
+                timings["queue"] = max(0.0, time.time() - task["queued_at"])
+                t0 = time.perf_counter()
+                prepared = self.runner.prepare(item)
+                timings["prepare"] = time.perf_counter() - t0
+            stage = "sample"
+            latents = self._sample(item["id"], prepared, timings)
+            del prepared
+            stage = "finish"
+            with self._finish_lock:
+                t0 = time.perf_counter()
+                video, meta = self.runner.finish(item, latents)
+                del latents
+                timings.update(meta.pop("timings", {}))
+                timings.setdefault("finish", time.perf_counter() - t0)
+                stage = "write"
+                meta = self._metadata(task, meta, timings)
+                t0 = time.perf_counter()
+                self.store.commit(item["id"], video, meta)
+                timings["write"] = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - an item error is data, not a worker crash
+            return {
+                "id": item["id"],
+                "status": "failed",
+                "stage": stage,
+                "attempt": attempt,
+                "worker": self.settings.worker_id,
+                "node": self.host,
+                "timings": timings,
+                **failure_info(exc),
+            }
+        return {
+            "id": item["id"],
+            "status": "done",
+            "attempt": attempt,
+            "worker": self.settings.worker_id,
+            "node": self.host,
+            "timings": timings,
+        }
+
+    def _sample(self, item_id: str, prepared: Any, timings: dict[str, float]) -> Any:
+        with self._sample_lock:
+            self._progress = (item_id, 0, 0)
+            t0 = time.perf_counter()
+            try:
+
+                def on_step(step: int, steps: int) -> None:
+                    self._progress = (item_id, step, steps)
+
+                return self.runner.sample(prepared, on_step)
+            finally:
+                timings["sample"] = time.perf_counter() - t0
+                self._busy_s += timings["sample"]
+                self._progress = (None, 0, 0)
+
+    def _metadata(
+        self, task: dict[str, Any], meta: dict[str, Any], timings: dict[str, float]
+    ) -> dict[str, Any]:
+        return {
+            "item": task["item"],
+            "fingerprint": task["fingerprint"],
+            **meta,
+            "status": "done",
+            "attempts": task["attempt"],
+            "worker": self.settings.worker_id,
+            "node": self.host,
+            "node_id": self.node_id,
+            "device": self.device,
+            "versions": self.versions,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+        }
+
+
+class PipelineRunner:
+    """The real `ItemRunner`: a `Pipeline` loaded once from a pipeline TOML file."""
+
+    def __init__(self, pipeline_path: str):
+        self.pipeline_path = pipeline_path
+
+    def load(self) -> dict[str, Any]:
+        from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+
+        self.spec = load_pipeline_spec(self.pipeline_path)
+        self.pipeline = Pipeline.load(self.spec)
+        return {"pipeline": self.spec.name, "identity": self.spec.identity()}
+
+    def prepare(self, item: dict[str, Any]) -> Any:
+        from pusa_batch.manifest import Item
+
+        return self.pipeline.prepare(Item.from_dict(item))
+
+    def sample(self, prepared: Any, on_step: OnStep) -> Any:
+        return self.pipeline.sample(prepared, callback=lambda step, total, x: on_step(step, total))
+
+    def finish(self, item: dict[str, Any], latents: Any) -> tuple[bytes, dict[str, Any]]:
+        from pusa_batch.manifest import Item
+        from pusa_batch.video import encode_mp4
+
+        t0 = time.perf_counter()
+        frames = self.pipeline.decode(latents)
+        t1 = time.perf_counter()
+        video = encode_mp4(frames, item["fps"])
+        t2 = time.perf_counter()
+        meta = {
+            "pipeline": {"name": self.spec.name, "identity": self.spec.identity()},
+            "conditioning": self.pipeline.conditioning_metadata(Item.from_dict(item)),
+            "frames": int(frames.shape[0]),
+            "timings": {"decode": t1 - t0, "encode": t2 - t1},
+        }
+        return video, meta
+
+
+def _node_id() -> str | None:
+    if not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(concurrency_groups={"control": 2})
+class Worker(WorkerCore):
+    """`WorkerCore` as an actor; `info`, `progress` and `pid` answer while items run."""
+
+    @ray.method(concurrency_group="control")
+    def info(self) -> dict[str, Any]:
+        return WorkerCore.info(self)
+
+    @ray.method(concurrency_group="control")
+    def progress(self) -> dict[str, Any]:
+        return WorkerCore.progress(self)
+
+    @ray.method(concurrency_group="control")
+    def pid(self) -> int:
+        return os.getpid()
