@@ -113,5 +113,5 @@ class TextEncoder:
         mask = tokens.attention_mask.to(self.device)
         self.calls += 1
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        hidden = hidden * mask[..., None].to(hidden.dtype)
+        hidden = hidden.masked_fill(mask[..., None] == 0, 0.0)
         return hidden.to(device="cpu", dtype=self.out_dtype)

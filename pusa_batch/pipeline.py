@@ -1,0 +1,334 @@
+"""`Pipeline`: one loaded set of Wan weights that turns an `Item` into frames.
+
+Load once (text encoder, VAE, transformer(s), LoRAs merged once on fresh weights), then for each
+item: `prepare` (CPU-side work: media, prompts, conditioning latents, seeded noise), `sample`
+(the frame-level Euler loop around the transformer) and `decode` (VAE to uint8 frames). The three
+may run in different threads at once (the worker overlaps items): the VAE and the text encoder
+are guarded by locks, the transformer is only used by `sample`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pusa_batch import sampler, video
+from pusa_batch.errors import PipelineError
+from pusa_batch.models.loading import load_wan_transformer
+from pusa_batch.models.text import TextEncoder
+from pusa_batch.models.tiny import ensure_tiny_model
+from pusa_batch.pipeline_spec import PipelineSpec, load_pipeline_spec
+from pusa_batch.tasks import CondPlan, conditioning_video_layout, plan_conditioning
+
+__all__ = ["Pipeline", "PipelineSpec", "Prepared", "load_pipeline_spec"]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA and fp32 on the CPU (CPU bf16 matmuls are slow and lossy)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Everything `sample` needs for one item, on the CPU."""
+
+    item_id: str
+    noise: Tensor  # (1, 16, F, H/8, W/8) float32, from the item's seed
+    positive: Tensor  # (1, L, text_dim)
+    negative: Tensor | None  # None when guidance_scale == 1
+    cond: sampler.ConditioningSpec | None
+    sigmas: Tensor  # (steps + 1,)
+    guidance_scale: float
+
+
+class Pipeline:
+    """A loaded pipeline. Build it with `Pipeline.load(spec)`."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        text: TextEncoder,
+        vae: torch.nn.Module,
+        experts: dict[str, torch.nn.Module],
+        storage_options: dict | None = None,
+    ):
+        self.spec = spec
+        self.storage_options = storage_options
+        self.device = device
+        self.dtype = dtype
+        self.text = text
+        self.vae = vae
+        self.experts = experts
+        self._text_lock = threading.Lock()
+        self._vae_lock = threading.Lock()
+        vae_cfg = vae.config
+        self._latents_mean = torch.tensor(vae_cfg.latents_mean).view(1, -1, 1, 1, 1)
+        self._latents_std = torch.tensor(vae_cfg.latents_std).view(1, -1, 1, 1, 1)
+        self.z_dim = int(vae_cfg.z_dim)
+
+    # ------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls,
+        spec: PipelineSpec,
+        device: str | torch.device | None = None,
+        *,
+        storage_options: dict | None = None,
+    ) -> Pipeline:
+        """Load every component once; `storage_options` are fsspec's, for remote input media."""
+        dev = resolve_device(device if device is not None else spec.options.device)
+        dtype = resolve_dtype(spec.options.dtype, dev)
+        paths = _component_paths(spec)
+        opts = spec.options
+        text = TextEncoder.load(
+            paths["text_encoder"],
+            paths["tokenizer"],
+            max_length=opts.text_max_length,
+            device=torch.device("cpu") if opts.text_encoder_offload else dev,
+            dtype=dtype,
+            cache_size=opts.prompt_cache_size,
+        )
+        vae = _load_vae(paths["vae"], dev, tiling=opts.vae_tiling)
+        experts = {}
+        for i, name in enumerate(spec.experts):
+            # With idle_expert = "offload" only the first (high-noise) expert starts on the GPU.
+            home = dev if i == 0 or opts.idle_expert == "keep" else torch.device("cpu")
+            experts[name] = load_wan_transformer(
+                paths[name], dtype=dtype, device=home, attention=opts.attention
+            )
+        _merge_loras(spec, experts)
+        return cls(
+            spec,
+            device=dev,
+            dtype=dtype,
+            text=text,
+            vae=vae,
+            experts=experts,
+            storage_options=storage_options,
+        )
+
+    # ------------------------------------------------------------------------------ stages
+
+    def encode_prompt(self, prompt: str) -> Tensor:
+        with self._text_lock:
+            return self.text.encode(prompt)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        f = (num_frames - 1) // self.spec.temporal_factor + 1
+        return (1, self.z_dim, f, height // 8, width // 8)
+
+    def prepare(self, item: Any) -> Prepared:
+        """Media loaded and resized, prompts encoded, conditioning latents and noise made."""
+        positive = self.encode_prompt(item.prompt)
+        negative = None if item.guidance_scale == 1.0 else self.encode_prompt(item.negative_prompt)
+        cond = self._conditioning(item)
+        shape = self.latent_shape(item.num_frames, item.height, item.width)
+        return Prepared(
+            item_id=item.id,
+            noise=sampler.make_noise(shape, item.seed),
+            positive=positive,
+            negative=negative,
+            cond=cond,
+            sigmas=sampler.shifted_sigmas(item.steps, item.shift),
+            guidance_scale=float(item.guidance_scale),
+        )
+
+    def sample(self, prepared: Prepared, callback: sampler.Callback | None = None) -> Tensor:
+        """Denoised latents (1, 16, F, h, w), float32 on the CPU."""
+        opts = self.spec.options
+        pos = prepared.positive.to(self.device)
+        neg = None if prepared.negative is None else prepared.negative.to(self.device)
+
+        def expert_fn(name: str) -> sampler.ModelFn:
+            call = self._model_call(name)
+            return sampler.guided(call, pos, neg, prepared.guidance_scale, batched=opts.batched_cfg)
+
+        if self.spec.family == "wan2.2":
+            model_fn = sampler.expert_switch(
+                expert_fn("transformer"), expert_fn("transformer_2"), opts.switch_boundary
+            )
+        else:
+            model_fn = expert_fn("transformer")
+        cond = prepared.cond
+        if cond is not None:
+            cond = sampler.ConditioningSpec(
+                cond.latent_index, cond.clean.to(self.device), cond.multipliers
+            )
+        with torch.inference_mode():
+            x = sampler.sample(
+                model_fn, prepared.noise.to(self.device), prepared.sigmas, cond, callback=callback
+            )
+        return x.float().cpu()
+
+    def decode(self, latents: Tensor) -> np.ndarray:
+        """uint8 (frames, H, W, 3) from normalised latents (diffusers' Wan un-normalisation)."""
+        z = latents.float() * self._latents_std + self._latents_mean
+        with self._vae_lock, torch.inference_mode():
+            video = self.vae.decode(z.to(self.device), return_dict=False)[0]
+        video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 2, 3, 0).cpu().numpy()
+
+    def generate(self, item: Any, callback: sampler.Callback | None = None) -> np.ndarray:
+        return self.decode(self.sample(self.prepare(item), callback=callback))
+
+    def plan(self, item: Any) -> CondPlan:
+        """The item's conditioning plan (input videos are probed for their frame counts)."""
+        return plan_conditioning(
+            item.task,
+            num_frames=item.num_frames,
+            temporal_factor=self.spec.temporal_factor,
+            cond_frames=item.cond_frames,
+            noise_multipliers=item.noise_multipliers,
+            n_images=len(_images(item)),
+            video_frames=self._frame_count(item.video),
+            video_b_frames=self._frame_count(item.video_b),
+        )
+
+    def conditioning_metadata(self, item: Any) -> dict[str, Any]:
+        """For the item JSON: latent indices, output pixel frames and multipliers per slot."""
+        return self.plan(item).to_metadata()
+
+    # ------------------------------------------------------------------------------ internals
+
+    def encode_video(self, pixels: np.ndarray) -> Tensor:
+        """uint8 (n, H, W, 3) -> normalised VAE mean latents (1, 16, 1 + (n-1)//4, h, w), CPU."""
+        x = torch.tensor(np.asarray(pixels, dtype=np.uint8)).permute(3, 0, 1, 2)[None]
+        x = x.float() / 127.5 - 1.0
+        with self._vae_lock, torch.inference_mode():
+            mean = self.vae.encode(x.to(self.device)).latent_dist.mode()
+        return ((mean.float().cpu() - self._latents_mean) / self._latents_std).contiguous()
+
+    def _conditioning(self, item: Any) -> sampler.ConditioningSpec | None:
+        plan = self.plan(item)
+        if not plan.slots:
+            return None
+        size = (item.width, item.height)
+        encoded = (
+            self._encode_layout(item, plan) if any(not s.encode_alone for s in plan.slots) else None
+        )
+        latents = []
+        for slot in plan.slots:
+            if not slot.encode_alone:
+                latents.append(encoded[:, :, slot.latent_index])
+            elif slot.source == "image":
+                pixels = self._load_image(_images(item)[slot.image_index], *size)
+                latents.append(self.encode_video(pixels[None])[:, :, 0])
+            else:  # one frame of a video, encoded alone like an image (loop)
+                pixels = self._read_frames(
+                    _source_path(item, slot.source), slot.source_frames, *size
+                )
+                latents.append(self.encode_video(pixels[:1])[:, :, 0])
+        clean = torch.stack(latents, dim=2)
+        return sampler.ConditioningSpec(plan.latent_indices, clean, plan.multipliers)
+
+    def _encode_layout(self, item: Any, plan: CondPlan) -> Tensor:
+        """Build the conditioning video (up to the last conditioned frame) and encode it."""
+        layout = conditioning_video_layout(plan, item.num_frames)
+        last = max(p for p, entry in enumerate(layout) if entry is not None)
+        layout = layout[: last + 1]
+        frames: dict[tuple[str, int], np.ndarray] = {}
+        for source in sorted({src for src, _ in layout}):
+            wanted = sorted({i for src, i in layout if src == source})
+            pixels = self._read_frames(_source_path(item, source), wanted, item.width, item.height)
+            frames.update(((source, i), px) for i, px in zip(wanted, pixels))
+        return self.encode_video(np.stack([frames[entry] for entry in layout]))
+
+    def _load_image(self, path: str, width: int, height: int) -> np.ndarray:
+        return video.load_image(path, width, height, storage_options=self.storage_options)
+
+    def _read_frames(self, path: str, indices, width: int, height: int) -> np.ndarray:
+        return video.read_frames(path, indices, width, height, storage_options=self.storage_options)
+
+    def _frame_count(self, path: str | None) -> int | None:
+        if not path:
+            return None
+        info = video.probe_video(path, storage_options=self.storage_options)
+        if info.frames_exact:
+            return info.frames
+        return video.count_frames(path, storage_options=self.storage_options)
+
+    def _model_call(self, name: str) -> sampler.ModelCall:
+        model = self.experts[name]
+
+        def call(x: Tensor, sigma: Tensor, context: Tensor) -> Tensor:
+            self._activate(name)
+            t = sampler.wan_timesteps(sigma).to(self.device)
+            return model(x.to(self.dtype), t, context).float()
+
+        return call
+
+    def _activate(self, name: str) -> None:
+        """With idle_expert = "offload", keep only the running expert on the device."""
+        if self.spec.options.idle_expert != "offload" or len(self.experts) < 2:
+            return
+        for other, model in self.experts.items():
+            target = self.device if other == name else torch.device("cpu")
+            if next(model.parameters()).device != target:
+                model.to(target)
+
+
+def _images(item: Any) -> tuple[str, ...]:
+    return (item.image,) if item.image else tuple(item.images or ())
+
+
+def _source_path(item: Any, source: str) -> str:
+    return item.video_b if source == "video_b" else item.video
+
+
+def _component_paths(spec: PipelineSpec) -> dict[str, Path]:
+    if spec.weights.tiny is not None:
+        root = ensure_tiny_model(spec.weights.tiny)
+        return {c: root / c for c in ("vae", "text_encoder", "tokenizer", *spec.experts)}
+    spec.check_weights()
+    return spec.weights.components()
+
+
+def _load_vae(path: Path, device: torch.device, *, tiling: bool) -> torch.nn.Module:
+    from diffusers import AutoencoderKLWan
+
+    try:
+        vae = AutoencoderKLWan.from_pretrained(str(path), torch_dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise PipelineError(
+            f"cannot load the Wan VAE from {path}: {e}. It must be a diffusers AutoencoderKLWan "
+            "folder (config.json + diffusion_pytorch_model.safetensors)."
+        ) from e
+    if tiling:
+        vae.enable_tiling()
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def _merge_loras(spec: PipelineSpec, experts: dict[str, torch.nn.Module]) -> None:
+    """Each expert gets its own LoRAs, merged once into the weights just loaded."""
+    from pusa_batch.models.lora import LoraRef, merge_loras
+
+    for name, model in experts.items():
+        expert = "low" if name == "transformer_2" else "high"
+        refs = [
+            LoraRef(str(lo.path), lo.kind, lo.alpha) for lo in spec.loras if lo.expert == expert
+        ]
+        if refs:
+            merge_loras(model, refs)
