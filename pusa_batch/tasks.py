@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pusa_batch.errors import TaskError
@@ -197,17 +197,7 @@ class CondSlot:
     encode_alone: bool = False
 
     def to_metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "latent_index": self.latent_index,
-            "multiplier": self.multiplier,
-            "pixel_frames": list(self.pixel_frames),
-            "source": self.source,
-        }
-        if self.image_index is not None:
-            meta["image_index"] = self.image_index
-        if self.source_frames:
-            meta["source_frames"] = list(self.source_frames)
-        return meta
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

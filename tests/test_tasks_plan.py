@@ -164,6 +164,8 @@ def test_metadata_is_json_ready_and_names_positions_and_multipliers():
         "pixel_frames": [80],
         "source": "image",
         "image_index": 1,
+        "source_frames": [],
+        "encode_alone": True,
     }
 
 
