@@ -359,7 +359,9 @@ def load_mochi_transformer(
     with torch.device("meta"):
         model = PusaMochiTransformer(config)
     state = _read_state_dict(file, device)
-    check_state_dict(model, state, str(file))
+    has_config = (file.parent / "config.json").is_file()
+    used = "its config.json" if has_config else "the 10B defaults, as no config.json is beside it"
+    check_state_dict(model, state, f"{file} (config: {used})")
     state = {k: v.to(torch.float32 if k == "pos_frequencies" else dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
