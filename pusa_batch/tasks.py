@@ -450,8 +450,8 @@ def conditioning_video_layout(
     frame up to the last conditioned one is the real input frame, exactly as Pusa's V2V encodes
     it. Elsewhere a gap repeats the nearest earlier filled frame (a held frame, not a cut to
     black), and frames before the first filled one repeat it. Frames after the last conditioned
-    frame change no conditioned latent; a pipeline may stop encoding there. Plans with no video
-    slots give all None.
+    frame change no conditioned latent, so they are None: encode ``layout[:last + 1]`` (always
+    r*k+1 frames). Plans with no video slots give all None.
     """
     if num_frames != plan.num_frames:
         raise ValueError(f"plan is for {plan.num_frames} frames, not {num_frames}")
@@ -466,8 +466,8 @@ def conditioning_video_layout(
     if RULES[plan.task].align == "same":
         filled = {p: ("video", p) for p in range(max(filled) + 1)}
     current = filled[min(filled)]
-    layout = []
-    for p in range(num_frames):
+    layout: list[tuple[str, int] | None] = []
+    for p in range(max(filled) + 1):
         current = filled.get(p, current)
         layout.append(current)
-    return tuple(layout)
+    return tuple(layout) + (None,) * (num_frames - len(layout))

@@ -301,11 +301,11 @@ def test_t2v_refuses_conditioning_columns(column):
 # --- the conditioning video ------------------------------------------------------------------
 
 
-def test_layout_for_extend_reads_the_real_frames_then_holds_the_last():
+def test_layout_for_extend_reads_the_real_frames_and_stops_after_the_last_conditioned():
     p = plan("extend", video_frames=81)
     layout = conditioning_video_layout(p, 81)
     assert layout[:13] == tuple(("video", i) for i in range(13))
-    assert set(layout[13:]) == {("video", 12)}
+    assert set(layout[13:]) == {None}
 
 
 def test_layout_for_complete_reads_every_frame_so_the_last_latent_matches_pusas_v2v():
@@ -316,6 +316,7 @@ def test_layout_for_complete_reads_every_frame_so_the_last_latent_matches_pusas_
 def test_layout_for_transition_holds_clip_as_last_frame_across_the_gap():
     p = plan("transition", video_frames=50, video_b_frames=30)
     layout = conditioning_video_layout(p, 81)
+    assert len(layout) == 81
     assert layout[:9] == tuple(("video", i) for i in range(41, 50))
     assert set(layout[9:69]) == {("video", 49)}
     assert layout[69:] == tuple(("video_b", i) for i in range(12))
