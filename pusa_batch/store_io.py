@@ -258,8 +258,15 @@ class Root:
             self.call("write", rel, lambda: self.fs.pipe_file(tmp, data))
             self.call("publish", rel, lambda: publish(tmp))
         finally:
-            if self.fs.exists(tmp):
-                self.fs.rm_file(tmp)
+            self._remove_tmp(tmp)
+
+    def _remove_tmp(self, tmp: str) -> None:
+        try:
+            self.call("clean up", TMP_DIR, lambda: self.fs.rm_file(tmp))
+        except FileNotFoundError:
+            pass  # the usual case: it was renamed into place
+        except StoreError as exc:
+            log.warning("could not remove a temporary file under %s: %s", TMP_DIR, exc)
 
     def _makedirs(self, rel_dir: str) -> None:
         if rel_dir in self._made_dirs:
