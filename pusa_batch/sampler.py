@@ -110,11 +110,13 @@ def initial_latents(noise: Tensor, sigmas: Tensor, spec: ConditioningSpec | None
     if spec is None:
         return x
     spec.check_fits(noise.shape[2])
-    clean = spec.clean.to(noise.dtype).expand(noise.shape[0], -1, -1, -1, -1)
-    if clean.shape[1:2] + clean.shape[3:] != noise.shape[1:2] + noise.shape[3:]:
+    clean = spec.clean.to(noise.dtype)
+    same_tail = clean.shape[1:2] + clean.shape[3:] == noise.shape[1:2] + noise.shape[3:]
+    if clean.shape[0] not in (1, noise.shape[0]) or not same_tail:
         raise ValueError(
             f"clean latents {tuple(spec.clean.shape)} do not match noise {tuple(noise.shape)}"
         )
+    clean = clean.expand(noise.shape[0], -1, -1, -1, -1)
     sigma0 = float(sigmas[0])
     for j, (f, m) in enumerate(zip(spec.latent_index, spec.multipliers)):
         x[:, :, f] = clean[:, :, j]

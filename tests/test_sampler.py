@@ -140,3 +140,17 @@ def test_initial_latents_do_not_modify_the_noise_tensor():
     before = noise.clone()
     initial_latents(noise, shifted_sigmas(4), spec([0], [0.3]))
     assert torch.equal(noise, before)
+
+
+def test_initial_latents_refuse_clean_latents_of_another_shape():
+    noise = make_noise(SHAPE, 0)
+    wrong = ConditioningSpec((0,), torch.zeros(1, 4, 1, 3, 6), (0.0,))
+    with pytest.raises(ValueError, match="do not match noise"):
+        initial_latents(noise, shifted_sigmas(4), wrong)
+
+
+def test_initial_latents_refuse_clean_latents_for_another_batch_size():
+    noise = make_noise((3, 4, 6, 3, 5), 0)
+    wrong = ConditioningSpec((0,), torch.zeros(2, 4, 1, 3, 5), (0.0,))
+    with pytest.raises(ValueError, match="do not match noise"):
+        initial_latents(noise, shifted_sigmas(4), wrong)
