@@ -36,6 +36,7 @@ from pusa_batch.manifest_schema import (
 
 # --------------------------------------------------------------------------- row checks
 
+ID_TEXTS = "id (as text)"  # key in the parsed columns: the id column as a string Series
 PLAN_COLUMNS = frozenset({"task", "num_frames", "cond_frames", "noise_multipliers", *PATH_COLUMNS})
 
 
@@ -157,6 +158,8 @@ class ChunkChecker:
                 col = text_column(s, lower=name == "task", allow_numbers=name == "id")
                 found.add_where(col.bad, name, _expected("text"), s.to_numpy(object))
                 cols[name] = col.values
+                if name == "id":
+                    cols[ID_TEXTS] = col.series
             elif kind in ("int", "float"):
                 num = number_column(s, integer=kind == "int")
                 what = _expected("a whole number" if kind == "int" else "a number")
@@ -267,7 +270,7 @@ class ChunkChecker:
         given = cols.get("id")
         ids = np.full(n, None, dtype=object) if given is None else given.copy()
         if given is not None:
-            usable = pd.Series(given, dtype=object).str.fullmatch(ID_PATTERN.pattern)
+            usable = cols[ID_TEXTS].str.fullmatch(ID_PATTERN.pattern)  # Arrow regex when it can
             unsafe = (given != None) & ~usable.fillna(False).to_numpy(dtype=bool)
             found.add_where(
                 unsafe,
@@ -354,19 +357,28 @@ def _take(col: Any, idx: np.ndarray) -> list:
 
 
 def _canonical(cols: dict[str, Any], idx: np.ndarray) -> list[str]:
-    """`name=value\\x1f` for every non-empty cell but the id, in schema order."""
+    """`name=value\x1f` for every non-empty cell but the id, in schema order."""
     out = np.full(len(idx), "", dtype=object)
     for name, kind in COLUMNS.items():
         if name == "id" or name not in cols:
             continue
-        cells = _take(cols[name], idx) if isinstance(cols[name], list) else cols[name][idx]
-        present = np.array(
-            [c is not None and not (isinstance(c, float) and math.isnan(c)) for c in cells],
-            dtype=bool,
-        )
+        cells = cols[name]
+        if kind in ("int", "float"):
+            values = cells[idx]
+            present = ~np.isnan(values)
+            kept = values[present]
+            text = (kept.astype(np.int64) if kind == "int" else kept).astype(str).astype(object)
+        elif kind in ("text", "path"):
+            values = cells[idx]
+            present = values != None
+            text = values[present]
+        else:
+            values = np.empty(len(idx), dtype=object)
+            values[:] = [cells[i] for i in idx]
+            present = values != None
+            text = np.array([canonical_value(kind, v) for v in values[present]], dtype=object)
         if present.any():
-            text = [f"{name}={canonical_value(kind, c)}\x1f" for c, p in zip(cells, present) if p]
-            out[present] = out[present] + np.array(text, dtype=object)
+            out[present] = out[present] + (name + "=") + text + "\x1f"
     return list(out)
 
 
