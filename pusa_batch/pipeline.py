@@ -85,7 +85,8 @@ class Pipeline:
         self._vae_lock = threading.Lock()
         vae_cfg = vae.config
         self._latents_mean = torch.tensor(vae_cfg.latents_mean).view(1, -1, 1, 1, 1)
-        self._latents_std = torch.tensor(vae_cfg.latents_std).view(1, -1, 1, 1, 1)
+        # diffusers keeps 1/std and divides by it to un-normalise; same arithmetic, same bits.
+        self._inv_std = 1.0 / torch.tensor(vae_cfg.latents_std).view(1, -1, 1, 1, 1)
         self.z_dim = int(vae_cfg.z_dim)
 
     # ------------------------------------------------------------------------------ loading
@@ -185,7 +186,7 @@ class Pipeline:
 
     def decode(self, latents: Tensor) -> np.ndarray:
         """uint8 (frames, H, W, 3) from normalised latents (diffusers' Wan un-normalisation)."""
-        z = latents.float() * self._latents_std + self._latents_mean
+        z = latents.float() / self._inv_std + self._latents_mean
         with self._vae_lock, torch.inference_mode():
             video = self.vae.decode(z.to(self.device), return_dict=False)[0]
         video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -219,7 +220,7 @@ class Pipeline:
         x = x.float() / 127.5 - 1.0
         with self._vae_lock, torch.inference_mode():
             mean = self.vae.encode(x.to(self.device)).latent_dist.mode()
-        return ((mean.float().cpu() - self._latents_mean) / self._latents_std).contiguous()
+        return ((mean.float().cpu() - self._latents_mean) * self._inv_std).contiguous()
 
     def _conditioning(self, item: Any) -> sampler.ConditioningSpec | None:
         plan = self.plan(item)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,11 +132,17 @@ def _build_tokenizer():
     return T5Tokenizer(vocab=tiny_vocab(), extra_ids=0, model_max_length=512)
 
 
+_SEED_LOCK = threading.Lock()
+
+
 def _seeded(seed: int, build):
-    """Build a module from a seeded RNG without touching the caller's global RNG."""
+    """Build a module from a seeded RNG without touching the caller's global RNG.
+
+    torch's global RNG is process-wide, so concurrent builds in threads take turns.
+    """
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    with _SEED_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build().eval()
 
