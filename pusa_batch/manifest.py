@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pusa_batch import tasks as task_rules
 from pusa_batch.errors import InputMediaError, ManifestError, RowProblem
-from pusa_batch.manifest_check import CheckedChunk, ChunkChecker
+from pusa_batch.manifest_check import UNPROBED_VIDEO_FRAMES, CheckedChunk, ChunkChecker
 from pusa_batch.manifest_schema import (
     COLUMNS,
     REQUIRED_COLUMNS,
@@ -286,9 +286,12 @@ def content_hash(url: str, *, storage_options: dict | None = None) -> str:
     return value
 
 
-def resolved_conditioning(item: Item, temporal_factor: int) -> Any:
-    """The normalised conditioning the sampler will get (None for plain text-to-video)."""
-    if item.task == "t2v" and not item.images and not item.video:
+def resolved_conditioning(item: Item, temporal_factor: int) -> list | None:
+    """Per conditioned latent: index, multiplier, output pixel frames, source (None for t2v).
+
+    The input videos' frame counts are not needed: their content hashes already cover them.
+    """
+    if item.task == "t2v" and not item.images and not item.video and not item.video_b:
         return None
     plan = task_rules.plan_conditioning(
         item.task,
@@ -297,8 +300,13 @@ def resolved_conditioning(item: Item, temporal_factor: int) -> Any:
         cond_frames=item.cond_frames,
         noise_multipliers=item.noise_multipliers,
         n_images=len(item.images),
+        video_frames=UNPROBED_VIDEO_FRAMES if item.video else None,
+        video_b_frames=UNPROBED_VIDEO_FRAMES if item.video_b else None,
     )
-    return _jsonable(plan)
+    return [
+        [s.latent_index, s.multiplier, list(s.pixel_frames), s.source, s.image_index]
+        for s in plan.slots
+    ]
 
 
 def _jsonable(value: Any) -> Any:

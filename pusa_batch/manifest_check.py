@@ -36,6 +36,8 @@ from pusa_batch.manifest_schema import (
 
 # --------------------------------------------------------------------------- row checks
 
+# Without check_files a video's length is unknown: plan as if it were long enough.
+UNPROBED_VIDEO_FRAMES = 10**9
 ID_TEXTS = "id (as text)"  # key in the parsed columns: the id column as a string Series
 PLAN_COLUMNS = frozenset({"task", "num_frames", "cond_frames", "noise_multipliers", *PATH_COLUMNS})
 
@@ -260,10 +262,13 @@ class ChunkChecker:
                 found.add(i, column, error)
 
     def _video_frames(self, path: str | None) -> int | None:
-        if path is None or not self.check_files:
+        """The video's frame count from its header; None for no video."""
+        if path is None:
             return None
+        if not self.check_files:
+            return UNPROBED_VIDEO_FRAMES
         info, _ = self._probe("video", path)
-        return None if info is None else int(info.frames)
+        return UNPROBED_VIDEO_FRAMES if info is None else int(info.frames)
 
     # -- ids
     def _ids(self, cols: dict[str, Any], found: _Problems, n: int, first_row: int) -> np.ndarray:
