@@ -186,34 +186,50 @@ def normalise_cell(kind: str | None, value: Any) -> Any:
         raise ValueError(f"not a valid JSON array ({e.msg}): {value!r}") from e
 
 
-def _normalise_chunk(rows: list[dict], columns: list[str], first_row: int) -> list[dict]:
-    problems, out = [], []
-    for offset, row in enumerate(rows):
-        number = first_row + offset
-        extra = [k for k in row if k not in columns]
-        if extra:
-            problems.append(
-                RowProblem(number, row.get("id"), extra[0], "column not seen in the first rows")
-            )
-        clean = {}
-        for column in columns:
-            try:
-                clean[column] = normalise_cell(COLUMNS.get(column), row.get(column))
-            except (TypeError, ValueError) as e:
-                problems.append(RowProblem(number, row.get("id"), column, str(e)))
-        out.append(clean)
-    if problems:
-        raise ManifestError(f"{len(problems)} bad cell(s) while writing the manifest", problems)
+_FAST = {"text": str, "path": str, "int": int, "float": float}
+
+
+def _normalise_column(
+    column: str, values: list, rows: list[dict], first_row: int, problems: list
+) -> list:
+    kind = COLUMNS.get(column)
+    fast = _FAST.get(kind)
+    if kind is None or (fast and all(type(v) is fast or v is None for v in values)):
+        return values if kind else [_plain(v) for v in values]
+    out = []
+    for offset, value in enumerate(values):
+        try:
+            out.append(normalise_cell(kind, value))
+        except (TypeError, ValueError) as e:
+            problems.append(RowProblem(first_row + offset, rows[offset].get("id"), column, str(e)))
+            out.append(None)
     return out
 
 
-def _arrow_schema(columns: list[str], rows: list[dict]) -> pa.Schema:
+def _normalise_chunk(rows: list[dict], columns: list[str], first_row: int) -> dict[str, list]:
+    """Rows to typed columns; every bad cell of the chunk is reported at once."""
+    problems: list[RowProblem] = []
+    extra = set().union(*map(dict.keys, rows)) - set(columns)
+    for offset, row in enumerate(rows):
+        for name in sorted(extra.intersection(row)):
+            message = "column not among the manifest's columns (those of the first rows)"
+            problems.append(RowProblem(first_row + offset, row.get("id"), name, message))
+    table = {
+        c: _normalise_column(c, [r.get(c) for r in rows], rows, first_row, problems)
+        for c in columns
+    }
+    if problems:
+        raise ManifestError(f"{len(problems)} bad cell(s) while writing the manifest", problems)
+    return table
+
+
+def _arrow_schema(table: dict[str, list]) -> pa.Schema:
     fields = []
-    for column in columns:
+    for column, values in table.items():
         if column in COLUMNS:
             kind = _ARROW[COLUMNS[column]]
         else:
-            kind = pa.array([r.get(column) for r in rows]).type
+            kind = pa.array(values).type
             kind = pa.string() if pa.types.is_null(kind) else kind
         fields.append(pa.field(column, kind))
     return pa.schema(fields)
@@ -228,33 +244,40 @@ def _csv_cell(value: Any) -> str:
 
 
 class _Sink:
-    """Writes normalised chunks in one of the three formats to an open binary file."""
+    """Writes typed column chunks in one of the three formats to an open binary file."""
 
-    def __init__(self, fmt: str, f, columns: list[str], first_chunk: list[dict]):
-        self.fmt, self.columns = fmt, columns
+    def __init__(self, fmt: str, f, first: dict[str, list]):
+        self.fmt, self.columns = fmt, list(first)
         if fmt == "parquet":
-            self.schema = _arrow_schema(columns, first_chunk)
+            self.schema = _arrow_schema(first)
             self.writer = pq.ParquetWriter(f, self.schema)
         else:
             self.text = io.TextIOWrapper(f, encoding="utf-8", newline="")
             if fmt == "csv":
                 self.csv = csv.writer(self.text)
-                self.csv.writerow(columns)
+                self.csv.writerow(self.columns)
 
-    def write(self, rows: list[dict], first_row: int) -> None:
+    def write(self, table: dict[str, list], first_row: int) -> None:
         if self.fmt == "parquet":
             try:
-                table = pa.Table.from_pylist(rows, schema=self.schema)
+                self.writer.write_table(pa.Table.from_pydict(table, schema=self.schema))
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
                 raise ManifestError(
-                    f"rows {first_row}-{first_row + len(rows) - 1}: a column changes type "
-                    f"({e}); make each column hold one kind of value"
+                    f"rows from {first_row}: a column changes type ({e}); make each column "
+                    "hold one kind of value"
                 ) from e
-            self.writer.write_table(table)
         elif self.fmt == "csv":
-            self.csv.writerows([_csv_cell(r[c]) for c in self.columns] for r in rows)
+            cells = [
+                v if _FAST.get(COLUMNS.get(c)) is str else map(_csv_cell, v)
+                for c, v in table.items()
+            ]
+            self.csv.writerows(zip(*cells, strict=True))
         else:
-            self.text.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            dumps, names = json.dumps, self.columns
+            self.text.writelines(
+                dumps(dict(zip(names, row, strict=True)), ensure_ascii=False) + "\n"
+                for row in zip(*table.values(), strict=True)
+            )
 
     def close(self) -> None:
         if self.fmt == "parquet":
@@ -275,7 +298,7 @@ def write_manifest(
     out_path: str,
     *,
     columns: Sequence[str] | None = None,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
     storage_options: dict | None = None,
 ) -> int:
     """Stream rows to Parquet / CSV / JSONL (by suffix); returns the number of rows written.
@@ -284,35 +307,39 @@ def write_manifest(
     form (lists are Parquet list columns, JSON arrays in CSV). A local file is written to a
     temporary name and renamed, so a failed build never leaves a half manifest behind.
     """
-    fmt = _write_format(out_path)
-    out = str(out_path)
+    count, _ = _write(rows, os.fspath(out_path), columns, chunk_rows, storage_options)
+    return count
+
+
+def _write(rows, out, columns, chunk_rows=None, storage_options=None):
+    """write_manifest's body; also returns the task counts."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    fmt = _write_format(out)
     local = "://" not in out or out.startswith("file://")
     target = out.removeprefix("file://") + f".tmp-{os.getpid()}" if local else out
     if local:
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    count, sink = 0, None
+    count, sink, tasks = 0, None, Counter()
     try:
         with fsspec.open(target, "wb", **(storage_options or {})) as f:
             for chunk in _chunks(rows, chunk_rows):
-                if sink is None:
-                    names = (
-                        list(columns) if columns else list(dict.fromkeys(itertools.chain(*chunk)))
-                    )
-                    chunk = _normalise_chunk(chunk, names, 1)
-                    sink = _Sink(fmt, f, names, chunk)
-                else:
-                    chunk = _normalise_chunk(chunk, sink.columns, count + 1)
-                sink.write(chunk, count + 1)
+                names = columns or (
+                    sink.columns if sink else dict.fromkeys(itertools.chain(*chunk))
+                )
+                table = _normalise_chunk(chunk, list(names), count + 1)
+                sink = sink or _Sink(fmt, f, table)
+                sink.write(table, count + 1)
+                tasks.update(map(str, table.get("task", ())))
                 count += len(chunk)
             if sink is None:
-                sink = _Sink(fmt, f, list(columns or ("id", "task", "prompt")), [])
+                sink = _Sink(fmt, f, {c: [] for c in columns or ("id", "task", "prompt")})
             sink.close()
         if local:
             os.replace(target, out.removeprefix("file://"))
     finally:
         if local and os.path.exists(target):
             os.remove(target)
-    return count
+    return count, tasks
 
 
 # --------------------------------------------------------------------------- reading
@@ -345,21 +372,14 @@ def _columns_of(path: str) -> list[str]:
 
 def _finish(out, rows: Iterable[dict], columns, skipped, notes, validate, spec) -> BuildSummary:
     """Write, then check the result with the validator `run` uses (raises its ManifestError)."""
-    tasks: Counter[str] = Counter()
-
-    def counted() -> Iterator[dict]:
-        for row in rows:
-            tasks[str(row.get("task"))] += 1
-            yield row
-
-    count = write_manifest(counted(), out, columns=columns)
+    count, tasks = _write(rows, out, columns)
     notes = list(notes)
     if validate:
-        report = validate_manifest(str(out), spec, check_files=True)
-        report.raise_for_problems(str(out))
+        report = validate_manifest(out, spec, check_files=True)
+        report.raise_for_problems(out)
         if report.unknown_columns:
             notes.append(f"columns the manifest ignores: {', '.join(report.unknown_columns)}")
-    return BuildSummary(str(out), count, dict(tasks), tuple(skipped), tuple(notes), validate)
+    return BuildSummary(out, count, dict(tasks), tuple(skipped), tuple(notes), validate)
 
 
 def _check_defaults(defaults: Mapping[str, Any], owned: Sequence[str]) -> None:
@@ -431,6 +451,8 @@ def from_folder(
     skipped and listed in the summary; with ``strict`` they raise `ManifestError` instead.
     ``defaults`` become columns of every row (``num_frames=81``, ``seed=0``, ...).
     """
+    images_dir, out = os.fspath(images_dir), os.fspath(out)
+    prompts_dir = None if prompts_dir is None else os.fspath(prompts_dir)
     _check_defaults(defaults, ("id", "task", "prompt", "image"))
     images, skipped = _list_files(images_dir, IMAGE_SUFFIXES)
     prompt_root = images_dir if prompts_dir is None else prompts_dir
@@ -506,8 +528,8 @@ def _prompt_of(record: dict) -> str | None:
     return prompt.strip() if isinstance(prompt, str) and prompt.strip() else None
 
 
-def _repeated_prefixes(path: str) -> set[str]:
-    """10-hex prompt hashes that occur more than once (pass 1: 8 bytes of memory per prompt)."""
+def _prompt_hashes(path: str) -> tuple[list[np.ndarray], set[int]]:
+    """Pass 1: each prompt's 40-bit hash (8 bytes of memory per prompt) and the repeated ones."""
     chunks, current = [], []
     for _, record in _iter_prompt_records(path):
         prompt = _prompt_of(record)
@@ -518,7 +540,15 @@ def _repeated_prefixes(path: str) -> set[str]:
                 current = []
     chunks.append(np.array(current, dtype=np.uint64))
     values, counts = np.unique(np.concatenate(chunks), return_counts=True)
-    return {f"{int(v):010x}" for v in values[counts > 1]}
+    return chunks, set(values[counts > 1].tolist())
+
+
+def _first_seed(record: dict, default: int, where: str) -> int:
+    seed = record.get("seed")
+    try:
+        return default if _is_missing(seed) else _as_int(seed)
+    except (TypeError, ValueError) as e:
+        raise ManifestError(f"{where}: seed {seed!r} is not an integer") from e
 
 
 def from_prompts(
@@ -539,6 +569,7 @@ def from_prompts(
     ``seed_start``); a row's own ``id`` is kept (``{id}-s{seed}`` with several seeds). Streams:
     two passes over the file, memory flat apart from 8 bytes per prompt.
     """
+    path, out = os.fspath(path), os.fspath(out)
     if seeds_per_prompt < 1:
         raise ManifestError(f"seeds_per_prompt must be >= 1, got {seeds_per_prompt}")
     _check_defaults(defaults, ("id", "prompt"))
@@ -548,29 +579,29 @@ def from_prompts(
         if "prompt" not in found:
             raise ManifestError(f"{path}: no 'prompt' column/key; found {found or 'none'}")
         columns += [c for c in found if c not in columns]
-    repeated = _repeated_prefixes(path)
+    hash_chunks, repeated = _prompt_hashes(path)
     skipped: list[Skipped] = []
 
     def rows() -> Iterator[dict]:
-        seen: Counter[str] = Counter()
+        hashes = itertools.chain.from_iterable(c.tolist() for c in hash_chunks)
+        seen: Counter[int] = Counter()
         for number, record in _iter_prompt_records(path):
             prompt = _prompt_of(record)
             if prompt is None:
                 skipped.append(Skipped(f"{path}:{number}", "empty prompt"))
                 continue
-            prefix = _hash(prompt, 10)
+            key = next(hashes)
             occurrence = ""
-            if prefix in repeated:
-                occurrence = f".{seen[prefix]}" if seen[prefix] else ""
-                seen[prefix] += 1
+            if key in repeated:
+                occurrence = f".{seen[key]}" if seen[key] else ""
+                seen[key] += 1
             own_id = record.get("id")
-            first_seed = record.get("seed")
-            first_seed = seed_start if _is_missing(first_seed) else _as_int(first_seed)
+            first_seed = _first_seed(record, seed_start, f"{path}:{number}")
             base = {**defaults, **record, "prompt": prompt, "task": record.get("task") or task}
             for k in range(seeds_per_prompt):
                 seed = first_seed + k
-                if _is_missing(own_id):
-                    item_id = f"p-{prefix}{occurrence}-s{seed}"
+                if own_id is None:
+                    item_id = f"p-{key:010x}{occurrence}-s{seed}"
                 else:
                     item_id = str(own_id) if seeds_per_prompt == 1 else f"{own_id}-s{seed}"
                 yield {**base, "id": item_id, "seed": seed}
@@ -655,6 +686,7 @@ def sweep(
     Grid values replace the base row's own. New ids are ``{base_id}--{col}_{value}--...``
     (safe, <= 128 characters, hashed tail when longer); rows without an id stay without one.
     """
+    base_manifest, out = os.fspath(base_manifest), os.fspath(out)
     if not grid:
         raise ManifestError("sweep needs at least one grid column, e.g. steps=10,20")
     if "id" in grid:
