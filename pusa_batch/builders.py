@@ -392,7 +392,7 @@ def _check_defaults(defaults: Mapping[str, Any], owned: Sequence[str]) -> None:
 
 
 def _list_files(root: str, suffixes: tuple[str, ...]) -> tuple[dict[str, str], list[Skipped]]:
-    """{relative posix path: url or local path} of files with these suffixes; hidden ones skipped."""
+    """{relative posix path: url or local path} of files with these suffixes; hidden skipped."""
     fs, base = fsspec.core.url_to_fs(str(root))
     if not fs.isdir(base):
         raise ManifestError(f"{root}: not a folder (or it does not exist)")
@@ -631,8 +631,10 @@ def _parse_values(text: str) -> list:
 
 
 def parse_grid(spec: str) -> tuple[str, list]:
-    """``'steps=10,20,30'``, ``'seed=0..4'`` (inclusive) or ``'noise_multipliers=[0,0.2],[0.2,0.5]'``
-    (a comma-separated list of JSON values) -> (column, values)."""
+    """A grid spec -> (column, values).
+
+    ``steps=10,20,30``, ``seed=0..4`` (inclusive) or ``noise_multipliers=[0,0.2],[0.2,0.5]``
+    (comma-separated JSON values; bare words such as ``task=i2v,t2v`` are text)."""
     column, sep, text = spec.partition("=")
     column = column.strip()
     if not sep or not column or not text.strip():
