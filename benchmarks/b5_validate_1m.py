@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"B5 {label}={seconds:.2f} target<={TARGET_SECONDS:g} {verdict}")
     growth = (rss.peak - rss.start) / 2**20
     print(
-        f"B5 peak_rss_growth_mb={growth:.0f} rows={report.rows} ids={'derived' if args.no_ids else 'given'} "
+        f"B5 peak_rss_growth_mb={growth:.0f} rows={report.rows} "
+        f"ids={'derived' if args.no_ids else 'given'} "
         f"parquet_mb={size_mb:.0f} rows_per_second={report.rows / seconds:,.0f}"
     )
     return 0

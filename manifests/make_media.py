@@ -81,7 +81,10 @@ def all_tasks_table() -> pa.Table:
              "noise_multipliers"]  # fmt: skip
     types = [pa.string()] * 4 + [pa.list_(pa.string())] + [pa.string()] * 2
     types += [pa.list_(pa.int64()), pa.list_(pa.float64())]
-    columns = {n: pa.array([r[k] for r in rows], t) for k, (n, t) in enumerate(zip(names, types))}
+    columns = {
+        n: pa.array([r[k] for r in rows], t)
+        for k, (n, t) in enumerate(zip(names, types, strict=True))
+    }
     columns["seed"] = pa.array(range(len(rows)), pa.int64())
     return pa.table(columns)
 

@@ -86,12 +86,26 @@ def iter_raw_chunks(
 
 def _csv_chunks(f: Any, chunk_rows: int, sep: str) -> Iterator[pd.DataFrame]:
     reader = pd.read_csv(
-        f, sep=sep, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows
+        f,
+        sep=sep,
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+        index_col=False,
+        chunksize=chunk_rows,
     )
-    try:
-        yield from reader
-    except pd.errors.EmptyDataError:
-        return
+    while True:
+        with warnings.catch_warnings():  # pandas only warns when a row has too many cells
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            try:
+                chunk = next(reader)
+            except (StopIteration, pd.errors.EmptyDataError):
+                return
+            except pd.errors.ParserWarning as e:
+                raise pd.errors.ParserError(
+                    "a row has more cells than the header; quote cells that contain commas"
+                ) from e
+        yield chunk
 
 
 def _parquet_chunks(f: Any, chunk_rows: int) -> Iterator[pd.DataFrame]:

@@ -189,7 +189,7 @@ class ChunkChecker:
     def _check_values(self, cols: dict[str, Any], found: _Problems, n: int) -> None:
         for name in REQUIRED_COLUMNS:
             if name in cols:
-                found.add_where(cols[name] == None, name, _is_empty(name), cols[name])
+                found.add_where(~_present(cols[name]), name, _is_empty(name), cols[name])
         if "task" in cols:
             tasks = pd.Series(cols["task"], dtype=object)
             unknown = tasks.notna().to_numpy() & ~tasks.isin(task_rules.TASKS).to_numpy()
@@ -205,7 +205,7 @@ class ChunkChecker:
                     mask = ~np.isnan(values) & is_bad(values)
                 found.add_where(mask, name, message, values)
         if "images" in cols and "image" in cols:
-            both = (cols["image"] != None) & np.array([v is not None for v in cols["images"]])
+            both = _present(cols["image"]) & np.array([v is not None for v in cols["images"]])
             found.add_where(
                 both,
                 "images",
@@ -221,7 +221,7 @@ class ChunkChecker:
             paths[name] = [None] * n
             if raw is None:
                 continue
-            for i in np.flatnonzero(raw != None):
+            for i in np.flatnonzero(_present(raw)):
                 paths[name][i] = resolve_path(self.base, raw[i])
                 self._check_file(int(i), name, paths[name][i], found)
         images: list[tuple[str, ...]] = [()] * n
@@ -276,14 +276,14 @@ class ChunkChecker:
         ids = np.full(n, None, dtype=object) if given is None else given.copy()
         if given is not None:
             usable = cols[ID_TEXTS].str.fullmatch(ID_PATTERN.pattern)  # Arrow regex when it can
-            unsafe = (given != None) & ~usable.fillna(False).to_numpy(dtype=bool)
+            unsafe = _present(given) & ~usable.fillna(False).to_numpy(dtype=bool)
             found.add_where(
                 unsafe,
                 "id",
                 lambda v: f"id {v!r} cannot name a file; use {ID_PATTERN_TEXT}.",
                 given,
             )
-        need = np.flatnonzero(ids == None)
+        need = np.flatnonzero(~_present(ids))
         if len(need):
             ids[need] = derived_ids(
                 [str(t) for t in _take(cols.get("task"), need)], _canonical(cols, need)
@@ -320,7 +320,7 @@ class ChunkChecker:
         if "task" not in cols:
             return
         tasks = cols["task"]
-        needs = (tasks != None) & (tasks != "t2v")
+        needs = _present(tasks) & (tasks != "t2v")
         for name in ("cond_frames", "noise_multipliers", "images", "image", "video", "video_b"):
             if name in cols:
                 needs |= np.array([v is not None for v in cols[name]], dtype=bool)
@@ -342,6 +342,11 @@ class ChunkChecker:
                 )
             except TaskError as e:
                 found.add(int(i), e.column, e.message)
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """Elementwise `is not None` over an object array."""
+    return np.not_equal(values, None)
 
 
 def _expected(what: str) -> Callable[[Any], str]:
@@ -375,12 +380,12 @@ def _canonical(cols: dict[str, Any], idx: np.ndarray) -> list[str]:
             text = (kept.astype(np.int64) if kind == "int" else kept).astype(str).astype(object)
         elif kind in ("text", "path"):
             values = cells[idx]
-            present = values != None
+            present = _present(values)
             text = values[present]
         else:
             values = np.empty(len(idx), dtype=object)
             values[:] = [cells[i] for i in idx]
-            present = values != None
+            present = _present(values)
             text = np.array([canonical_value(kind, v) for v in values[present]], dtype=object)
         if present.any():
             out[present] = out[present] + (name + "=") + text + "\x1f"
