@@ -88,3 +88,9 @@ class ChangedItemsError(PusaBatchError):
 
 class WorkerError(PusaBatchError):
     """The run lost every Ray worker (none could start, or all crashed past their restarts)."""
+
+
+class ExportError(PusaBatchError):
+    """An export or gallery request that cannot be honoured (bad shard size, bad destination)."""
+
+    exit_code = 2
