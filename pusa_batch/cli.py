@@ -1,0 +1,393 @@
+"""The `pusa-batch` command line: parse, call the library, print. No business logic here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pusa_batch import __version__
+from pusa_batch.errors import ManifestError, PusaBatchError
+
+app = typer.Typer(
+    name="pusa-batch",
+    help="Batch, resumable video generation with Pusa on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+manifest_app = typer.Typer(help="Build manifests from folders, prompt lists and sweeps.")
+app.add_typer(manifest_app, name="manifest")
+
+out = Console()
+err = Console(stderr=True)
+
+PipelineOpt = typer.Option(None, "--pipeline", "-p", help="Pipeline TOML (see pipelines/).")
+StorageOpt = typer.Option(
+    None,
+    "--storage-option",
+    help="KEY=VALUE passed to fsspec for the output root (repeatable). Never logged.",
+)
+
+
+def parse_storage_options(pairs: list[str] | None) -> dict:
+    """`KEY=VALUE` pairs to a dict; values that parse as JSON (numbers, booleans, objects) do."""
+    options: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(
+                f"expected KEY=VALUE, got {pair!r}", param_hint="--storage-option"
+            )
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def load_spec_or_none(pipeline: Path | None):
+    if pipeline is None:
+        return None
+    from pusa_batch.pipeline import load_pipeline_spec
+
+    return load_pipeline_spec(pipeline)
+
+
+def print_problems(error: ManifestError, limit: int = 200) -> None:
+    for problem in error.problems[:limit]:
+        err.print(f"  {problem}", markup=False, highlight=False)
+    hidden = len(error.problems) - limit
+    if hidden > 0:
+        err.print(f"  ... and {hidden} more", markup=False)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"pusa-batch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Batch, resumable video generation with Pusa on Ray."""
+
+
+# ---------------------------------------------------------------- checking inputs
+
+
+@app.command()
+def validate(
+    manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
+    pipeline: Path | None = PipelineOpt,
+    check_files: bool = typer.Option(True, help="Probe every input file's header."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> int:
+    """Check every row before any model is loaded; list all bad rows (exit 2 if any)."""
+    from pusa_batch.manifest import validate_manifest
+
+    report = validate_manifest(str(manifest), load_spec_or_none(pipeline), check_files=check_files)
+    if as_json:
+        out.print_json(data=report.to_dict())
+    elif report.problems:
+        err.print(f"{manifest}: {report.problem_count} problem(s) in {report.rows} row(s):")
+        for problem in report.problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+        if report.problem_count > len(report.problems):
+            err.print(f"  ... and {report.problem_count - len(report.problems)} more")
+    else:
+        tasks = ", ".join(f"{task} {n}" for task, n in sorted(report.task_counts.items()))
+        out.print(f"{manifest}: {report.rows} row(s) OK ({tasks})", highlight=False)
+    return 2 if report.problems else 0
+
+
+@app.command()
+def doctor(pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML.")) -> int:
+    """Check a pipeline's files, keys, shapes, LoRAs and memory without loading weights."""
+    from pusa_batch.doctor import diagnose
+
+    report = diagnose(load_spec_or_none(pipeline))
+    for check in report.checks:
+        mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}[
+            check.status
+        ]
+        out.print(f"{mark:>18}  {check.name}: {check.detail}", highlight=False)
+    out.print(f"{report.summary()}", highlight=False)
+    return 0 if report.ok else 2
+
+
+@app.command("make-tiny-model")
+def make_tiny_model(
+    directory: Path = typer.Argument(..., help="Folder to write the tiny checkpoint into."),
+    kind: str = typer.Option("wan2.1", help="wan2.1 | wan2.2 | mochi"),
+) -> int:
+    """Write a tiny random-weight twin of a real Pusa checkpoint, in the real on-disk layout."""
+    from pusa_batch.models.tiny import make_tiny_model as make
+
+    path = make(kind, directory)
+    out.print(f"wrote tiny {kind} model to {path}", highlight=False)
+    return 0
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_config(manifest, output, pipeline, storage_option, **options):
+    from pusa_batch.engine import RunConfig
+
+    return RunConfig(
+        manifest=str(manifest),
+        output=str(output),
+        pipeline=str(pipeline),
+        storage_options=parse_storage_options(storage_option),
+        **options,
+    )
+
+
+def print_summary(summary) -> None:
+    out.print(
+        f"{summary.total} items: {summary.generated} generated, "
+        f"{summary.done_before} already done, "
+        f"{summary.failed + summary.failed_before} failed  ({summary.wall_s:.1f}s)",
+        highlight=False,
+    )
+    if summary.total and summary.generated == 0 and not summary.failed:
+        out.print("Nothing new to generate: every item is already done.", highlight=False)
+    if summary.failures:
+        table = Table("id", "error", "attempts", "message", title="Failed items")
+        for failure in summary.failures[:50]:
+            table.add_row(
+                str(failure.get("id")),
+                str(failure.get("error_type")),
+                str(failure.get("attempts")),
+                str(failure.get("message", ""))[:120],
+            )
+        out.print(table)
+    out.print(f"Outputs: {summary.output}  (videos/, items/, index.parquet)", highlight=False)
+
+
+@app.command()
+def run(
+    manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
+    output: str = typer.Option(..., "-o", "--output", help="Output root: a path or fsspec URL."),
+    pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML (see pipelines/)."),
+    workers: int | None = typer.Option(
+        None, help="Actors to start (default: one per GPU, else 1)."
+    ),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to join (auto, ray://..., host:port)."
+    ),
+    storage_option: list[str] | None = StorageOpt,
+    gpus_per_worker: float | None = typer.Option(
+        None, help="GPUs per actor (default 1 with GPUs)."
+    ),
+    max_retries: int = typer.Option(2, help="Retries of a failing item before it is recorded."),
+    retry_failed: bool = typer.Option(False, help="Run again the items that failed before."),
+    regenerate_changed: bool = typer.Option(False, help="Replace done items whose inputs changed."),
+    longest_first: bool = typer.Option(False, help="Dispatch the costliest items first."),
+    batch_size: int = typer.Option(1, help="Items sharing one forward when shapes match."),
+    progress: bool = typer.Option(True, help="Show the live progress view."),
+) -> int:
+    """Generate every pending item of MANIFEST into OUTPUT; rerun to resume."""
+    from pusa_batch.cli_progress import LiveRunView
+    from pusa_batch.engine import run as run_engine
+
+    config = run_config(
+        manifest,
+        output,
+        pipeline,
+        storage_option,
+        workers=workers,
+        address=address,
+        gpus_per_worker=gpus_per_worker,
+        max_retries=max_retries,
+        retry_failed=retry_failed,
+        regenerate_changed=regenerate_changed,
+        longest_first=longest_first,
+        batch_size=batch_size,
+    )
+    with LiveRunView(err, enabled=progress) as view:
+        summary = run_engine(config, view)
+    print_summary(summary)
+    return summary.exit_code
+
+
+@app.command()
+def status(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    manifest: Path | None = typer.Option(None, help="Also count pending and changed items."),
+    pipeline: Path | None = PipelineOpt,
+    storage_option: list[str] | None = StorageOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> int:
+    """Counts, throughput, ETA, workers and the last errors of a run, live or finished."""
+    from pusa_batch.status import read_status
+
+    report = read_status(
+        output,
+        parse_storage_options(storage_option),
+        manifest=str(manifest) if manifest else None,
+        spec=load_spec_or_none(pipeline),
+    )
+    if as_json:
+        out.print_json(data=report)
+        return 0
+    from pusa_batch.status import format_status
+
+    out.print(format_status(report), highlight=False, markup=False)
+    return 0
+
+
+@app.command()
+def submit(
+    manifest: Path = typer.Argument(..., help="Manifest, relative to the working dir shipped."),
+    output: str = typer.Option(
+        ..., "-o", "--output", help="Output root reachable from the cluster."
+    ),
+    pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML."),
+    address: str = typer.Option(..., help="Ray dashboard address, e.g. http://HEAD:8265."),
+    wait: bool = typer.Option(False, help="Stream the job's logs and return its exit status."),
+    workers: int | None = typer.Option(None, help="Actors to start on the cluster."),
+    working_dir: Path = typer.Option(
+        Path("."), help="Folder shipped to the cluster as the job's cwd."
+    ),
+    pip: list[str] | None = typer.Option(
+        None, help="pip spec(s) for the job's environment (default: ship this pusa_batch package)."
+    ),
+    storage_option: list[str] | None = StorageOpt,
+) -> int:
+    """Send the same run to a Ray cluster as a Ray Job."""
+    from pusa_batch.submit import JobRequest, submit_job
+
+    request = JobRequest(
+        manifest=str(manifest),
+        output=output,
+        pipeline=str(pipeline),
+        address=address,
+        workers=workers,
+        working_dir=str(working_dir),
+        pip=tuple(pip or ()),
+        storage_options=tuple(storage_option or ()),
+    )
+    return submit_job(
+        request, wait=wait, echo=lambda line: out.print(line, markup=False, highlight=False)
+    )
+
+
+# ---------------------------------------------------------------- building manifests
+
+
+def print_build(summary) -> int:
+    tasks = ", ".join(f"{task} {n}" for task, n in sorted(summary.task_counts.items()))
+    out.print(f"wrote {summary.rows} row(s) to {summary.out} ({tasks})", highlight=False)
+    for skipped in summary.skipped[:50]:
+        out.print(f"  skipped {skipped.source}: {skipped.reason}", markup=False, highlight=False)
+    if len(summary.skipped) > 50:
+        out.print(f"  ... and {len(summary.skipped) - 50} more skipped")
+    for note in summary.notes:
+        out.print(f"  note: {note}", markup=False, highlight=False)
+    return 0
+
+
+@manifest_app.command("from-folder")
+def manifest_from_folder(
+    images: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Manifest to write (.parquet/.csv/.jsonl)."
+    ),
+    prompts: Path | None = typer.Option(
+        None, help="Folder of .txt prompts (default: beside images)."
+    ),
+    task: str = typer.Option("i2v", help="Task of every row."),
+    strict: bool = typer.Option(False, help="Unpaired images or prompts are an error, not a skip."),
+    pipeline: Path | None = PipelineOpt,
+) -> int:
+    """One row per image, its prompt from the .txt of the same name."""
+    from pusa_batch.builders import from_folder
+
+    summary = from_folder(
+        str(images),
+        str(output),
+        prompts_dir=str(prompts) if prompts else None,
+        task=task,
+        strict=strict,
+        spec=load_spec_or_none(pipeline),
+    )
+    return print_build(summary)
+
+
+@manifest_app.command("from-prompts")
+def manifest_from_prompts(
+    prompts: Path = typer.Argument(..., help="Prompts: .txt (one per line), .jsonl or .csv."),
+    output: Path = typer.Option(..., "-o", "--output", help="Manifest to write."),
+    task: str = typer.Option("t2v", help="Task of every row."),
+    seeds_per_prompt: int = typer.Option(1, help="Rows (seeds) per prompt."),
+    seed_start: int = typer.Option(0, help="First seed."),
+    pipeline: Path | None = PipelineOpt,
+) -> int:
+    """One row per prompt and seed, with ids stable when prompts are added."""
+    from pusa_batch.builders import from_prompts
+
+    summary = from_prompts(
+        str(prompts),
+        str(output),
+        task=task,
+        seeds_per_prompt=seeds_per_prompt,
+        seed_start=seed_start,
+        spec=load_spec_or_none(pipeline),
+    )
+    return print_build(summary)
+
+
+@manifest_app.command("sweep")
+def manifest_sweep(
+    base: Path = typer.Argument(..., help="Base manifest."),
+    grid: list[str] = typer.Option(..., help="COLUMN=VALUES, e.g. seed=0..4 (repeatable)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Manifest to write."),
+    pipeline: Path | None = PipelineOpt,
+) -> int:
+    """Every base row over the Cartesian product of the grids."""
+    from pusa_batch.builders import parse_grid, sweep
+
+    columns = dict(parse_grid(spec) for spec in grid)
+    summary = sweep(str(base), str(output), columns, spec=load_spec_or_none(pipeline))
+    return print_build(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: typed errors become one `Error: ...` line and their exit code."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except PusaBatchError as error:
+        err.print(f"Error: {error}", markup=False, highlight=False)
+        if isinstance(error, ManifestError):
+            print_problems(error)
+        return error.exit_code
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        err.print("Aborted.")
+        return 130
+    except KeyboardInterrupt:
+        err.print("Interrupted. Run the same command again to resume.")
+        return 130
+    except Exception as error:  # click usage errors and the like
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            return error.exit_code
+        raise
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
