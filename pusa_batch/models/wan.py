@@ -51,7 +51,7 @@ class WanConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> WanConfig:
-        """Build from a diffusers `config.json` dict; `_class_name` and other `_` keys are ignored."""
+        """Build from a diffusers `config.json` dict, ignoring `_class_name` and other `_` keys."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if not k.startswith("_")}
         unknown = sorted(set(values) - known)
@@ -70,7 +70,7 @@ class WanConfig:
         if self.image_dim is not None or self.added_kv_proj_dim is not None:
             raise PipelineError(
                 f"{source}: image_dim/added_kv_proj_dim are set, so this is a Wan I2V/FLF2V "
-                "transformer; Pusa uses the T2V transformer. Point the pipeline at a T2V checkpoint."
+                "transformer; Pusa uses the T2V transformer. Point the pipeline at T2V weights."
             )
         if self.qk_norm not in ("rms_norm_across_heads", None):
             raise PipelineError(f"{source}: qk_norm={self.qk_norm!r} is not supported")
@@ -109,7 +109,7 @@ def rope_tables(
         )
     h_dim = w_dim = 2 * (head_dim // 6)
     parts = []
-    for n, d in zip(grid, (head_dim - h_dim - w_dim, h_dim, w_dim)):
+    for n, d in zip(grid, (head_dim - h_dim - w_dim, h_dim, w_dim), strict=True):
         freqs = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d))
         pos = torch.arange(n, dtype=torch.float64, device=device)
         parts.append(torch.outer(pos, freqs))
@@ -134,7 +134,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """x * (1 + scale) + shift with x (B, N, D) and scale/shift (B, G, D), G groups of N/G tokens."""
+    """x * (1 + scale) + shift, x (B, N, D), scale/shift (B, G, D): G groups of N/G tokens."""
     b, n, d = x.shape
     g = scale.shape[1]
     y = x.view(b, g, n // g, d) * (1 + scale[:, :, None]) + shift[:, :, None]
@@ -322,7 +322,10 @@ class PusaWanTransformer(nn.Module):
         grid = (f // pt, h // ph, w // pw)
         dtype = self.patch_embedding.weight.dtype
         if timestep.shape[0] != b or context.shape[0] != b:
-            raise ValueError(f"batch sizes differ: x {b}, timestep {timestep.shape[0]}, context")
+            raise ValueError(
+                f"batch sizes differ: x {b}, timestep {timestep.shape[0]}, "
+                f"context {context.shape[0]}"
+            )
 
         rope = rope_tables(cfg.attention_head_dim, grid, cfg.rope_max_seq_len, x.device)
         tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2).contiguous()
