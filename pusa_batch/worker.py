@@ -207,9 +207,14 @@ class PipelineRunner:
         self.pipeline_path = pipeline_path
 
     def load(self) -> dict[str, Any]:
-        from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+        from pusa_batch.pipeline_spec import load_pipeline_spec
 
         self.spec = load_pipeline_spec(self.pipeline_path)
+        if self.spec.weights.tiny is None:
+            self.spec.check_weights()  # before the slow imports: a missing file fails fast
+
+        from pusa_batch.pipeline import Pipeline
+
         self.pipeline = Pipeline.load(self.spec)
         return {"pipeline": self.spec.name, "identity": self.spec.identity()}
 
