@@ -136,6 +136,7 @@ class Store:
     def commit(self, item_id: str, video: bytes, metadata: dict) -> CommitResult:
         """Write the video, then the marker; the item is done once this returns."""
         check_item_id(item_id)
+        _json_bytes(metadata, f"item {item_id}")  # refuse bad metadata before writing anything
         token = _commit_token()
         self._root.write_bytes(pointer_path(item_id, token), b"")
         self._root.write_bytes(video_path(item_id), video)
@@ -156,7 +157,7 @@ class Store:
             "committed_at": result.committed_at,
             "commit_token": token,
         }
-        self._root.write_bytes(marker_path(item_id), _json_bytes(marker, item_id))
+        self._root.write_bytes(marker_path(item_id), _json_bytes(marker, f"item {item_id}"))
         self._root.delete(failure_path(item_id))
         return result
 
@@ -164,7 +165,9 @@ class Store:
         """Write failures/{id}.json (error type, message, traceback, attempts, worker, node)."""
         check_item_id(item_id)
         record = {**info, "id": item_id, "failed_at": info.get("failed_at") or _now_iso()}
-        self._root.write_bytes(failure_path(item_id), _json_bytes(record, item_id))
+        self._root.write_bytes(
+            failure_path(item_id), _json_bytes(record, f"failure of item {item_id}")
+        )
 
     def write_run_info(self, info: dict) -> None:
         self._root.write_bytes(RUN_FILE, _json_bytes(info, RUN_FILE))

@@ -265,3 +265,10 @@ def test_urls_with_credentials_are_redacted():
     url = "s3://AKIAFAKE:supersecret@bucket/out?X-Amz-Signature=abc123"
     assert redact_url(url) == "s3://***@bucket/out?X-Amz-Signature=***"
     assert repr(Store("memory://plain/root")) == "Store('memory://plain/root')"
+
+
+def test_metadata_that_is_not_json_is_refused_before_anything_is_written(open_store):
+    store = open_store()
+    with pytest.raises(StoreError, match="item a.*not plain JSON"):
+        store.commit("a", b"v", {"fingerprint": "f", "seed": float("nan")})
+    assert [f for f in all_files(store) if not f.startswith(".tmp")] == []
