@@ -214,3 +214,25 @@ def test_bad_jsonl_line_names_the_line(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"task": "t2v", "prompt": "x"}\n{oops\n')
     with pytest.raises(ManifestError, match="line 2"):
         list(iter_raw_chunks(str(tmp_path / "m.jsonl")))
+
+
+def test_built_in_defaults_match_a_pipeline_without_a_defaults_table():
+    from dataclasses import asdict
+
+    from pusa_batch.pipeline_spec import Defaults
+
+    assert asdict(Defaults()) == WAN_DEFAULTS
+
+
+def test_a_real_pipeline_spec_supplies_the_defaults(tmp_path):
+    from pusa_batch.pipeline_spec import load_pipeline_spec
+
+    spec = load_pipeline_spec(Path(__file__).parents[1] / "pipelines" / "tiny.toml")
+    (tmp_path / "m.csv").write_text("task,prompt\nt2v,x\n")
+    item = next(iter_items(str(tmp_path / "m.csv"), spec))
+    assert (item.num_frames, item.height, item.width, item.steps) == (
+        spec.defaults.num_frames,
+        spec.defaults.height,
+        spec.defaults.width,
+        spec.defaults.steps,
+    )
