@@ -1,0 +1,497 @@
+"""Dataset exports of an output root: VBench folders, Hugging Face videofolder, WebDataset shards.
+
+Only done items are exported: their marker is listed by the store and their video has the size
+the marker records (checked again here, one stat per item). Failed and orphaned items are left
+out. Every destination is an fsspec URL or a local path, written through fsspec; input URLs
+copied into metadata are redacted (user:password and query values become ``***``).
+
+* VBench: ``dest/{vbench_name(prompt, index)}`` (see ``builders.vbench_name``: the prompt is kept
+  verbatim except ``/``, ``\\`` and control characters, which become ``_``; names over 255 bytes
+  are cut and get ``~`` + 8 hex of sha1(prompt)). ``index`` counts the videos sharing a file
+  stem, ordered by (seed, id), so two prompts that sanitise alike share one index sequence
+  rather than overwrite each other. ``dest/vbench_map.jsonl`` maps each file name to its id.
+* Hugging Face: ``videos/{id}.mp4`` plus ``metadata.parquet`` (``file_name`` relative to it and
+  flat columns, see ``HF_SCHEMA``). Parquet, not JSON lines: pyarrow infers JSON types block by
+  block, so a run whose first rows have no input image breaks ``datasets``' JSON reader.
+* WebDataset: ``dest/shard-{n:06d}.tar`` holding ``{key}.mp4`` and ``{key}.json`` per item, where
+  ``key = wds_key(id)``; a shard is closed when the next sample would push its file past
+  ``shard_size`` (a sample larger than the limit gets a shard of its own).
+
+Local to local copies are hard links when both sit on one filesystem (a plain copy otherwise);
+a hard link shares the video with the output root, so edit neither in place.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pusa_batch.builders import vbench_name
+from pusa_batch.errors import ExportError, StoreError
+from pusa_batch.store import Store
+from pusa_batch.store_index import video_path
+from pusa_batch.store_io import redact_url
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+VBENCH_MAP = "vbench_map.jsonl"
+HF_METADATA = "metadata.parquet"
+SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.tar$")
+_WINDOW = 8  # videos read or copied at once
+
+HF_SCHEMA = pa.schema(
+    [
+        ("file_name", pa.string()),
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("task", pa.string()),
+        ("seed", pa.int64()),
+        ("num_frames", pa.int64()),
+        ("frames", pa.int64()),
+        ("height", pa.int64()),
+        ("width", pa.int64()),
+        ("fps", pa.int64()),
+        ("steps", pa.int64()),
+        ("guidance_scale", pa.float64()),
+        ("shift", pa.float64()),
+        ("input_image", pa.string()),
+        ("input_images", pa.list_(pa.string())),
+        ("input_video", pa.string()),
+        ("input_video_b", pa.string()),
+        ("cond_frames", pa.list_(pa.int64())),
+        ("noise_multipliers", pa.list_(pa.float64())),
+        ("cond_latent_indices", pa.list_(pa.int64())),
+        ("cond_pixel_frames", pa.list_(pa.list_(pa.int64()))),
+        ("cond_multipliers", pa.list_(pa.float64())),
+        ("pipeline", pa.string()),
+        ("pipeline_identity", pa.string()),
+        ("fingerprint", pa.string()),
+        ("video_bytes", pa.int64()),
+        ("video_sha256", pa.string()),
+        ("committed_at", pa.string()),
+        ("sample_s", pa.float64()),
+    ]
+)
+_ITEM_FIELDS = [
+    "prompt",
+    "negative_prompt",
+    "task",
+    "seed",
+    "num_frames",
+    "height",
+    "width",
+    "fps",
+    "steps",
+    "guidance_scale",
+    "shift",
+    "cond_frames",
+    "noise_multipliers",
+]
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    format: str
+    dest: str  # redacted URL or path
+    exported: int
+    bytes: int  # video bytes exported
+    linked: int = 0  # videos hard-linked rather than copied
+    skipped: tuple[str, ...] = ()  # ids listed as done whose video is missing or short
+    files: tuple[str, ...] = ()  # metadata files or shards written, relative to dest
+    prompts: int = 0  # distinct VBench file stems
+
+
+# --------------------------------------------------------------------------- records
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str | None) -> str | None:
+    """Free text with every URL in it redacted (user:password and query values)."""
+    return None if text is None else _URL.sub(lambda m: redact_url(m.group(0)), str(text))
+
+
+def item_fields(marker: dict) -> dict:
+    """The manifest item of a marker or failure record (flat markers are read as they are)."""
+    item = marker.get("item")
+    return item if isinstance(item, dict) else marker
+
+
+def item_record(marker: dict) -> dict:
+    """Flat JSON-ready columns of one done item, in `HF_SCHEMA` order (without file_name)."""
+    item = item_fields(marker)
+    cond = marker.get("conditioning") or {}
+    pipeline = marker.get("pipeline") or {}
+    record: dict[str, Any] = {"id": marker["id"]}
+    record.update({k: item.get(k) for k in _ITEM_FIELDS})
+    record["frames"] = marker.get("frames")
+    # `video` is the videofolder's own column (the decoded file): inputs get an `input_` prefix
+    record["input_image"] = redact_text(item.get("image"))
+    record["input_images"] = [redact_text(p) for p in item.get("images") or []]
+    record["input_video"] = redact_text(item.get("video"))
+    record["input_video_b"] = redact_text(item.get("video_b"))
+    record["cond_latent_indices"] = cond.get("latent_indices")
+    record["cond_pixel_frames"] = cond.get("pixel_frames")
+    record["cond_multipliers"] = cond.get("multipliers")
+    record["pipeline"] = pipeline.get("name") if isinstance(pipeline, dict) else pipeline
+    record["pipeline_identity"] = pipeline.get("identity") if isinstance(pipeline, dict) else None
+    for key in ("fingerprint", "video_bytes", "video_sha256", "committed_at"):
+        record[key] = marker.get(key)
+    record["sample_s"] = (marker.get("timings") or {}).get("sample")
+    order = [n for n in HF_SCHEMA.names if n in record]
+    return {k: record[k] for k in order}
+
+
+def done_markers(store: Store) -> tuple[list[dict], tuple[str, ...]]:
+    """Markers of the done items whose video has the recorded size (sorted by id), and the
+    ids the store lists as done whose video is missing or of another size."""
+    markers = sorted(store.iter_done_metadata(), key=lambda m: m["id"])
+    sizes = ordered_map(lambda m: store.root.size(video_path(m["id"])), markers)
+    good, bad = [], []
+    for marker, size in zip(markers, sizes, strict=True):
+        (good if size is not None and size == marker.get("video_bytes") else bad).append(marker)
+    return good, tuple(m["id"] for m in bad)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], window: int = _WINDOW) -> Iterator[R]:
+    """`map(fn, items)` on a few threads (storage calls), in order, with `window` in flight."""
+    with ThreadPoolExecutor(window) as pool:
+        pending: list = []
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+# --------------------------------------------------------------------------- destinations
+
+
+@dataclass(frozen=True)
+class _Dest:
+    fs: Any
+    root: str
+    display: str
+    is_local: bool
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if self.root else rel
+
+    def write(self, rel: str, data: bytes) -> None:
+        self.makedirs(os.path.dirname(rel))
+        self.fs.pipe_file(self.path(rel), data)
+
+    def makedirs(self, rel_dir: str) -> None:
+        if self.is_local:
+            self.fs.makedirs(self.path(rel_dir) if rel_dir else self.root, exist_ok=True)
+
+
+def _open_dest(dest: str | os.PathLike, storage_options: dict | None) -> _Dest:
+    url = os.fspath(dest)
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ValueError, ImportError, TypeError) as exc:
+        raise ExportError(
+            f"cannot open the export destination {redact_url(url)} ({exc}); give a local folder "
+            "or an fsspec URL such as s3://bucket/prefix with its storage options"
+        ) from exc
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    is_local = bool({"file", "local"} & set(protocols))
+    dest_obj = _Dest(fs, root.rstrip("/"), redact_url(url), is_local)
+    dest_obj.makedirs("")
+    return dest_obj
+
+
+def _copy_video(store: Store, item_id: str, dest: _Dest, rel: str) -> bool:
+    """Copy (or hard-link) one video; True when it was linked."""
+    dest.makedirs(os.path.dirname(rel))
+    target = dest.path(rel)
+    if store.root.is_local and dest.is_local:
+        source = store.root.path(video_path(item_id))
+        if os.path.exists(target) and os.path.samefile(source, target):
+            return True
+        try:
+            if os.path.lexists(target):
+                os.remove(target)
+            os.link(source, target)
+            return True
+        except OSError:
+            pass  # another filesystem, or no hard links here: copy instead
+    with store.open_video(item_id) as src, dest.fs.open(target, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return False
+
+
+def _copy_all(store: Store, dest: _Dest, pairs: list[tuple[dict, str]]) -> int:
+    """Copy each (marker, relative target); return how many were hard links."""
+    linked = ordered_map(lambda p: _copy_video(store, p[0]["id"], dest, p[1]), pairs)
+    return sum(1 for was_linked in linked if was_linked)
+
+
+def _jsonl(rows: Iterable[dict]) -> bytes:
+    return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows)
+
+
+# --------------------------------------------------------------------------- VBench
+
+
+def vbench_names(markers: list[dict]) -> list[tuple[dict, str, int]]:
+    """(marker, file name, index) per item: indices count per file stem, by (seed, id)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for marker in markers:
+        prompt = item_fields(marker).get("prompt") or ""
+        if not prompt.strip():
+            raise ExportError(
+                f"item {marker['id']!r} has an empty prompt: VBench names videos by prompt, "
+                "so export only runs whose every item has a prompt"
+            )
+        groups[vbench_name(prompt, 0)[: -len("-0.mp4")]].append(marker)
+    out = []
+    for stem in sorted(groups):
+        ordered = sorted(groups[stem], key=lambda m: (item_fields(m).get("seed") or 0, m["id"]))
+        for index, marker in enumerate(ordered):
+            out.append((marker, vbench_name(item_fields(marker)["prompt"], index), index))
+    return out
+
+
+def export_vbench(
+    store: Store, dest: str | os.PathLike, *, storage_options: dict | None = None
+) -> ExportSummary:
+    """Videos as ``dest/{prompt}-{index}.mp4`` for VBench, plus ``dest/vbench_map.jsonl``."""
+    markers, skipped = done_markers(store)
+    named = vbench_names(markers)
+    target = _open_dest(dest, storage_options)
+    linked = _copy_all(store, target, [(m, name) for m, name, _ in named])
+    rows = [
+        {
+            "file_name": name,
+            "id": m["id"],
+            "prompt": item_fields(m)["prompt"],
+            "index": index,
+            "seed": item_fields(m).get("seed"),
+        }
+        for m, name, index in named
+    ]
+    target.write(VBENCH_MAP, _jsonl(rows))
+    return ExportSummary(
+        format="vbench",
+        dest=target.display,
+        exported=len(named),
+        bytes=sum(m["video_bytes"] for m in markers),
+        linked=linked,
+        skipped=skipped,
+        files=(VBENCH_MAP,),
+        prompts=len({name.rsplit("-", 1)[0] for _, name, _ in named}),
+    )
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def hf_table(markers: list[dict]) -> pa.Table:
+    rows = [{"file_name": video_path(m["id"]), **item_record(m)} for m in markers]
+    return pa.Table.from_pylist(rows, schema=HF_SCHEMA)
+
+
+def export_hf(
+    store: Store, dest: str | os.PathLike | None = None, *, storage_options: dict | None = None
+) -> ExportSummary:
+    """A ``videofolder`` dataset: ``videos/{id}.mp4`` and ``metadata.parquet`` beside them.
+
+    With ``dest=None`` only the metadata file is written, into the output root itself; load it
+    with ``datasets.load_dataset("videofolder", data_dir=ROOT)``.
+    """
+    markers, skipped = done_markers(store)
+    data = io.BytesIO()
+    pq.write_table(hf_table(markers), data, compression="zstd")
+    linked = 0
+    if dest is None:
+        store.root.write_bytes(HF_METADATA, data.getvalue())
+        where = store.url
+    else:
+        target = _open_dest(dest, storage_options)
+        linked = _copy_all(store, target, [(m, video_path(m["id"])) for m in markers])
+        target.write(HF_METADATA, data.getvalue())
+        where = target.display
+    return ExportSummary(
+        format="hf",
+        dest=where,
+        exported=len(markers),
+        bytes=sum(m["video_bytes"] for m in markers),
+        linked=linked,
+        skipped=skipped,
+        files=(HF_METADATA,),
+    )
+
+
+# --------------------------------------------------------------------------- WebDataset
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in "1GB", "500MB", "100KB", "1.5G", "64MiB" or "1000": K/M/G/T are SI (powers of
+    1000), KiB/MiB/GiB/TiB are IEC (powers of 1024); case and the trailing B do not matter."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE.match(str(text))
+        if not match or (match.group(3) and not match.group(2)):
+            raise ExportError(
+                f"cannot read the size {text!r}: write a number with an optional unit, "
+                "e.g. 1GB, 500MB, 100KB (SI) or 1GiB, 512MiB (IEC)"
+            )
+        prefix = match.group(2).lower()
+        scale = 1024 ** "_kmgt".index(prefix) if match.group(3) else _UNITS[prefix]
+        value = int(float(match.group(1)) * scale)
+    if value < 1:
+        raise ExportError(f"the size {text!r} must be at least 1 byte")
+    return value
+
+
+def wds_key(item_id: str) -> str:
+    """The sample key of an id: WebDataset splits a file name at its first dot, so ``%`` becomes
+    ``%25`` and ``.`` becomes ``%2E`` (reversible; the json holds the id as it is)."""
+    return item_id.replace("%", "%25").replace(".", "%2E")
+
+
+def _tar_info(name: str, size: int, mtime: float) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, 0o644
+    return info
+
+
+def _member_bytes(info: tarfile.TarInfo) -> int:
+    header = len(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+    return header + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def tar_file_size(member_bytes: int) -> int:
+    """Size of a tar file whose members take `member_bytes`: two zero blocks, whole records."""
+    end = member_bytes + 2 * tarfile.BLOCKSIZE
+    return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def plan_shards(sample_bytes: list[int], limit: int) -> list[list[int]]:
+    """Group sample indices into shards whose tar file stays within `limit` bytes."""
+    shards: list[list[int]] = []
+    used = 0
+    for index, size in enumerate(sample_bytes):
+        if shards and tar_file_size(used + size) <= limit:
+            shards[-1].append(index)
+            used += size
+        else:
+            shards.append([index])
+            used = size
+    return shards
+
+
+@dataclass(frozen=True)
+class _Sample:
+    marker: dict
+    key: str
+    json: bytes
+    mtime: float
+
+    def members(self) -> tuple[tarfile.TarInfo, tarfile.TarInfo]:
+        return (
+            _tar_info(f"{self.key}.mp4", self.marker["video_bytes"], self.mtime),
+            _tar_info(f"{self.key}.json", len(self.json), self.mtime),
+        )
+
+    def size(self) -> int:
+        return sum(_member_bytes(m) for m in self.members())
+
+
+def _sample(marker: dict) -> _Sample:
+    try:
+        mtime = datetime.fromisoformat(marker["committed_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        mtime = 0.0
+    record = json.dumps(item_record(marker), ensure_ascii=False, sort_keys=True).encode()
+    return _Sample(marker, wds_key(marker["id"]), record, mtime)
+
+
+def _read_video(store: Store, sample: _Sample) -> bytes:
+    with store.open_video(sample.marker["id"]) as handle:
+        data = handle.read()
+    if len(data) != sample.marker["video_bytes"]:
+        raise StoreError(
+            f"the video of item {sample.marker['id']!r} changed during the export "
+            f"({len(data)} bytes, marker says {sample.marker['video_bytes']}); rerun the export "
+            "once no run writes to this output root"
+        )
+    return data
+
+
+def _write_shard(store: Store, target: _Dest, rel: str, samples: list[_Sample]) -> None:
+    videos = ordered_map(lambda s: _read_video(store, s), samples)
+    with (
+        target.fs.open(target.path(rel), "wb") as out,
+        tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for sample, video in zip(samples, videos, strict=True):
+            video_info, json_info = sample.members()
+            tar.addfile(video_info, io.BytesIO(video))
+            tar.addfile(json_info, io.BytesIO(sample.json))
+
+
+def export_webdataset(
+    store: Store,
+    dest: str | os.PathLike,
+    shard_size: str | int = "1GB",
+    *,
+    storage_options: dict | None = None,
+) -> ExportSummary:
+    """Tar shards ``dest/shard-{n:06d}.tar`` of ``{key}.mp4`` + ``{key}.json``, ordered by id.
+
+    Shards of an earlier export numbered past the new last one are deleted, so the folder
+    always holds exactly this export.
+    """
+    limit = parse_size(shard_size)
+    markers, skipped = done_markers(store)
+    samples = [_sample(m) for m in markers]
+    target = _open_dest(dest, storage_options)
+    names = []
+    for number, indices in enumerate(plan_shards([s.size() for s in samples], limit)):
+        names.append(f"shard-{number:06d}.tar")
+        _write_shard(store, target, names[-1], [samples[i] for i in indices])
+    _delete_stale_shards(target, set(names))
+    return ExportSummary(
+        format="webdataset",
+        dest=target.display,
+        exported=len(samples),
+        bytes=sum(m["video_bytes"] for m in markers),
+        skipped=skipped,
+        files=tuple(names),
+    )
+
+
+def _delete_stale_shards(target: _Dest, keep: set[str]) -> None:
+    try:
+        listed = target.fs.ls(target.root, detail=False)
+    except FileNotFoundError:
+        return
+    for path in listed:
+        name = os.path.basename(path.rstrip("/"))
+        if SHARD_PATTERN.match(name) and name not in keep:
+            target.fs.rm_file(path)
