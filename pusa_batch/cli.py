@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def validate(
 
     report = validate_manifest(str(manifest), load_spec_or_none(pipeline), check_files=check_files)
     if as_json:
-        out.print_json(data=report.to_dict())
+        out.print_json(data=dataclasses.asdict(report))
     elif report.problems:
         err.print(f"{manifest}: {report.problem_count} problem(s) in {report.rows} row(s):")
         for problem in report.problems:
@@ -130,9 +131,14 @@ def make_tiny_model(
     kind: str = typer.Option("wan2.1", help="wan2.1 | wan2.2 | mochi"),
 ) -> int:
     """Write a tiny random-weight twin of a real Pusa checkpoint, in the real on-disk layout."""
-    from pusa_batch.models.tiny import make_tiny_model as make
+    if kind == "mochi":
+        from pusa_batch.models.tiny_mochi import make_tiny_mochi
 
-    path = make(kind, directory)
+        path = make_tiny_mochi(directory)
+    else:
+        from pusa_batch.models.tiny import make_tiny_model as make
+
+        path = make(kind, directory)
     out.print(f"wrote tiny {kind} model to {path}", highlight=False)
     return 0
 
@@ -282,6 +288,62 @@ def submit(
     )
 
 
+# ---------------------------------------------------------------- using the outputs
+
+
+@app.command()
+def export(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    format: str = typer.Option(..., "--format", "-f", help="vbench | hf | webdataset"),
+    dest: str | None = typer.Option(
+        None, "--dest", "-o", help="Where to write (default: hf into the root, else required)."
+    ),
+    shard_size: str = typer.Option("1GB", help="WebDataset shard size, e.g. 1GB, 500MB."),
+    storage_option: list[str] | None = StorageOpt,
+) -> int:
+    """Lay a run out for evaluation suites and dataset loaders."""
+    from pusa_batch import export as exports
+    from pusa_batch.store import Store
+
+    options = parse_storage_options(storage_option)
+    store = Store(output, options)
+    if format not in ("vbench", "hf", "webdataset"):
+        raise typer.BadParameter("expected vbench, hf or webdataset", param_hint="--format")
+    if format == "hf":
+        summary = exports.export_hf(store, dest, storage_options=options)
+    elif dest is None:
+        raise typer.BadParameter(f"--format {format} needs --dest", param_hint="--dest")
+    elif format == "vbench":
+        summary = exports.export_vbench(store, dest, storage_options=options)
+    else:
+        summary = exports.export_webdataset(store, dest, shard_size, storage_options=options)
+    out.print(
+        f"exported {summary.exported} video(s) ({summary.bytes / 1e6:.1f} MB) as {format} "
+        f"to {summary.dest}",
+        highlight=False,
+    )
+    for item_id in summary.skipped[:20]:
+        out.print(f"  skipped {item_id}: video missing or shorter than recorded", markup=False)
+    return 0
+
+
+@app.command()
+def gallery(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    page: str | None = typer.Option(
+        None, "--output", "-o", help="HTML page to write (default: gallery.html in the root)."
+    ),
+    storage_option: list[str] | None = StorageOpt,
+) -> int:
+    """Write a static HTML page to look at a run: videos, prompts, conditioning, failures."""
+    from pusa_batch.gallery import write_gallery
+    from pusa_batch.store import Store
+
+    summary = write_gallery(Store(output, parse_storage_options(storage_option)), page)
+    out.print(f"wrote {summary}", highlight=False)
+    return 0
+
+
 # ---------------------------------------------------------------- building manifests
 
 
@@ -365,7 +427,7 @@ def manifest_sweep(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: typed errors become one `Error: ...` line and their exit code."""
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = app(args=argv, prog_name="pusa-batch", standalone_mode=False)
     except PusaBatchError as error:
         err.print(f"Error: {error}", markup=False, highlight=False)
         if isinstance(error, ManifestError):
@@ -379,10 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("Interrupted. Run the same command again to resume.")
         return 130
-    except Exception as error:  # click usage errors and the like
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:  # usage errors (typer's click exceptions) show themselves
+        if hasattr(error, "show") and hasattr(error, "exit_code"):
             error.show()
             return error.exit_code
         raise
