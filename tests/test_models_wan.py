@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pusa_batch.errors import PipelineError
 from pusa_batch.models.wan import PusaWanTransformer, WanConfig
@@ -142,3 +143,34 @@ def test_bf16_keeps_norms_modulation_and_time_embedder_in_fp32(pair, inputs):
     out = model(x, t, ctx)
     assert out.dtype == torch.bfloat16
     assert (out.float() - ours(x, t, ctx)).abs().max().item() < 0.1
+
+
+class LargestTokenTensor(TorchDispatchMode):
+    """Records the largest tensor with a token axis (N or B*N) that any op produces."""
+
+    def __init__(self, tokens: int):
+        super().__init__()
+        self.token_dims = {tokens, B * tokens}
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and self.token_dims & set(t.shape):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@torch.no_grad()
+def test_no_per_token_modulation_tensor_is_built(pair, inputs):
+    ref, ours = pair
+    x, ctx = inputs
+    tokens = F * TOKENS_PER_FRAME
+    per_frame = torch.tensor([[900.0, 500.0, 0.0], [999.0, 10.0, 300.0]])
+    per_token_6d = B * tokens * 6 * ours.config.inner_dim
+    with LargestTokenTensor(tokens) as theirs:
+        ref(x, per_frame.repeat_interleave(TOKENS_PER_FRAME, dim=1), ctx, return_dict=False)
+    with LargestTokenTensor(tokens) as mine:
+        ours(x, per_frame, ctx)
+    assert theirs.numel >= per_token_6d  # the probe does see diffusers' (B, N, 6, D) tensor
+    assert mine.numel <= per_token_6d / 3  # the FFN's (B, N, ffn_dim = 2D) is the largest

@@ -80,15 +80,17 @@ def _complete_shards(folder: Path, shards: list[Path]) -> list[Path]:
     return [folder / name for name in expected]
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint, on the CPU, in their stored dtype."""
+def read_state_dict(
+    path: str | Path, *, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint in their stored dtype; safetensors go straight to `device`."""
     path = Path(path)
     if path.is_file() and path.suffix in _TORCH_SUFFIXES:
-        return _read_torch(path)
+        return {k: v.to(device) for k, v in _read_torch(path).items()}
     out: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         try:
-            part = load_file(str(file))
+            part = load_file(str(file), device=str(torch.device(device)))
         except Exception as exc:  # safetensors raises its own SafetensorError
             raise CheckpointError(f"{file}: unreadable safetensors file ({exc})") from exc
         clash = sorted(set(part) & set(out))
@@ -197,12 +199,16 @@ def load_wan_transformer(
     device: str | torch.device = "cpu",
     attention: str = "sdpa",
 ) -> PusaWanTransformer:
-    """A diffusers `transformer/` dir or an original Wan dir (config.json + shards), strictly."""
+    """A diffusers `transformer/` dir or an original Wan dir (config.json + shards), strictly.
+
+    Weights are read onto `device`, then cast to `dtype` with norms, modulation tables and the
+    time embedder kept in fp32 (as diffusers does). `attention` is "sdpa" or "flash".
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: expected a directory holding config.json and weights")
     config = read_transformer_config(folder)
-    state_dict = read_state_dict(folder)
+    state_dict = read_state_dict(folder, device=device)  # no host copy when loading to a GPU
     if is_wan_format(state_dict):
         state_dict = wan_to_diffusers(state_dict, source=str(folder))
     with torch.device("meta"):
