@@ -1,0 +1,258 @@
+"""`Pipeline` on the tiny Wan twins: shapes, determinism, prompt caching, exact conditioning."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from PIL import Image
+
+from pusa_batch import video
+from pusa_batch.errors import PipelineError
+from pusa_batch.manifest_schema import Item
+from pusa_batch.models.tiny import ensure_tiny_model
+from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny convolutions gain nothing from two threads, and OpenMP threads on a busy CI box
+    # spin against other processes (a 0.8 s VAE decode took 10 s with two threads under load).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "pusa-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PUSA_BATCH_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def pipe(cache) -> Pipeline:
+    return Pipeline.load(load_pipeline_spec(PIPELINES / "tiny.toml"))
+
+
+@pytest.fixture(scope="module")
+def pipe22(cache) -> Pipeline:
+    return Pipeline.load(load_pipeline_spec(PIPELINES / "tiny-wan22.toml"))
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> str:
+    rng = np.random.default_rng(7)
+    path = tmp_path_factory.mktemp("media") / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> str:
+    """A 24-frame 64x64 mp4: a bright square moving right."""
+    frames = np.zeros((24, 64, 64, 3), dtype=np.uint8)
+    for i in range(24):
+        frames[i, 20:40, 2 * i : 2 * i + 16] = (200, 120, 40)
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    path.write_bytes(video.encode_mp4(frames, fps=8))
+    return str(path)
+
+
+def make_item(spec, **changes) -> Item:
+    d = spec.defaults
+    fields = {
+        "id": "item",
+        "row": 1,
+        "task": "t2v",
+        "prompt": "a red car on a road",
+        "negative_prompt": d.negative_prompt,
+        "image": None,
+        "images": (),
+        "video": None,
+        "video_b": None,
+        "cond_frames": None,
+        "noise_multipliers": None,
+        "num_frames": d.num_frames,
+        "height": d.height,
+        "width": d.width,
+        "fps": d.fps,
+        "seed": 1,
+        "steps": d.steps,
+        "guidance_scale": d.guidance_scale,
+        "shift": d.shift,
+    }
+    return Item(**{**fields, **changes})
+
+
+def vae_latent(cache: Path, pixels: np.ndarray) -> torch.Tensor:
+    """Independent reference: diffusers' VAE mean, normalised as diffusers' Wan I2V does."""
+    vae = AutoencoderKLWan.from_pretrained(ensure_tiny_model("wan2.1") / "vae").eval()
+    x = torch.tensor(pixels).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+    with torch.no_grad():
+        mu = vae.encode(x).latent_dist.mode()
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    return (mu - mean) * inv_std
+
+
+def test_t2v_makes_the_requested_frames(pipe):
+    frames = pipe.generate(make_item(pipe.spec))
+    assert frames.shape == (17, 64, 64, 3) and frames.dtype == np.uint8
+
+
+def test_other_sizes_follow_the_item(pipe):
+    item = make_item(pipe.spec, num_frames=9, height=48, width=80, steps=2)
+    assert pipe.generate(item).shape == (9, 48, 80, 3)
+
+
+def test_i2v_makes_the_requested_frames(pipe, image):
+    frames = pipe.generate(make_item(pipe.spec, task="i2v", image=image))
+    assert frames.shape == (17, 64, 64, 3)
+
+
+def test_same_item_and_seed_give_identical_frames(pipe, cache):
+    item = make_item(pipe.spec, seed=42)
+    first = pipe.generate(item)
+    again = Pipeline.load(pipe.spec).generate(item)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_another_seed_gives_other_frames(pipe):
+    a = pipe.sample(pipe.prepare(make_item(pipe.spec, seed=1)))
+    b = pipe.sample(pipe.prepare(make_item(pipe.spec, seed=2)))
+    assert not torch.equal(a, b)
+
+
+def test_noise_has_the_latent_shape_and_comes_from_the_seed(pipe):
+    prepared = pipe.prepare(make_item(pipe.spec, seed=5))
+    assert prepared.noise.shape == (1, 16, 5, 8, 8)
+    expected = torch.randn((1, 16, 5, 8, 8), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(prepared.noise, expected)
+
+
+def test_negative_prompt_is_encoded_once_for_many_items(pipe):
+    negative = "a negative prompt only this test uses"
+    before = pipe.text.calls
+    for i in range(3):
+        pipe.prepare(make_item(pipe.spec, prompt=f"prompt number {i}", negative_prompt=negative))
+    assert pipe.text.calls - before == 3 + 1
+
+
+def test_repeated_prompts_come_from_the_cache(pipe):
+    item = make_item(pipe.spec, prompt="a cat sitting on a chair")
+    first = pipe.prepare(item)
+    calls = pipe.text.calls
+    again = pipe.prepare(item)
+    assert pipe.text.calls == calls
+    assert torch.equal(first.positive, again.positive)
+
+
+def test_guidance_one_encodes_no_negative_prompt(pipe):
+    before = pipe.text.calls
+    prepared = pipe.prepare(
+        make_item(pipe.spec, prompt="a dog running", negative_prompt="unused", guidance_scale=1.0)
+    )
+    assert prepared.negative is None
+    assert pipe.text.calls - before == 1
+
+
+def test_prompt_embeddings_are_zero_past_the_real_tokens(pipe):
+    emb = pipe.encode_prompt("a boat")
+    tokens = pipe.text.tokenizer("a boat").input_ids
+    assert emb.shape == (1, pipe.spec.options.text_max_length, 32)
+    assert emb[0, : len(tokens)].abs().sum(dim=-1).gt(0).all()
+    assert torch.count_nonzero(emb[0, len(tokens) :]) == 0
+
+
+def test_m0_image_latent_survives_sampling_bit_identical(pipe, image, cache):
+    item = make_item(pipe.spec, task="i2v", image=image, cond_frames=(0,), noise_multipliers=(0.0,))
+    latents = pipe.sample(pipe.prepare(item))
+    pixels = video.load_image(image, 64, 64)
+    expected = vae_latent(cache, pixels[None])[:, :, 0]
+    assert torch.equal(latents[:, :, 0], expected)
+
+
+def test_image_at_a_later_frame_fills_that_latent(pipe, image, cache):
+    item = make_item(pipe.spec, task="i2v", image=image, cond_frames=(8,), noise_multipliers=(0.0,))
+    latents = pipe.sample(pipe.prepare(item))
+    expected = vae_latent(cache, video.load_image(image, 64, 64)[None])[:, :, 0]
+    assert torch.equal(latents[:, :, 2], expected)
+    assert not torch.equal(latents[:, :, 0], expected)
+
+
+def test_m0_video_latents_equal_the_encoded_opening_frames(pipe, clip, cache):
+    item = make_item(
+        pipe.spec, task="extend", video=clip, cond_frames=(0, 1, 2, 3, 4), noise_multipliers=(0.0,)
+    )
+    latents = pipe.sample(pipe.prepare(item))
+    expected = vae_latent(cache, video.read_frames(clip, range(5), 64, 64))
+    assert torch.equal(latents[:, :, :2], expected)
+
+
+def test_video_task_makes_the_requested_frames(pipe, clip):
+    frames = pipe.generate(make_item(pipe.spec, task="extend", video=clip))
+    assert frames.shape == (17, 64, 64, 3)
+
+
+def test_conditioning_metadata_lists_pixel_and_latent_positions(pipe, image):
+    item = make_item(
+        pipe.spec, task="start_end", images=(image, image), noise_multipliers=(0.2, 0.5)
+    )
+    meta = pipe.conditioning_metadata(item)
+    assert meta["latent_indices"] == [0, 4]
+    assert meta["pixel_frames"] == [[0], [16]]
+    assert meta["multipliers"] == [0.2, 0.5]
+
+
+def test_callback_sees_every_step(pipe):
+    seen = []
+    pipe.sample(pipe.prepare(make_item(pipe.spec)), callback=lambda k, n, x: seen.append((k, n)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_wan22_switches_from_high_to_low_expert(pipe22):
+    calls = {"transformer": 0, "transformer_2": 0}
+    hooks = [
+        model.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+        for name, model in pipe22.experts.items()
+    ]
+    try:
+        # 4 steps at shift 5: t = 1000, 937.5 (high), 833.3, 625 (low); two passes each for CFG.
+        frames = pipe22.generate(make_item(pipe22.spec))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert frames.shape == (17, 64, 64, 3)
+    assert calls == {"transformer": 4, "transformer_2": 4}
+
+
+def test_batched_cfg_runs_one_pass_per_step_with_the_same_result(pipe, cache):
+    spec = dataclasses.replace(
+        pipe.spec, options=dataclasses.replace(pipe.spec.options, batched_cfg=True)
+    )
+    batched = Pipeline.load(spec)
+    calls = []
+    hook = batched.experts["transformer"].register_forward_hook(lambda *_: calls.append(1))
+    item = make_item(pipe.spec, seed=3)
+    try:
+        out = batched.sample(batched.prepare(item))
+    finally:
+        hook.remove()
+    assert len(calls) == 4
+    torch.testing.assert_close(out, pipe.sample(pipe.prepare(item)), rtol=1e-4, atol=1e-4)
+
+
+def test_missing_weights_fail_on_load_naming_the_path(tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text('family = "wan2.1"\n[weights]\nroot = "nowhere"\n')
+    with pytest.raises(PipelineError, match="nowhere/transformer"):
+        Pipeline.load(load_pipeline_spec(toml))
