@@ -1,7 +1,6 @@
 """The store against a real S3 API (moto_server on localhost), plus the `s3` fixture.
 
-The `s3` fixture is session-scoped; other test modules can import it
-(`from test_store_s3 import s3`) until it moves to conftest.py.
+The session-scoped `s3` fixture lives in conftest.py.
 """
 
 from __future__ import annotations
@@ -11,19 +10,10 @@ import logging
 import uuid
 
 import pytest
-from s3server import S3Server, s3_server
+from conftest import BUCKET
 
 from pusa_batch.errors import StoreError
 from pusa_batch.store import Store
-
-BUCKET = "pusa-test"
-
-
-@pytest.fixture(scope="session")
-def s3() -> S3Server:
-    with s3_server() as server:
-        server.make_bucket(BUCKET)
-        yield server
 
 
 def s3_root() -> str:
