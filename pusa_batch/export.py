@@ -186,7 +186,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], window: int = _WINDOW)
 
 
 @dataclass(frozen=True)
-class _Dest:
+class Destination:
+    """A folder (local or fsspec URL) that exports write into."""
+
     fs: Any
     root: str
     display: str
@@ -204,7 +206,7 @@ class _Dest:
             self.fs.makedirs(self.path(rel_dir) if rel_dir else self.root, exist_ok=True)
 
 
-def _open_dest(dest: str | os.PathLike, storage_options: dict | None) -> _Dest:
+def open_destination(dest: str | os.PathLike, storage_options: dict | None) -> Destination:
     url = os.fspath(dest)
     try:
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
@@ -215,12 +217,12 @@ def _open_dest(dest: str | os.PathLike, storage_options: dict | None) -> _Dest:
         ) from exc
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     is_local = bool({"file", "local"} & set(protocols))
-    dest_obj = _Dest(fs, root.rstrip("/"), redact_url(url), is_local)
+    dest_obj = Destination(fs, root.rstrip("/"), redact_url(url), is_local)
     dest_obj.makedirs("")
     return dest_obj
 
 
-def _copy_video(store: Store, item_id: str, dest: _Dest, rel: str) -> bool:
+def _copy_video(store: Store, item_id: str, dest: Destination, rel: str) -> bool:
     """Copy (or hard-link) one video; True when it was linked."""
     dest.makedirs(os.path.dirname(rel))
     target = dest.path(rel)
@@ -240,7 +242,7 @@ def _copy_video(store: Store, item_id: str, dest: _Dest, rel: str) -> bool:
     return False
 
 
-def _copy_all(store: Store, dest: _Dest, pairs: list[tuple[dict, str]]) -> int:
+def _copy_all(store: Store, dest: Destination, pairs: list[tuple[dict, str]]) -> int:
     """Copy each (marker, relative target); return how many were hard links."""
     linked = ordered_map(lambda p: _copy_video(store, p[0]["id"], dest, p[1]), pairs)
     return sum(1 for was_linked in linked if was_linked)
@@ -278,7 +280,7 @@ def export_vbench(
     """Videos as ``dest/{prompt}-{index}.mp4`` for VBench, plus ``dest/vbench_map.jsonl``."""
     markers, skipped = done_markers(store)
     named = vbench_names(markers)
-    target = _open_dest(dest, storage_options)
+    target = open_destination(dest, storage_options)
     linked = _copy_all(store, target, [(m, name) for m, name, _ in named])
     rows = [
         {
@@ -327,7 +329,7 @@ def export_hf(
         store.root.write_bytes(HF_METADATA, data.getvalue())
         where = store.url
     else:
-        target = _open_dest(dest, storage_options)
+        target = open_destination(dest, storage_options)
         linked = _copy_all(store, target, [(m, video_path(m["id"])) for m in markers])
         target.write(HF_METADATA, data.getvalue())
         where = target.display
@@ -443,7 +445,7 @@ def _read_video(store: Store, sample: _Sample) -> bytes:
     return data
 
 
-def _write_shard(store: Store, target: _Dest, rel: str, samples: list[_Sample]) -> None:
+def _write_shard(store: Store, target: Destination, rel: str, samples: list[_Sample]) -> None:
     videos = ordered_map(lambda s: _read_video(store, s), samples)
     with (
         target.fs.open(target.path(rel), "wb") as out,
@@ -470,7 +472,7 @@ def export_webdataset(
     limit = parse_size(shard_size)
     markers, skipped = done_markers(store)
     samples = [_sample(m) for m in markers]
-    target = _open_dest(dest, storage_options)
+    target = open_destination(dest, storage_options)
     names = []
     for number, indices in enumerate(plan_shards([s.size() for s in samples], limit)):
         names.append(f"shard-{number:06d}.tar")
@@ -486,7 +488,7 @@ def export_webdataset(
     )
 
 
-def _delete_stale_shards(target: _Dest, keep: set[str]) -> None:
+def _delete_stale_shards(target: Destination, keep: set[str]) -> None:
     try:
         listed = target.fs.ls(target.root, detail=False)
     except FileNotFoundError:
