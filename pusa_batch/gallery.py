@@ -271,7 +271,8 @@ def _error(card: Card) -> str:
 
 def render_card(card: Card) -> str:
     return (
-        f'<article class="card {esc(card.status)}" data-task="{esc(card.item.get("task"))}" '
+        f'<article class="card {esc(card.status)}" data-id="{esc(card.item_id)}" '
+        f'data-task="{esc(card.item.get("task"))}" '
         f'data-status="{esc(card.status)}"><div class="media">{_media(card)}</div>'
         f'<div class="text"><h2>{esc(card.item_id)} <span class="badge">{esc(card.status)}'
         f'</span></h2><p class="prompt">{esc(card.item.get("prompt"))}</p>'
