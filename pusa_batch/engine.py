@@ -328,6 +328,7 @@ class _Driver:
                 output=self.config.output,
                 storage_options=dict(self.config.storage_options),
                 torch_threads=None if gpus else max(1, int(self.config.cpus_per_worker)),
+                lease_token=self.lease.token,
             )
             handle = Worker.options(
                 num_cpus=self.config.cpus_per_worker,

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import ray
 
+from pusa_batch.errors import LeaseError
+from pusa_batch.lease import LEASE_FILE
 from pusa_batch.store import Store
 
 OnStep = Callable[[int, int], None]
@@ -44,6 +46,7 @@ class WorkerSettings:
     output: str
     storage_options: dict[str, Any]
     torch_threads: int | None
+    lease_token: str | None = None  # commits are refused once another run holds the lease
 
 
 def versions() -> dict[str, str]:
@@ -145,6 +148,7 @@ class WorkerCore:
                 stage = "write"
                 meta = self._metadata(task, meta, timings)
                 t0 = time.perf_counter()
+                self._check_lease()
                 self.store.commit(item["id"], video, meta)
                 timings["write"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - an item error is data, not a worker crash
@@ -166,6 +170,17 @@ class WorkerCore:
             "node": self.host,
             "timings": timings,
         }
+
+    def _check_lease(self) -> None:
+        """Fence: a worker orphaned by a dead driver must not commit over a newer run."""
+        if self.settings.lease_token is None:
+            return
+        current = self.store.root.read_json(LEASE_FILE) or {}
+        if current.get("token") != self.settings.lease_token:
+            raise LeaseError(
+                f"worker {self.settings.worker_id}: the run that started it no longer holds "
+                f"{self.store.url}/{LEASE_FILE}; not committing"
+            )
 
     def _sample(self, item_id: str, prepared: Any, timings: dict[str, float]) -> Any:
         with self._sample_lock:
