@@ -353,7 +353,14 @@ _TAIL = """<script>
     });
   }
   buttons.forEach(function (b) {
-    b.addEventListener("click", function () { state[b.dataset.kind] = b.dataset.value; apply(); });
+    b.addEventListener("click", function () {
+      state[b.dataset.kind] = b.dataset.value;
+      history.replaceState(null, "", "#" + new URLSearchParams(state).toString());
+      apply();
+    });
+  });
+  new URLSearchParams(location.hash.slice(1)).forEach(function (value, key) {
+    if (key in state) state[key] = value;
   });
   apply();
 
