@@ -141,8 +141,22 @@ class Pipeline:
         f = (num_frames - 1) // self.spec.temporal_factor + 1
         return (1, self.z_dim, f, height // 8, width // 8)
 
+    def describe(self) -> dict[str, Any]:
+        """For run records: what is loaded, where, and the LoRAs merged into each expert."""
+        return {
+            "name": self.spec.name,
+            "family": self.spec.family,
+            "identity": self.spec.identity(),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "loras": {
+                name: list(model.merged_weights.loras) for name, model in self.experts.items()
+            },
+        }
+
     def prepare(self, item: Any) -> Prepared:
         """Media loaded and resized, prompts encoded, conditioning latents and noise made."""
+        self._check_size(item)
         positive = self.encode_prompt(item.prompt)
         negative = None if item.guidance_scale == 1.0 else self.encode_prompt(item.negative_prompt)
         cond = self._conditioning(item)
@@ -214,6 +228,17 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ internals
 
+    def _check_size(self, item: Any) -> None:
+        r, m = self.spec.temporal_factor, self.spec.spatial_multiple
+        if item.num_frames < 1 or (item.num_frames - 1) % r:
+            raise PipelineError(
+                f"item {item.id}: num_frames {item.num_frames} must be {r}k+1 (e.g. 17, 81)"
+            )
+        if item.height % m or item.width % m or min(item.height, item.width) < m:
+            raise PipelineError(
+                f"item {item.id}: {item.width}x{item.height} must be multiples of {m} pixels"
+            )
+
     def encode_video(self, pixels: np.ndarray) -> Tensor:
         """uint8 (n, H, W, 3) -> normalised VAE mean latents (1, 16, 1 + (n-1)//4, h, w), CPU."""
         x = torch.tensor(np.asarray(pixels, dtype=np.uint8)).permute(3, 0, 1, 2)[None]
@@ -254,7 +279,7 @@ class Pipeline:
         for source in sorted({src for src, _ in layout}):
             wanted = sorted({i for src, i in layout if src == source})
             pixels = self._read_frames(_source_path(item, source), wanted, item.width, item.height)
-            frames.update(((source, i), px) for i, px in zip(wanted, pixels))
+            frames.update(((source, i), px) for i, px in zip(wanted, pixels, strict=True))
         return self.encode_video(np.stack([frames[entry] for entry in layout]))
 
     def _load_image(self, path: str, width: int, height: int) -> np.ndarray:
