@@ -1,0 +1,158 @@
+"""`plan_job` and the job's exit status, without a cluster: what is sent and what is refused.
+(The round trip through a real Ray cluster is in test_submit_cluster.py.)"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import pusa_batch
+from pusa_batch.errors import PusaBatchError
+from pusa_batch.submit import JobRequest, job_exit_code, plan_job
+
+TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
+HEADER = "id,task,prompt,num_frames,height,width,steps,seed"
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A working dir with a manifest and the tiny pipeline, as a user would ship it."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "run.csv").write_text(HEADER + "\ncat,t2v,a cat,5,32,32,2,1\n")
+    shutil.copy(TINY, tmp_path / "tiny.toml")
+    return tmp_path
+
+
+def request(project: Path, **overrides) -> JobRequest:
+    fields = {
+        "manifest": "manifests/run.csv",
+        "output": "s3://bucket/run1",
+        "pipeline": "tiny.toml",
+        "address": "http://head:8265",
+        "workers": None,
+        "working_dir": str(project),
+        "pip": (),
+        "storage_options": (),
+    }
+    return JobRequest(**{**fields, **overrides})
+
+
+def test_the_entrypoint_is_the_same_run_joining_the_cluster(project):
+    plan = plan_job(request(project, workers=4, storage_options=("anon=false",)))
+    assert list(plan.argv) == [
+        "python", "-m", "pusa_batch.cli", "run", "manifests/run.csv", "-o", "s3://bucket/run1",
+        "--pipeline", "tiny.toml", "--workers", "4", "--storage-option", "anon=false",
+        "--address", "auto", "--no-progress",
+    ]  # fmt: skip
+
+
+def test_the_entrypoint_flags_exist_in_the_run_command(project):
+    from typer.main import get_command
+
+    from pusa_batch.cli import app
+
+    run = get_command(app).commands["run"]
+    flags = {opt for param in run.params for opt in param.opts + param.secondary_opts}
+    plan = plan_job(request(project, workers=2, storage_options=("a=b",)))
+    assert {arg for arg in plan.argv if arg.startswith("-")} <= flags | {"-m"}
+
+
+def test_without_pip_this_package_is_shipped_as_a_py_module(project):
+    env = plan_job(request(project)).runtime_env
+    assert env["py_modules"] == [str(Path(pusa_batch.__file__).resolve().parent)]
+    assert "pip" not in env
+    assert env["working_dir"] == str(project.resolve())
+
+
+def test_pip_specs_replace_the_shipped_package(project):
+    env = plan_job(request(project, pip=("pusa-batch==0.1.0",))).runtime_env
+    assert env["pip"] == ["pusa-batch==0.1.0"] and "py_modules" not in env
+
+
+def test_git_caches_videos_and_weights_are_not_uploaded(project):
+    excludes = plan_job(request(project)).runtime_env["excludes"]
+    assert {".git", "**/__pycache__", "*.mp4", "*.safetensors"} <= set(excludes)
+
+
+def test_an_output_inside_the_working_dir_is_not_uploaded(project):
+    plan = plan_job(request(project, output=str(project / "outputs" / "run1")))
+    assert "/outputs/run1" in plan.runtime_env["excludes"]
+
+
+def test_input_videos_are_uploaded_when_the_manifest_has_some(project):
+    (project / "manifests" / "run.csv").write_text(
+        "id,task,prompt,video\nx,extend,a clip,clips/a.mp4\n"
+    )
+    assert "*.mp4" not in plan_job(request(project)).runtime_env["excludes"]
+
+
+def test_an_absolute_manifest_inside_the_working_dir_becomes_relative(project):
+    plan = plan_job(request(project, manifest=str(project / "manifests" / "run.csv")))
+    assert plan.argv[4] == "manifests/run.csv"
+
+
+def test_an_absolute_manifest_outside_the_working_dir_is_kept_with_a_note(project):
+    plan = plan_job(request(project, manifest="/data/shared/run.csv"))
+    assert plan.argv[4] == "/data/shared/run.csv"
+    assert any("/data/shared/run.csv" in note and "cluster" in note for note in plan.notes)
+
+
+def test_a_manifest_missing_from_the_working_dir_is_refused(project):
+    with pytest.raises(PusaBatchError, match="manifests/nope.csv.*--working-dir"):
+        plan_job(request(project, manifest="manifests/nope.csv"))
+
+
+def test_a_relative_output_is_refused(project):
+    with pytest.raises(PusaBatchError, match="relative.*absolute path.*s3://"):
+        plan_job(request(project, output="outputs/run1"))
+
+
+def test_a_local_output_gets_a_shared_filesystem_note(project):
+    plan = plan_job(request(project, output="/mnt/shared/run1"))
+    assert any("every node" in note for note in plan.notes)
+
+
+def test_weights_inside_the_working_dir_are_refused(project):
+    (project / "weights").mkdir()
+    (project / "weights" / "model.safetensors").write_bytes(b"0")
+    (project / "real.toml").write_text(
+        'name = "real"\nfamily = "wan2.1"\n[weights]\ntransformer = "weights/model.safetensors"\n'
+        'vae = "weights/model.safetensors"\ntext_encoder = "weights/model.safetensors"\n'
+        'tokenizer = "weights"\n'
+    )
+    with pytest.raises(PusaBatchError, match="weights inside the working dir are not shipped"):
+        plan_job(request(project, pipeline="real.toml"))
+
+
+def test_a_missing_working_dir_is_refused(project):
+    with pytest.raises(PusaBatchError, match="--working-dir"):
+        plan_job(request(project, working_dir=str(project / "nope")))
+
+
+def test_storage_option_values_are_hidden_when_shown_and_secrets_get_a_note(project):
+    plan = plan_job(request(project, storage_options=("secret=hunter2", "anon=false")))
+    assert "hunter2" in plan.entrypoint
+    assert "hunter2" not in plan.shown_entrypoint and "secret=***" in plan.shown_entrypoint
+    assert any("visible" in note for note in plan.notes)
+
+
+def job_info(status: str, message: str = "", driver_exit_code: int | None = None):
+    return SimpleNamespace(status=status, message=message, driver_exit_code=driver_exit_code)
+
+
+@pytest.mark.parametrize(
+    ("info", "code"),
+    [
+        (job_info("SUCCEEDED"), 0),
+        (job_info("FAILED", "Job entrypoint command failed with exit code 2", 2), 2),
+        (job_info("FAILED", "Job entrypoint command failed with exit code 3, last logs"), 3),
+        (job_info("STOPPED", "Job was intentionally stopped."), 1),
+    ],
+)
+def test_the_exit_status_follows_the_job(info, code):
+    lines: list[str] = []
+    assert job_exit_code(info, lines.append) == code
+    assert lines
