@@ -9,7 +9,8 @@ copied into metadata are redacted (user:password and query values become ``***``
   verbatim except ``/``, ``\\`` and control characters, which become ``_``; names over 255 bytes
   are cut and get ``~`` + 8 hex of sha1(prompt)). ``index`` counts the videos sharing a file
   stem, ordered by (seed, id), so two prompts that sanitise alike share one index sequence
-  rather than overwrite each other. ``dest/vbench_map.jsonl`` maps each file name to its id.
+  rather than overwrite each other. ``dest/vbench_map.jsonl`` maps each file name to its id;
+  videos listed by an earlier export's map and not rewritten are deleted, other files are kept.
 * Hugging Face: ``videos/{id}.mp4`` plus ``metadata.parquet`` (``file_name`` relative to it and
   flat columns, see ``HF_SCHEMA``). Parquet, not JSON lines: pyarrow infers JSON types block by
   block, so a run whose first rows have no input image breaks ``datasets``' JSON reader.
@@ -88,21 +89,10 @@ HF_SCHEMA = pa.schema(
         ("sample_s", pa.float64()),
     ]
 )
-_ITEM_FIELDS = [
-    "prompt",
-    "negative_prompt",
-    "task",
-    "seed",
-    "num_frames",
-    "height",
-    "width",
-    "fps",
-    "steps",
-    "guidance_scale",
-    "shift",
-    "cond_frames",
-    "noise_multipliers",
-]
+_ITEM_FIELDS = (
+    "prompt negative_prompt task seed num_frames height width fps steps guidance_scale shift "
+    "cond_frames noise_multipliers"
+).split()
 
 
 @dataclass(frozen=True)
@@ -281,7 +271,10 @@ def export_vbench(
     markers, skipped = done_markers(store)
     named = vbench_names(markers)
     target = open_destination(dest, storage_options)
+    previous = _previous_vbench_files(target)
     linked = _copy_all(store, target, [(m, name) for m, name, _ in named])
+    for stale in previous - {name for _, name, _ in named}:
+        target.fs.rm_file(target.path(stale))
     rows = [
         {
             "file_name": name,
@@ -303,6 +296,17 @@ def export_vbench(
         files=(VBENCH_MAP,),
         prompts=len({name.rsplit("-", 1)[0] for _, name, _ in named}),
     )
+
+
+def _previous_vbench_files(target: Destination) -> set[str]:
+    """Videos an earlier export listed in its map and that still exist (VBench would score
+    every video in the folder, so the ones this export does not rewrite are deleted)."""
+    try:
+        text = target.fs.cat_file(target.path(VBENCH_MAP)).decode()
+    except FileNotFoundError:
+        return set()
+    names = {json.loads(line).get("file_name") for line in text.splitlines() if line.strip()}
+    return {n for n in names if n and "/" not in n and target.fs.exists(target.path(n))}
 
 
 # --------------------------------------------------------------------------- Hugging Face

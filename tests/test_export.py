@@ -97,6 +97,19 @@ def test_vbench_copies_from_an_object_store(tmp_path):
     assert (tmp_path / "a boat-0.mp4").read_bytes() == video
 
 
+def test_vbench_reexport_removes_its_stale_videos_only(root, tmp_path):
+    export_vbench(root, tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    smaller = Store(str(tmp_path / "smaller"))
+    commit_item(smaller, item_dict("m1", "a boat", 1))
+    export_vbench(smaller, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "a boat-0.mp4",
+        "notes.txt",
+        "vbench_map.jsonl",
+    ]
+
+
 def test_vbench_refuses_an_empty_prompt(tmp_path):
     store = Store(str(tmp_path / "out"))
     commit_item(store, item_dict("blank", "   ", 1))

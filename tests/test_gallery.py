@@ -149,3 +149,13 @@ def test_video_base_serves_videos_from_elsewhere(tmp_path):
     write_gallery(store, str(tmp_path / "page.html"), video_base="https://cdn.example/run7/")
     card = Cards((tmp_path / "page.html").read_text()).cards[0]
     assert first(card, "video")["src"] == "https://cdn.example/run7/videos/odd%20%231%20%25.mp4"
+
+
+def test_a_named_page_inside_the_root_links_videos_relatively(tmp_path):
+    store = Store(str(tmp_path / "out"))
+    commit_item(store, item_dict("one", "a fox", 1))
+    summary = write_gallery(store, tmp_path / "out" / "review.html")
+    card = Cards((tmp_path / "out" / "review.html").read_text()).cards[0]
+    assert first(card, "video")["src"] == "videos/one.mp4"
+    assert summary.page.endswith("review.html")
+    assert (tmp_path / "out" / "review_files" / "posters" / "one.png").is_file()
