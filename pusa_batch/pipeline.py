@@ -325,10 +325,10 @@ def _source_path(item: Any, source: str) -> str:
 
 
 def _component_paths(spec: PipelineSpec) -> dict[str, Path]:
+    spec.check_weights()
     if spec.weights.tiny is not None:
         root = ensure_tiny_model(spec.weights.tiny)
         return {c: root / c for c in ("vae", "text_encoder", "tokenizer", *spec.experts)}
-    spec.check_weights()
     return spec.weights.components()
 
 

@@ -128,10 +128,10 @@ class PipelineSpec:
         """Stable hash of what decides the frames: family, weight files (names and sizes, not
         contents), LoRAs and alphas, and the options in `IDENTITY_OPTIONS`. Item defaults are
         not part of it: they are resolved into each item, whose fingerprint covers them."""
+        self.check_weights()
         if self.weights.tiny is not None:
             weights: Any = f"tiny:{self.weights.tiny}-{TINY_VERSION}"
         else:
-            self.check_weights()
             weights = {c: _file_listing(p) for c, p in self.weights.components().items()}
         loras = [[_file_listing(lo.path), lo.alpha, lo.kind, lo.expert] for lo in self.loras]
         options = {k: getattr(self.options, k) for k in IDENTITY_OPTIONS}
@@ -201,8 +201,6 @@ def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
         raise where.fail("name", "must be a non-empty string")
     weights = _parse_weights(where, where.table(raw, "weights"), family, source.parent)
     loras = _parse_loras(where, raw.get("lora", []), family, source.parent)
-    if weights.tiny is not None and loras:
-        raise where.fail("lora", "a tiny pipeline takes no LoRAs (its weights are random)")
     defaults = _parse_dataclass(where, where.table(raw, "defaults"), Defaults, "defaults")
     _check_defaults(where, defaults)
     options = _parse_dataclass(where, where.table(raw, "options"), Options, "options")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 from PIL import Image
+from safetensors.torch import save_file
 
 from pusa_batch import video
 from pusa_batch.errors import PipelineError
@@ -256,3 +257,30 @@ def test_missing_weights_fail_on_load_naming_the_path(tmp_path):
     toml.write_text('family = "wan2.1"\n[weights]\nroot = "nowhere"\n')
     with pytest.raises(PipelineError, match="nowhere/transformer"):
         Pipeline.load(load_pipeline_spec(toml))
+
+
+def write_tiny_lora(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A rank-2 PEFT LoRA on block 0's query projection, with diffusers module names."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {
+        "blocks.0.attn1.to_q.lora_A.weight": torch.randn(2, 64, generator=g),
+        "blocks.0.attn1.to_q.lora_B.weight": torch.randn(64, 2, generator=g),
+    }
+    save_file(sd, str(path))
+    return sd
+
+
+def test_a_lora_is_merged_once_into_the_fresh_weights(pipe, tmp_path):
+    sd = write_tiny_lora(tmp_path / "lora.safetensors")
+    toml = tmp_path / "tiny-lora.toml"
+    toml.write_text(
+        (PIPELINES / "tiny.toml").read_text()
+        + '\n[[lora]]\npath = "lora.safetensors"\nalpha = 0.5\n'
+    )
+    merged = Pipeline.load(load_pipeline_spec(toml))
+    base = pipe.experts["transformer"].blocks[0].attn1.to_q.weight
+    delta = 0.5 * sd["blocks.0.attn1.to_q.lora_B.weight"] @ sd["blocks.0.attn1.to_q.lora_A.weight"]
+    got = merged.experts["transformer"].blocks[0].attn1.to_q.weight
+    torch.testing.assert_close(got, base + delta)
+    assert len(merged.describe()["loras"]["transformer"]) == 1
+    assert merged.spec.identity() != pipe.spec.identity()

@@ -157,7 +157,7 @@ def test_wan22_lora_needs_an_expert(tmp_path):
         load_pipeline_spec(path)
 
 
-def test_tiny_takes_no_other_weights_or_loras(tmp_path):
+def test_tiny_takes_no_other_weights(tmp_path):
     text = 'family = "wan2.1"\n[weights]\ntiny = "wan2.1"\nvae = "v"\n'
     with pytest.raises(PipelineError, match="tiny"):
         load_pipeline_spec(write(tmp_path, text))
