@@ -327,6 +327,12 @@ def _model_components(ctx: _Context) -> list[str]:
     return [c for c in _MODEL_DIRS if c in (ctx.paths or {})]
 
 
+def estimate_memory(spec: PipelineSpec) -> dict[str, int]:
+    """Bytes on the run device per part (see `_memory_parts`); reads headers and configs only."""
+    ctx = _Context(spec, None)
+    return _memory_parts(ctx, *ctx.run())
+
+
 def check_memory(ctx: _Context) -> Check:
     device, dtype = ctx.run()
     parts = _memory_parts(ctx, device, dtype)
