@@ -174,11 +174,16 @@ def test_a_running_run_json_without_lease_means_stopped(root):
     assert read_status(str(tmp_path / "out"))["state"] == "stopped"
 
 
-def test_a_final_run_json_means_finished_and_an_empty_root_not_started(root, tmp_path):
+def test_a_final_run_json_without_lease_means_finished(root):
     _, store, _ = root
     store.write_run_info(engine_run_json(time.time(), state="finished"))
     assert read_status(store.url)["state"] == "finished"
-    assert read_status(str(tmp_path / "empty"))["state"] == "not started"
+
+
+def test_an_empty_root_is_not_started(tmp_path):
+    report = read_status(str(tmp_path / "empty"))
+    assert report["state"] == "not started"
+    assert report["run"] is None and report["workers"] == [] and report["errors"] == []
 
 
 def test_throughput_and_eta_come_from_run_json(root):
