@@ -248,7 +248,7 @@ def status(
         return 0
     from pusa_batch.status import format_status
 
-    out.print(format_status(report), highlight=False, markup=False)
+    out.print(format_status(report), highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
@@ -284,7 +284,9 @@ def submit(
         storage_options=tuple(storage_option or ()),
     )
     return submit_job(
-        request, wait=wait, echo=lambda line: out.print(line, markup=False, highlight=False)
+        request,
+        wait=wait,
+        echo=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True),
     )
 
 
