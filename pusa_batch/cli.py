@@ -24,8 +24,8 @@ app = typer.Typer(
 manifest_app = typer.Typer(help="Build manifests from folders, prompt lists and sweeps.")
 app.add_typer(manifest_app, name="manifest")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 PipelineOpt = typer.Option(None, "--pipeline", "-p", help="Pipeline TOML (see pipelines/).")
 StorageOpt = typer.Option(
