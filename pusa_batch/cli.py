@@ -335,14 +335,21 @@ def gallery(
     page: str | None = typer.Option(
         None, "--output", "-o", help="HTML page to write (default: gallery.html in the root)."
     ),
+    video_base: str | None = typer.Option(
+        None, help="URL prefix the page uses for videos (e.g. an https mirror of an s3:// root)."
+    ),
     storage_option: list[str] | None = StorageOpt,
 ) -> int:
     """Write a static HTML page to look at a run: videos, prompts, conditioning, failures."""
     from pusa_batch.gallery import write_gallery
     from pusa_batch.store import Store
 
-    summary = write_gallery(Store(output, parse_storage_options(storage_option)), page)
-    out.print(f"wrote {summary}", highlight=False)
+    options = parse_storage_options(storage_option)
+    summary = write_gallery(Store(output, options), page, video_base=video_base)
+    out.print(
+        f"wrote {summary.page}: {summary.done} done, {summary.failed} failed item(s)",
+        highlight=False,
+    )
     return 0
 
 
