@@ -1,0 +1,330 @@
+"""B2: our time per t2v item vs diffusers' `WanPipeline`, same tiny Wan2.1 weights, side by side.
+
+Both pipelines load the same tiny twin folder (`ensure_tiny_model("wan2.1")`) in one process and
+run the same prompt, negative prompt, steps, guidance, size, `max_sequence_length` (our
+`text_max_length`) and seed. diffusers gets `FlowMatchEulerDiscreteScheduler(shift=5)` instead of
+its default UniPC, so both make the same 2 x steps transformer calls (Euler flow matching, CFG in
+two passes). After one warm-up each, the two run alternately (the order flips every round) and
+the medians are compared:
+
+- end to end: text encoding, noise, the denoising loop, VAE decode, frames out (ours uint8 from
+  `Pipeline.generate`, theirs float `output_type="np"`). Every item has its own prompt, so our
+  prompt cache only saves the negative prompt, as in a real batch.
+- sampler only: the denoising loop alone, from the same noise and text embeddings
+  (`Pipeline.sample` vs `WanPipeline(prompt_embeds=..., latents=..., output_type="latent")`).
+
+The headline is the worse end-to-end ratio over the tiny default size and one larger size.
+Numerics: with the same noise and embeddings, diffusers' stock Euler schedule differs from Pusa's
+(`linspace(1, 1/N)` vs `linspace(1, 0)` before the shift) and feeds float timesteps where Pusa
+truncates and rounds them to bf16; a scheduler with our sigmas and timesteps isolates the rest.
+
+    python benchmarks/b2_vs_diffusers.py [--repeats 5] [--large 33x128x128] [--threads 1]
+
+Prints `B2 time_ratio_ours_over_diffusers=<x> target<=1.0 pass|miss` and the absolute ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pusa_batch import sampler
+from pusa_batch.manifest_schema import Item
+from pusa_batch.models.tiny import ensure_tiny_model
+from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+
+TARGET = 1.0
+SPEC_PATH = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
+PROMPTS = (
+    "a red car on a road at sunset",
+    "a dog running on the beach",
+    "aerial view of a city at night",
+    "a boat on a lake in the fog",
+    "a girl riding a bicycle in the park",
+    "snow falling on a forest",
+)
+
+
+@dataclass(frozen=True)
+class Size:
+    frames: int
+    height: int
+    width: int
+
+    def __str__(self) -> str:
+        return f"{self.frames}x{self.height}x{self.width}"
+
+
+def parse_size(text: str) -> Size:
+    try:
+        frames, height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"size {text!r}: write FRAMESxHEIGHTxWIDTH, e.g. 33x128x128"
+        ) from e
+    return Size(frames, height, width)
+
+
+def make_item(spec, size: Size, n: int) -> Item:
+    d = spec.defaults
+    return Item(
+        id=f"b2-{n}",
+        row=n + 1,
+        task="t2v",
+        prompt=f"{PROMPTS[n % len(PROMPTS)]} {n}",
+        negative_prompt=d.negative_prompt,
+        image=None,
+        images=(),
+        video=None,
+        video_b=None,
+        cond_frames=None,
+        noise_multipliers=None,
+        num_frames=size.frames,
+        height=size.height,
+        width=size.width,
+        fps=d.fps,
+        seed=n,
+        steps=d.steps,
+        guidance_scale=d.guidance_scale,
+        shift=d.shift,
+    )
+
+
+def diffusers_transformer(folder: Path):
+    """diffusers' own `WanTransformer3DModel` from the folder, without `accelerate`.
+
+    `ModelMixin.from_pretrained` (diffusers 0.42) refuses classes with `_keep_in_fp32_modules`,
+    as Wan's transformer has, unless `low_cpu_mem_usage`, which needs `accelerate`; without it,
+    it raises "`low_cpu_mem_usage` cannot be False when `keep_in_fp32_modules` is True". The same
+    class is built from the folder's config and given the folder's weights, strictly.
+    """
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import load_file
+
+    sub = folder / "transformer"
+    model = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(str(sub)))
+    model.load_state_dict(load_file(sub / "diffusion_pytorch_model.safetensors"), strict=True)
+    return model.eval()
+
+
+def load_diffusers(folder: Path, scheduler=None):
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+    from diffusers.utils import is_accelerate_available
+
+    scheduler = scheduler or FlowMatchEulerDiscreteScheduler(shift=5.0)
+    extra = {} if is_accelerate_available() else {"transformer": diffusers_transformer(folder)}
+    pipe = WanPipeline.from_pretrained(
+        str(folder), scheduler=scheduler, dtype=torch.float32, **extra
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pusa_scheduler(shift: float):
+    """diffusers' Euler scheduler made to follow Pusa's sigmas and quantised DiT timesteps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    class PusaEuler(FlowMatchEulerDiscreteScheduler):
+        def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+            super().set_timesteps(num_inference_steps, device=device)
+            sigmas = sampler.shifted_sigmas(num_inference_steps, shift)
+            self.sigmas = sigmas.to(device)
+            self.timesteps = sampler.wan_timesteps(sigmas[:-1]).to(device)
+
+    return PusaEuler(shift=shift)
+
+
+def diffusers_call(pipe, item: Item, text_max_length: int, **kwargs):
+    return pipe(
+        height=item.height,
+        width=item.width,
+        num_frames=item.num_frames,
+        num_inference_steps=item.steps,
+        guidance_scale=item.guidance_scale,
+        max_sequence_length=text_max_length,
+        **kwargs,
+    ).frames
+
+
+def timed(fn: Callable[[int], object], n: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of `fn(n)`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(n)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def interleaved(ours: Callable[[int], object], theirs: Callable[[int], object], repeats: int):
+    """Median (wall, CPU) seconds of each after one warm-up; the order alternates every round."""
+    ours(0)
+    theirs(0)
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], "theirs": []}
+    for n in range(1, repeats + 1):
+        pair = [("ours", ours), ("theirs", theirs)]
+        for name, fn in pair if n % 2 else pair[::-1]:
+            times[name].append(timed(fn, n))
+    return {
+        f"{kind}_{name}": statistics.median(t[i] for t in times[name])
+        for name in times
+        for i, kind in enumerate(("wall", "cpu"))
+    }
+
+
+def measure(ours: Pipeline, theirs, size: Size, repeats: int) -> dict[str, float]:
+    spec, max_len = ours.spec, ours.spec.options.text_max_length
+
+    def ours_e2e(n: int):
+        return ours.generate(make_item(spec, size, n))
+
+    def theirs_e2e(n: int):
+        item = make_item(spec, size, n)
+        gen = torch.Generator("cpu").manual_seed(item.seed)
+        return diffusers_call(
+            theirs,
+            item,
+            max_len,
+            prompt=item.prompt,
+            negative_prompt=item.negative_prompt,
+            generator=gen,
+            output_type="np",
+        )
+
+    prepared = {n: ours.prepare(make_item(spec, size, n)) for n in range(repeats + 1)}
+
+    def theirs_loop(n: int):
+        p = prepared[n]
+        return diffusers_call(
+            theirs,
+            make_item(spec, size, n),
+            max_len,
+            prompt_embeds=p.positive,
+            negative_prompt_embeds=p.negative,
+            latents=p.noise,
+            output_type="latent",
+        )
+
+    e2e = interleaved(ours_e2e, theirs_e2e, repeats)
+    loop = interleaved(lambda n: ours.sample(prepared[n]), theirs_loop, repeats)
+    return {**{f"e2e_{k}": v for k, v in e2e.items()}, **{f"loop_{k}": v for k, v in loop.items()}}
+
+
+def numerics(ours: Pipeline, folder: Path, size: Size) -> dict[str, float]:
+    """Max-abs differences for one item from the same noise (and, for the loop, embeddings)."""
+    spec, max_len = ours.spec, ours.spec.options.text_max_length
+    item = make_item(spec, size, 0)
+    p = ours.prepare(item)
+    our_latents = ours.sample(p)
+    our_frames = ours.decode(our_latents).astype(np.float64)
+    out: dict[str, float] = {}
+    stock = load_diffusers(folder)
+    pos, neg = stock.encode_prompt(
+        item.prompt, item.negative_prompt, max_sequence_length=max_len, device="cpu"
+    )
+    out["prompt_embeds"] = max(
+        (pos - p.positive).abs().max().item(), (neg - p.negative).abs().max().item()
+    )
+    for name, pipe in (("stock", stock), ("aligned", load_diffusers(folder, pusa_scheduler(5.0)))):
+        latents = diffusers_call(
+            pipe,
+            item,
+            max_len,
+            prompt_embeds=p.positive,
+            negative_prompt_embeds=p.negative,
+            latents=p.noise,
+            output_type="latent",
+        )
+        out[f"{name}_latents"] = (latents - our_latents).abs().max().item()
+        out["latent_scale"] = our_latents.abs().max().item()
+        if name == "aligned":
+            frames = diffusers_call(
+                pipe,
+                item,
+                max_len,
+                prompt=item.prompt,
+                negative_prompt=item.negative_prompt,
+                latents=p.noise,
+                output_type="np",
+            )[0]
+            their_frames = np.round(np.asarray(frames, dtype=np.float64) * 255.0)
+            out["aligned_frames_uint8"] = float(np.abs(their_frames - our_frames).max())
+    return out
+
+
+def report(size: Size, m: dict[str, float]) -> float:
+    """Print one size's figures; return its end-to-end wall-clock ratio."""
+    for part, label in (("e2e", "end to end"), ("loop", "sampler only")):
+        ms = {
+            k: m[f"{part}_{k}"] * 1e3
+            for k in ("wall_ours", "wall_theirs", "cpu_ours", "cpu_theirs")
+        }
+        print(
+            f"  {size} {label}: ours {ms['wall_ours']:.0f} ms, "
+            f"diffusers {ms['wall_theirs']:.0f} ms, "
+            f"ratio {ms['wall_ours'] / ms['wall_theirs']:.3f} (CPU time {ms['cpu_ours']:.0f} / "
+            f"{ms['cpu_theirs']:.0f} ms, ratio {ms['cpu_ours'] / ms['cpu_theirs']:.3f})"
+        )
+    return m["e2e_wall_ours"] / m["e2e_wall_theirs"]
+
+
+def quiet_libraries() -> None:
+    """No progress bars or loading advice from diffusers / transformers in the report."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed items per side and size")
+    parser.add_argument("--large", type=parse_size, default=Size(33, 128, 128))
+    parser.add_argument("--no-large", action="store_true", help="the tiny default size only")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    quiet_libraries()
+    torch.set_grad_enabled(False)
+    spec = load_pipeline_spec(SPEC_PATH)
+    folder = ensure_tiny_model("wan2.1")
+    ours = Pipeline.load(spec, device="cpu")
+    theirs = load_diffusers(folder)
+    d = spec.defaults
+    sizes = [Size(d.num_frames, d.height, d.width)]
+    if not args.no_large:
+        sizes.append(args.large)
+    print(
+        f"B2 config: tiny Wan2.1 twin, t2v, steps={d.steps} guidance={d.guidance_scale} "
+        f"shift={d.shift} text_max_length={spec.options.text_max_length} "
+        f"threads={args.threads} repeats={args.repeats}, medians after one warm-up"
+    )
+    ratios = {}
+    for size in sizes:
+        ratios[size] = report(size, measure(ours, theirs, size, args.repeats))
+    num = numerics(ours, folder, sizes[0])
+    print(
+        f"  numerics at {sizes[0]}, same noise: prompt embeddings max|d|="
+        f"{num['prompt_embeds']:.2e}; final latents (max |x| {num['latent_scale']:.2f}) "
+        f"vs stock Euler max|d|={num['stock_latents']:.2e}, vs Euler on Pusa's sigmas and "
+        f"timesteps max|d|={num['aligned_latents']:.2e}; uint8 frames (aligned) "
+        f"max|d|={num['aligned_frames_uint8']:.0f}"
+    )
+    worst = max(ratios, key=ratios.get)
+    verdict = "pass" if ratios[worst] <= TARGET else "miss"
+    print(
+        f"B2 time_ratio_ours_over_diffusers={ratios[worst]:.3f} target<={TARGET:g} {verdict}"
+        f" (worst of {', '.join(map(str, sizes))}: {worst})"
+    )
+
+
+if __name__ == "__main__":
+    main()
