@@ -284,3 +284,31 @@ def test_a_lora_is_merged_once_into_the_fresh_weights(pipe, tmp_path):
     torch.testing.assert_close(got, base + delta)
     assert len(merged.describe()["loras"]["transformer"]) == 1
     assert merged.spec.identity() != pipe.spec.identity()
+
+
+@pytest.mark.parametrize(
+    ("task", "inputs"),
+    [
+        ("t2v", {}),
+        ("i2v", {"image": "IMAGE"}),
+        ("start_end", {"images": ("IMAGE", "IMAGE")}),
+        ("keyframes", {"images": ("IMAGE", "IMAGE", "IMAGE")}),
+        ("extend", {"video": "CLIP"}),
+        ("complete", {"video": "CLIP"}),
+        ("transition", {"video": "CLIP", "video_b": "CLIP", "num_frames": 33}),
+        ("loop", {"image": "IMAGE"}),
+        ("loop", {"video": "CLIP"}),
+    ],
+)
+def test_every_task_runs_with_its_default_conditioning(pipe, image, clip, task, inputs):
+    media = {"IMAGE": image, "CLIP": clip}
+    resolved = {
+        k: tuple(media[x] for x in v) if isinstance(v, tuple) else media.get(v, v)
+        for k, v in inputs.items()
+    }
+    item = make_item(pipe.spec, task=task, steps=1, **resolved)
+    prepared = pipe.prepare(item)
+    expected = pipe.conditioning_metadata(item)["latent_indices"]
+    assert list(prepared.cond.latent_index if prepared.cond else []) == expected
+    latent_frames = (item.num_frames - 1) // 4 + 1
+    assert pipe.sample(prepared).shape == (1, 16, latent_frames, 8, 8)
