@@ -336,7 +336,10 @@ def _load_vae(path: Path, device: torch.device, *, tiling: bool) -> torch.nn.Mod
     from diffusers import AutoencoderKLWan
 
     try:
-        vae = AutoencoderKLWan.from_pretrained(str(path), torch_dtype=torch.float32)
+        # The VAE is small: plain loading, and no warning when `accelerate` is absent.
+        vae = AutoencoderKLWan.from_pretrained(
+            str(path), torch_dtype=torch.float32, low_cpu_mem_usage=False
+        )
     except (OSError, ValueError) as e:
         raise PipelineError(
             f"cannot load the Wan VAE from {path}: {e}. It must be a diffusers AutoencoderKLWan "

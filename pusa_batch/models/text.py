@@ -8,10 +8,12 @@ zero every position past the prompt's real length (Pusa's `wan_prompter`, diffus
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -23,6 +25,20 @@ def clean_prompt(text: str) -> str:
     """diffusers' Wan `prompt_clean` without ftfy: unescape HTML twice, collapse whitespace."""
     text = html.unescape(html.unescape(text))
     return re.sub(r"\s+", " ", text).strip()
+
+
+@contextlib.contextmanager
+def no_hub_progress_bars() -> Iterator[None]:
+    """Silence transformers' load/save progress bars (they would mix into our progress view)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 class TextEncoder:
@@ -69,7 +85,8 @@ class TextEncoder:
         except (OSError, ValueError) as e:
             raise PipelineError(f"cannot load the tokenizer from {tokenizer_path}: {e}") from e
         try:
-            model = UMT5EncoderModel.from_pretrained(os.fspath(text_encoder_path), dtype=dtype)
+            with no_hub_progress_bars():
+                model = UMT5EncoderModel.from_pretrained(os.fspath(text_encoder_path), dtype=dtype)
         except (OSError, ValueError) as e:
             raise PipelineError(
                 f"cannot load the umT5 text encoder from {text_encoder_path}: {e}. It must be a "

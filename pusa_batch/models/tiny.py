@@ -182,8 +182,11 @@ def make_tiny_model(kind: str, out_dir: str | os.PathLike) -> Path:
     if out.exists() and any(out.iterdir()):
         raise PipelineError(f"cannot write a tiny model into {out}: the folder is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    from pusa_batch.models.text import no_hub_progress_bars
+
     pipe = WanPipeline(**_build_components(kind))
-    pipe.save_pretrained(out, safe_serialization=True)
+    with no_hub_progress_bars():
+        pipe.save_pretrained(out, safe_serialization=True)
     return out
 
 
