@@ -145,12 +145,19 @@ class PipelineSpec:
 
 
 def _file_listing(path: Path) -> list[tuple[str, int]]:
-    """(name, size) of a file, or of every file under a folder (relative names, sorted)."""
+    """(name, size) of a file, or of every file under a folder (relative names, sorted).
+
+    Hidden entries are skipped: `huggingface-cli download --local-dir` keeps changing metadata
+    under `.cache/`.
+    """
     if path.is_file():
         return [(path.name, path.stat().st_size)]
-    return sorted(
-        (str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file()
-    )
+    listing = []
+    for p in path.rglob("*"):
+        rel = p.relative_to(path)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            listing.append((str(rel), p.stat().st_size))
+    return sorted(listing)
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -272,18 +279,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _has_type(value: Any, want: type) -> bool:
+    if want is float:
+        return _is_number(value)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, want)
+
+
 def _parse_dataclass(where: _Where, raw: Mapping[str, Any], cls: type, prefix: str):
     fields = asdict(cls())
     where.no_unknown(raw, tuple(fields), f"{prefix}.")
     values = {}
     for key, value in raw.items():
         want = type(fields[key])
-        ok = (
-            isinstance(value, want) and not (want is int and isinstance(value, bool))
-            if want is not float
-            else _is_number(value)
-        )
-        if not ok:
+        if not _has_type(value, want):
             raise where.fail(f"{prefix}.{key}", f"must be {want.__name__}, got {value!r}")
         values[key] = float(value) if want is float else value
     return cls(**values)

@@ -248,3 +248,11 @@ def test_identity_of_a_tiny_pipeline_needs_no_files():
     other = load_pipeline_spec(PIPELINES / "tiny-wan22.toml")
     assert len(spec.identity()) == 16
     assert spec.identity() != other.identity()
+
+
+def test_identity_ignores_hidden_download_metadata(wan21, tmp_path):
+    before = load_pipeline_spec(wan21).identity()
+    meta = tmp_path / "zoo/Wan2.1/transformer/.cache/huggingface/download/model.metadata"
+    meta.parent.mkdir(parents=True)
+    meta.write_text("etag and a timestamp")
+    assert load_pipeline_spec(wan21).identity() == before
