@@ -185,6 +185,7 @@ class WorkerCore:
     def _sample(self, item_id: str, prepared: Any, timings: dict[str, float]) -> Any:
         with self._sample_lock:
             self._progress = (item_id, 0, 0)
+            timings["sample_start_unix"] = time.time()
             t0 = time.perf_counter()
             try:
 
@@ -211,7 +212,7 @@ class WorkerCore:
             "node_id": self.node_id,
             "device": self.device,
             "versions": self.versions,
-            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "timings": {k: round(v, 4) for k, v in timings.items() if not k.endswith("_unix")},
         }
 
 
