@@ -37,7 +37,6 @@ from pusa_batch.pipeline_spec import PipelineSpec
 STATUSES = ("ok", "warn", "fail")
 GIB = 1024**3
 _DTYPE_NAMES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "F64": "fp64"}
-_MODEL_DIRS = ("transformer", "transformer_2", "vae", "text_encoder")
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 
 
@@ -69,7 +68,6 @@ class Tensors:
     """One component's weights as its safetensors headers describe them."""
 
     path: Path
-    files: tuple[Path, ...]
     entries: dict[str, tuple[str, tuple[int, ...]]]  # key -> (dtype, shape)
 
     def numel(self) -> int:
@@ -101,7 +99,7 @@ def read_tensors(path: Path) -> Tensors:
                 "download it again"
             )
         entries.update((k, (v["dtype"], tuple(v["shape"]))) for k, v in header.items())
-    return Tensors(path, tuple(files), entries)
+    return Tensors(path, entries)
 
 
 def tiny_cache_dir(kind: str) -> Path:
@@ -149,7 +147,7 @@ def _component_paths(spec: PipelineSpec) -> dict[str, Path] | None:
     root = tiny_cache_dir(spec.weights.tiny)
     if not (root / "model_index.json").is_file():
         return None
-    return {c: root / c for c in (*spec.experts, "vae", "text_encoder", "tokenizer")}
+    return {c: root / c for c in (*_models(spec), "tokenizer")}
 
 
 def _file_problems(spec: PipelineSpec, paths: dict[str, Path]) -> dict[str, list[str]]:
@@ -222,13 +220,13 @@ def _diffusers_names(tensors: Tensors) -> dict[str, tuple[str, tuple[int, ...]]]
 def check_module_keys(ctx: _Context, component: str) -> Check:
     """VAE and text encoder: built on `meta` from config.json, compared with the headers."""
     path = ctx.paths[component]
-    with torch.device("meta"):
-        module = _build_vae(path) if component == "vae" else _build_text_encoder(path)
+    module = _build_on_meta(component, path)
     tensors = ctx.tensors(component)
     expected = {k: v.shape for k, v in module.state_dict().items()}
-    for alias, target in _tied(module).items():  # a tied weight is saved once, under either name
-        if alias in expected and (alias not in tensors.entries and target in tensors.entries):
-            expected.pop(alias)
+    tied = getattr(module, "_tied_weights_keys", None)
+    for alias, target in (tied if isinstance(tied, dict) else {}).items():
+        if alias not in tensors.entries and target in tensors.entries:
+            expected.pop(alias, None)  # a tied weight is saved once, under either name
     got = {k: torch.empty(s, device="meta") for k, (_, s) in tensors.entries.items()}
     check_keys(expected, got, str(path))
     return Check(
@@ -239,21 +237,15 @@ def check_module_keys(ctx: _Context, component: str) -> Check:
     )
 
 
-def _build_vae(path: Path) -> torch.nn.Module:
+def _build_on_meta(component: str, path: Path) -> torch.nn.Module:
+    """The diffusers Wan VAE or the transformers umT5 encoder, as the pipeline loads them."""
     from diffusers import AutoencoderKLWan
-
-    return AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(str(path)))
-
-
-def _build_text_encoder(path: Path) -> torch.nn.Module:
     from transformers import UMT5Config, UMT5EncoderModel
 
-    return UMT5EncoderModel(UMT5Config.from_pretrained(str(path)))
-
-
-def _tied(module: torch.nn.Module) -> dict[str, str]:
-    tied = getattr(module, "_tied_weights_keys", None) or {}
-    return dict(tied) if isinstance(tied, dict) else {}
+    with torch.device("meta"):
+        if component == "vae":
+            return AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(str(path)))
+        return UMT5EncoderModel(UMT5Config.from_pretrained(str(path)))
 
 
 def check_lora(ctx: _Context, index: int) -> Check:
@@ -288,7 +280,9 @@ def _lora_as_meta(path: Path) -> dict[str, torch.Tensor]:
                 f"{path}: not readable with torch.load(weights_only=True) "
                 f"({e}); convert it to safetensors"
             ) from e
-        obj = obj.get("state_dict", obj) if isinstance(obj, dict) and len(obj) == 1 else obj
+        for wrapper in ("state_dict", "module"):  # as `read_state_dict` unwraps them
+            if isinstance(obj, dict) and set(obj) == {wrapper}:
+                obj = obj[wrapper]
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path}: expected a dictionary of tensors")
         shapes = {k: tuple(v.shape) for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -304,8 +298,8 @@ def check_dtypes(ctx: _Context) -> Check:
     run = f"run: {device.type} {_short(dtype)} (options.dtype = {ctx.spec.options.dtype})"
     if ctx.paths is None:
         return Check("dtype", "ok", f"tiny twin not built yet; {run}")
-    found = {c: ctx.tensors(c).dtypes() for c in _model_components(ctx)}
-    listing = ", ".join(f"{c} {'/'.join(d)}" for c, d in found.items())
+    found = {c: ctx.tensors(c).dtypes() for c in _models(ctx.spec) if c not in ctx.problems}
+    listing = ", ".join(f"{c} {'/'.join(d)}" for c, d in found.items()) or "no weights found"
     warnings = [
         f"{c} has fp16 weights (Wan and umT5 are bf16 models; fp16 can overflow)"
         for c, d in found.items()
@@ -323,8 +317,8 @@ def _short(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
 
 
-def _model_components(ctx: _Context) -> list[str]:
-    return [c for c in _MODEL_DIRS if c in (ctx.paths or {})]
+def _models(spec: PipelineSpec) -> list[str]:
+    return [*spec.experts, "vae", "text_encoder"]
 
 
 def estimate_memory(spec: PipelineSpec) -> dict[str, int]:
@@ -463,17 +457,16 @@ def _rope_limit(ctx: _Context) -> int | None:
 
 
 def _count(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(n)
+    return _human(n, ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1, "")))
 
 
 def _bytes(n: int) -> str:
-    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} B"
+    return _human(n, ((GIB, " GiB"), (1024**2, " MiB"), (1024, " KiB"), (1, " B")))
+
+
+def _human(n: int, units: tuple[tuple[float, str], ...]) -> str:
+    scale, unit = next((s, u) for s, u in units if n >= s or s == 1)
+    return f"{n / scale:.3g}{unit}"
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -482,7 +475,6 @@ def _bytes(n: int) -> str:
 def diagnose(spec: PipelineSpec, *, memory_budget: int | None = None) -> Report:
     """Every check on `spec`; `memory_budget` (bytes) replaces the device's memory if given."""
     ctx = _Context(spec, memory_budget)
-    models = [*spec.experts, "vae", "text_encoder"]
     steps: list[tuple[str, list[str], Callable[[], Check]]] = [
         ("files", [], lambda: check_files(ctx))
     ]
@@ -494,15 +486,15 @@ def diagnose(spec: PipelineSpec, *, memory_budget: int | None = None) -> Report:
         needs = [f"lora[{i}]", _lora_target(spec, i)]
         steps.append((f"lora[{i}] {lora.path.name}", needs, partial(check_lora, ctx, i)))
     steps += [
-        ("dtype", models, lambda: check_dtypes(ctx)),
-        ("memory", models, lambda: check_memory(ctx)),
+        ("dtype", [], lambda: check_dtypes(ctx)),
+        ("memory", _models(spec), lambda: check_memory(ctx)),
         ("defaults", [], lambda: check_defaults(ctx)),
     ]
     return Report(tuple(_run(ctx, name, needs, step) for name, needs, step in steps))
 
 
 def _run(ctx: _Context, name: str, needs: list[str], step: Callable[[], Check]) -> Check:
-    if ctx.paths is None and needs and name != "dtype":
+    if ctx.paths is None and needs:
         return Check(name, "ok", "skipped: the tiny twin is generated by our own code on first use")
     missing = [_label(n) for n in needs if n in ctx.problems]
     if missing:

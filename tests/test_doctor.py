@@ -350,3 +350,20 @@ def test_cli_doctor_exits_2_and_names_the_bad_key(model, tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "FAIL keys: transformer:" in out and old in out and new in out
     assert out.endswith("1 failed")
+
+
+def test_lightx2v_lora_with_prefix_and_alpha_passes(model, tmp_path):
+    shapes = base_shapes(model)
+    lora = {}
+    for i in range(2):
+        out_f, in_f = shapes[f"blocks.{i}.attn2.to_v.weight"]
+        module = f"diffusion_model.blocks.{i}.cross_attn.v"
+        lora[f"{module}.lora_down.weight"] = torch.zeros(8, in_f)
+        lora[f"{module}.lora_up.weight"] = torch.zeros(out_f, 8)
+        lora[f"{module}.alpha"] = torch.tensor(8.0)
+        lora[f"{module}.diff_b"] = torch.zeros(out_f)
+    save_file(lora, tmp_path / "lightx2v.safetensors")
+    entry = lora_entry(tmp_path / "lightx2v.safetensors", kind="lightx2v")
+    report = run(tmp_path, model, loras=entry)
+    assert check(report, "lora[0]").status == "ok", check(report, "lora[0]").detail
+    assert check(report, "defaults").status == "warn"  # 4 steps ok, but guidance_scale 3 is not
