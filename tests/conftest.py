@@ -20,3 +20,18 @@ def s3() -> S3Server:
     with s3_server() as server:
         server.make_bucket(BUCKET)
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Two cores shared by Ray workers and the test process: one torch thread each avoids
+    oversubscription, which slows tiny-model tests many times over."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
