@@ -11,7 +11,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 from test_store_fswrap import CountingFS, FailingFS, FlakyFS
-from test_store_s3 import s3, s3_root  # noqa: F401  (the session S3 server fixture)
+from test_store_s3 import s3_root
 
 from pusa_batch.errors import LeaseError, StoreError
 from pusa_batch.store import Store
