@@ -367,3 +367,22 @@ def test_lightx2v_lora_with_prefix_and_alpha_passes(model, tmp_path):
     report = run(tmp_path, model, loras=entry)
     assert check(report, "lora[0]").status == "ok", check(report, "lora[0]").detail
     assert check(report, "defaults").status == "warn"  # 4 steps ok, but guidance_scale 3 is not
+
+
+def test_wan22_low_noise_lora_is_checked_against_transformer_2(model, tmp_path):
+    shutil.copytree(model / "transformer", model / "transformer_2")
+    config = model / "transformer_2" / "config.json"  # a low-noise expert with a wider FFN
+    config.write_text(config.read_text().replace('"ffn_dim": 128', '"ffn_dim": 256'))
+    save_file(pusa_lora(base_shapes(model)), tmp_path / "high.safetensors")
+    loras = "".join(
+        lora_entry(tmp_path / "high.safetensors") + f'expert = "{e}"\n' for e in ("high", "low")
+    )
+    spec = write_spec(tmp_path, model, loras=loras)
+    spec.write_text(spec.read_text().replace('"wan2.1"', '"wan2.2"'))
+    report = diagnose(load_pipeline_spec(spec))
+    assert check(report, "keys: transformer_2").status == "fail"
+    assert check(report, "lora[0]").status == "ok"
+    low = check(report, "lora[1]")
+    assert (
+        low.status == "fail" and "blocks.0.ffn.0: delta (128, 64) vs weight (256, 64)" in low.detail
+    )
