@@ -501,5 +501,7 @@ def _run(ctx: _Context, name: str, needs: list[str], step: Callable[[], Check]) 
         return Check(name, "warn", f"not checked: files missing for {', '.join(missing)}")
     try:
         return step()
-    except (PusaBatchError, OSError, ValueError, KeyError, RuntimeError) as e:
+    except PusaBatchError as e:
         return Check(name, "fail", str(e))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # unreadable configs or headers
+        return Check(name, "fail", f"{type(e).__name__}: {e}")
