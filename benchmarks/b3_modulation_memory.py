@@ -4,7 +4,9 @@ Each model runs in a fresh subprocess with the same seeded weights and inputs. T
 growth of the peak RSS during the forward: `ru_maxrss` after it minus the RSS just before it
 (weights and inputs already resident), so it counts activations and modulation tensors only.
 diffusers gets the per-frame timesteps expanded to every token, `timestep` of shape (B, seq_len),
-which is how Pusa's original code feeds Wan.
+which is how Pusa's original code feeds Wan. Both children run with a fixed glibc mmap threshold
+(MALLOC_MMAP_THRESHOLD_=65536) so every large tensor is mapped and unmapped on its own and RSS
+follows the live tensors; with glibc's adaptive threshold the same run varied by 1.5x.
 
     python benchmarks/b3_modulation_memory.py [--dim 512 --layers 2 --frames 21 --height 30]
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -88,7 +91,8 @@ def run(kind: str, args: argparse.Namespace, folder: str) -> tuple[dict, torch.T
     out = f"{folder}/{kind}.pt"
     flags = ["--dim", args.dim, "--layers", args.layers, "--frames", args.frames]
     flags += ["--height", args.height, "--width", args.width, "--child", kind, "--out", out]
-    subprocess.run([sys.executable, __file__, *map(str, flags)], check=True)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    subprocess.run([sys.executable, __file__, *map(str, flags)], check=True, env=env)
     return json.loads(Path(out + ".json").read_text()), torch.load(out)
 
 

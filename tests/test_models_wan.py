@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -174,3 +175,15 @@ def test_no_per_token_modulation_tensor_is_built(pair, inputs):
         ours(x, per_frame, ctx)
     assert theirs.numel >= per_token_6d  # the probe does see diffusers' (B, N, 6, D) tensor
     assert mine.numel <= per_token_6d / 3  # the FFN's (B, N, ffn_dim = 2D) is the largest
+
+
+@torch.no_grad()
+def test_feed_forward_in_token_chunks_matches_diffusers(pair, inputs):
+    ref, ours = pair
+    chunked = copy.deepcopy(ours)
+    for block in chunked.blocks:
+        block.ffn.min_chunk_tokens = 5  # 18 tokens -> chunks of 5, 5, 5, 3
+    x, ctx = inputs
+    per_frame = torch.tensor([[900.0, 500.0, 0.0], [999.0, 10.0, 300.0]])
+    expected = ref(x, per_frame.repeat_interleave(TOKENS_PER_FRAME, dim=1), ctx, return_dict=False)
+    assert (chunked(x, per_frame, ctx) - expected[0]).abs().max().item() <= 1e-5

@@ -129,16 +129,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x: (B, N, H, d); rotates interleaved pairs (x[2i], x[2i+1]) as diffusers does."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = cos[None, :, None], sin[None, :, None]
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-    return out.type_as(x)
+    out = torch.empty_like(x)
+    even, odd = out.unflatten(-1, (-1, 2)).unbind(-1)
+    even.copy_((x1 * cos).sub_(x2 * sin))  # one half at a time keeps the transients small
+    odd.copy_((x1 * sin).add_(x2 * cos))
+    return out
 
 
 def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """x * (1 + scale) + shift, x (B, N, D), scale/shift (B, G, D): G groups of N/G tokens."""
     b, n, d = x.shape
     g = scale.shape[1]
-    y = x.view(b, g, n // g, d) * (1 + scale[:, :, None]) + shift[:, :, None]
-    return y.view(b, n, d)
+    y = x.view(b, g, n // g, d) * (1 + scale[:, :, None])
+    return y.add_(shift[:, :, None]).view(b, n, d)
 
 
 def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -181,12 +184,29 @@ class _GeluProj(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """Wan's GELU MLP, run over chunks of tokens so its wide hidden layer is never whole.
+
+    Unchunked, the (N, ffn_dim) projection and its GELU hold about 5.4x the (N, D) activations
+    (ffn_dim = 2.7 D) and set the peak memory of the block; chunks are row slices, so the result
+    is the same up to GEMM rounding.
+    """
+
+    min_chunk_tokens = 1024
+
     def __init__(self, dim: int, ffn_dim: int):
         super().__init__()
         self.net = nn.ModuleList([_GeluProj(dim, ffn_dim), nn.Identity(), nn.Linear(ffn_dim, dim)])
+        self.chunks = 2 * math.ceil(ffn_dim / dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net[2](self.net[0](x))
+        n = x.shape[1]
+        size = max(self.min_chunk_tokens, math.ceil(n / self.chunks))
+        if n <= size:
+            return self.net[2](self.net[0](x))
+        out = x.new_empty(*x.shape[:-1], self.net[2].out_features)
+        for start in range(0, n, size):
+            out[:, start : start + size] = self.net[2](self.net[0](x[:, start : start + size]))
+        return out
 
 
 class ConditionEmbedder(nn.Module):
@@ -215,11 +235,14 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         kv = x if context is None else context
         q = self.norm_q(self.to_q(x)).unflatten(2, (self.heads, -1))
-        k = self.norm_k(self.to_k(kv)).unflatten(2, (self.heads, -1))
-        v = self.to_v(kv).unflatten(2, (self.heads, -1))
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q = apply_rope(q, *rope)
+        k = self.norm_k(self.to_k(kv)).unflatten(2, (self.heads, -1))
+        if rope is not None:
+            k = apply_rope(k, *rope)
+        v = self.to_v(kv).unflatten(2, (self.heads, -1))
         out = attention(q, k, v, self.backend).flatten(2, 3).type_as(q)
+        del q, k, v  # free them before the output projection allocates
         return self.to_out[0](out)
 
 
