@@ -18,8 +18,8 @@ import sys
 import tarfile
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -142,7 +142,7 @@ def decode(data: bytes) -> tuple[int, int, int, float]:
         return frames, *size, float(stream.average_rate)
 
 
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.05) -> None:
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -307,6 +307,12 @@ def interrupted(s3, tmp_path_factory):
         cwd=ROOT,
     )
     after = markers(fs, path)
+    observed = {
+        "before": sorted(before),
+        "refused_rc": refused.returncode,
+        "resumed": resumed.stdout,
+    }
+    (logs / "observed.json").write_text(json.dumps(observed))  # for whoever debugs a failure
     return Interrupted(url, path, fs, opts, before, lease, refused, after_refusal, resumed, after)
 
 
@@ -420,12 +426,12 @@ def test_hf_export_to_s3_lists_every_id_once_with_its_video(exported):
 
 # ------------------------------------------------------- 4. the S3 server frozen during a run
 
-PAUSE_S = 4.0
-# Timeouts short enough that the pause produces real errors, and no retries in s3fs or botocore:
-# the store's own retry policy (5 attempts, jittered backoff) must ride the outage out.
+PAUSE_S = 8.0
+# Timeouts short enough that the pause produces real errors, and no botocore retries. s3fs retries
+# a timed-out call 5 times (~6 s with 1 s timeouts), less than the pause: calls that start early in
+# the pause also need the store's own retry policy (5 attempts, jittered backoff) to ride it out.
 FLAKY_CLIENT = {
-    "retries": 1,
-    "config_kwargs": {"connect_timeout": 1, "read_timeout": 2, "retries": {"max_attempts": 1}},
+    "config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 0}},
 }
 
 
@@ -435,7 +441,7 @@ class Frozen:
     path: str
     fs: s3fs.S3FileSystem
     seen_before_pause: int
-    requests: list[str]  # moto's access log: one line per request it answered
+    resumed_at: float  # wall clock when the server got SIGCONT
 
 
 @pytest.fixture(scope="module")
@@ -468,21 +474,17 @@ def frozen_run(tmp_path_factory):
                 time.sleep(PAUSE_S)
             finally:
                 os.kill(moto.pid, signal.SIGCONT)
+            resumed_at = time.time()
             stdout, _ = driver.communicate(timeout=RUN_TIMEOUT_S)
         finally:
             kill_group(driver)
         result = subprocess.CompletedProcess(
             driver.args, driver.returncode, stdout.decode(), (logs / "run.log").read_text()
         )
-        yield Frozen(result, path, fs, seen, (logs / "moto.log").read_text().splitlines())
+        yield Frozen(result, path, fs, seen, resumed_at)
     finally:
         moto.terminate()
         moto.wait(timeout=10)
-
-
-def puts(requests: list[str], path: str, folder: str) -> Counter:
-    pattern = re.compile(rf'"PUT /{re.escape(path)}/{folder}/(\S+) HTTP')
-    return Counter(m.group(1) for line in requests if (m := pattern.search(line)))
 
 
 def test_a_run_through_a_frozen_server_exits_0(frozen_run):
@@ -491,22 +493,19 @@ def test_a_run_through_a_frozen_server_exits_0(frozen_run):
     assert f"{len(IDS)} generated" in result.stdout
 
 
-def test_the_pause_hit_writes_that_were_then_retried(frozen_run):
-    """Requests timed out during the pause reach moto after SIGCONT: keys PUT more than once."""
-    commits = {
-        **puts(frozen_run.requests, frozen_run.path, "videos"),
-        **puts(frozen_run.requests, frozen_run.path, "items"),
-        **puts(frozen_run.requests, frozen_run.path, "recent"),
-    }
-    assert frozen_run.seen_before_pause < len(IDS)
-    assert max(commits.values()) >= 2, commits
+def test_the_outage_landed_mid_run(frozen_run):
+    """Items were committed before the pause and after it: the run had to get through it."""
+    done = markers(frozen_run.fs, frozen_run.path)
+    committed = [datetime.fromisoformat(m["committed_at"]).timestamp() for m in done.values()]
+    assert 1 <= frozen_run.seen_before_pause < len(IDS)
+    assert max(committed) > frozen_run.resumed_at
 
 
 def test_after_the_outage_every_id_is_committed_exactly_once(frozen_run):
     assert_each_id_committed_once(frozen_run.fs, frozen_run.path)
 
 
-def test_the_store_retries_absorbed_the_outage_without_item_retries(frozen_run):
+def test_storage_retries_absorb_the_outage_so_no_item_needs_a_second_attempt(frozen_run):
     done = markers(frozen_run.fs, frozen_run.path)
     assert {i: m["attempts"] for i, m in done.items()} == dict.fromkeys(IDS, 1)
     assert not frozen_run.fs.exists(f"{frozen_run.path}/failures")
