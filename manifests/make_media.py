@@ -5,6 +5,12 @@
 Writes media/*.png (128x128 pictures), media/*.mp4 (81 frames, 128x128, 16 fps, H.264),
 demo.csv (t2v and i2v rows) and all_tasks.parquet (one row per task). Every file is small
 (< 100 KB) and committed; the mp4s are committed with `git add -f` because *.mp4 is ignored.
+
+all_tasks.parquet leaves num_frames, height and width empty, so each pipeline's defaults apply,
+and its cond_frames fit both temporal factors (Wan r = 4, Mochi r = 6) at the tiny pipelines'
+short clips (17 and 19 frames) and at the real ones (81 and 163). Transition lists its frames
+(the first two and the last two) because its default, three latents at each end, needs at
+least 7 latent frames: 25+ frames for Wan, 37+ for Mochi.
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ def all_tasks_table() -> pa.Table:
         ("complete-1", "complete", "The square crosses the frame", None, None,
          "media/clip_a.mp4", None, None, [0.3, 0.3]),
         ("transition-1", "transition", "One square becomes the other", None, None,
-         "media/clip_a.mp4", "media/clip_b.mp4", None, None),
+         "media/clip_a.mp4", "media/clip_b.mp4", [0, 1, -2, -1], None),
         ("loop-1", "loop", "A seamless loop of a ball", "media/red_ball.png", None, None, None,
          None, None),
     ]  # fmt: skip

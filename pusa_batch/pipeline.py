@@ -1,15 +1,19 @@
-"""`Pipeline`: one loaded set of Wan weights that turns an `Item` into frames.
+"""`Pipeline`: one loaded set of weights that turns an `Item` into frames.
 
-Load once (text encoder, VAE, transformer(s), LoRAs merged once on fresh weights), then for each
-item: `prepare` (CPU-side work: media, prompts, conditioning latents, seeded noise), `sample`
-(the frame-level Euler loop around the transformer) and `decode` (VAE to uint8 frames). The three
-may run in different threads at once (the worker overlaps items): the VAE and the text encoder
-are guarded by locks, the transformer is only used by `sample`.
+`Pipeline.load(spec)` picks the family: `WanPipeline` (here; Pusa V1 on Wan2.1 / Wan2.2) or
+`MochiPipeline` (`pipeline_mochi`; Pusa V0.5). Load once (text encoder, VAE, denoiser(s), LoRAs
+merged once on fresh weights), then for each item: `prepare` (CPU-side work: media, prompts,
+conditioning latents, seeded noise), `sample` (the frame-level Euler loop around the denoiser)
+and `decode` (VAE to uint8 frames). The three may run in different threads at once (the worker
+overlaps items): the VAE and the text encoder are guarded by locks, the denoiser is only used by
+`sample`. The item-level steps (sizes, conditioning plan, media, noise, schedule, the loop) are
+shared; each family supplies prompt encoding, pixel encoding, the model function and decoding.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,12 @@ from pusa_batch.errors import PipelineError
 from pusa_batch.models.loading import load_wan_transformer
 from pusa_batch.models.text import TextEncoder
 from pusa_batch.models.tiny import ensure_tiny_model
-from pusa_batch.pipeline_spec import PipelineSpec, load_pipeline_spec
+from pusa_batch.pipeline_spec import MOCHI_DIT_FILE, PipelineSpec, load_pipeline_spec
 from pusa_batch.tasks import CondPlan, conditioning_video_layout, plan_conditioning
 
-__all__ = ["Pipeline", "PipelineSpec", "Prepared", "load_pipeline_spec"]
+__all__ = ["Pipeline", "PipelineSpec", "Prepared", "WanPipeline", "load_pipeline_spec"]
+
+PixelEncoder = Callable[[np.ndarray], Tensor]  # uint8 (n, H, W, 3) -> latents (1, C, t, h, w)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -52,16 +58,22 @@ class Prepared:
     """Everything `sample` needs for one item, on the CPU."""
 
     item_id: str
-    noise: Tensor  # (1, 16, F, H/8, W/8) float32, from the item's seed
-    positive: Tensor  # (1, L, text_dim)
-    negative: Tensor | None  # None when guidance_scale == 1
+    noise: Tensor  # (1, z_dim, F, H/8, W/8) float32, from the item's seed
+    positive: sampler.Context  # Wan: (1, L, text_dim); Mochi: (features, mask)
+    negative: sampler.Context | None  # None when guidance_scale == 1
     cond: sampler.ConditioningSpec | None
     sigmas: Tensor  # (steps + 1,)
     guidance_scale: float
 
 
 class Pipeline:
-    """A loaded pipeline. Build it with `Pipeline.load(spec)`."""
+    """A loaded pipeline of any family. Build it with `Pipeline.load(spec)`.
+
+    Subclasses set `text`, `vae`, `z_dim` and implement `encode_prompt`, `_pixel_encoder`,
+    `_model_fn` and `decode`.
+    """
+
+    z_dim: int
 
     def __init__(
         self,
@@ -69,27 +81,14 @@ class Pipeline:
         *,
         device: torch.device,
         dtype: torch.dtype,
-        text: TextEncoder,
-        vae: torch.nn.Module,
-        experts: dict[str, torch.nn.Module],
         storage_options: dict | None = None,
     ):
         self.spec = spec
         self.storage_options = storage_options
         self.device = device
         self.dtype = dtype
-        self.text = text
-        self.vae = vae
-        self.experts = experts
         self._text_lock = threading.Lock()
         self._vae_lock = threading.Lock()
-        vae_cfg = vae.config
-        self._latents_mean = torch.tensor(vae_cfg.latents_mean).view(1, -1, 1, 1, 1)
-        # diffusers keeps 1/std and divides by it to un-normalise; same arithmetic, same bits.
-        self._inv_std = 1.0 / torch.tensor(vae_cfg.latents_std).view(1, -1, 1, 1, 1)
-        self.z_dim = int(vae_cfg.z_dim)
-
-    # ------------------------------------------------------------------------------ loading
 
     @classmethod
     def load(
@@ -103,6 +102,206 @@ class Pipeline:
         dev = resolve_device(device if device is not None else spec.options.device)
         dtype = resolve_dtype(spec.options.dtype, dev)
         paths = _component_paths(spec)
+        if spec.family == "mochi":
+            from pusa_batch.pipeline_mochi import MochiPipeline
+
+            return MochiPipeline.build(spec, paths, dev, dtype, storage_options)
+        return WanPipeline.build(spec, paths, dev, dtype, storage_options)
+
+    # ------------------------------------------------------------------------------ family hooks
+
+    def encode_prompt(self, prompt: str) -> sampler.Context:
+        raise NotImplementedError
+
+    def decode(self, latents: Tensor) -> np.ndarray:
+        """uint8 (frames, H, W, 3) from the sampler's latents."""
+        raise NotImplementedError
+
+    def _pixel_encoder(self, item: Any) -> PixelEncoder:
+        """How this item's conditioning pixels become latents (may hold per-item RNG state)."""
+        raise NotImplementedError
+
+    def _model_fn(
+        self, positive: sampler.Context, negative: sampler.Context | None, scale: float
+    ) -> sampler.ModelFn:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------ shared stages
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        f = (num_frames - 1) // self.spec.temporal_factor + 1
+        return (1, self.z_dim, f, height // 8, width // 8)
+
+    def describe(self) -> dict[str, Any]:
+        """For run records: what is loaded, where, and how it samples."""
+        return {
+            "name": self.spec.name,
+            "family": self.spec.family,
+            "identity": self.spec.identity(),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "schedule": self.spec.schedule,
+        }
+
+    def sigmas(self, steps: int, shift: float) -> Tensor:
+        """The item's schedule; `shift` only matters to the shifted (Wan) schedule."""
+        if self.spec.schedule == "linear_quadratic":
+            return sampler.linear_quadratic_sigmas(steps, self.spec.options.threshold_noise)
+        return sampler.shifted_sigmas(steps, shift)
+
+    def prepare(self, item: Any) -> Prepared:
+        """Media loaded and resized, prompts encoded, conditioning latents and noise made."""
+        self._check_size(item)
+        positive = self.encode_prompt(item.prompt)
+        negative = None if item.guidance_scale == 1.0 else self.encode_prompt(item.negative_prompt)
+        cond = self._conditioning(item)
+        shape = self.latent_shape(item.num_frames, item.height, item.width)
+        return Prepared(
+            item_id=item.id,
+            noise=sampler.make_noise(shape, item.seed),
+            positive=positive,
+            negative=negative,
+            cond=cond,
+            sigmas=self.sigmas(item.steps, item.shift),
+            guidance_scale=float(item.guidance_scale),
+        )
+
+    def sample(self, prepared: Prepared, callback: sampler.Callback | None = None) -> Tensor:
+        """Denoised latents (1, z_dim, F, h, w), float32 on the CPU."""
+        pos = _to_device(prepared.positive, self.device)
+        neg = None if prepared.negative is None else _to_device(prepared.negative, self.device)
+        model_fn = self._model_fn(pos, neg, prepared.guidance_scale)
+        cond = prepared.cond
+        if cond is not None:
+            cond = sampler.ConditioningSpec(
+                cond.latent_index, cond.clean.to(self.device), cond.multipliers
+            )
+        with torch.inference_mode():
+            x = sampler.sample(
+                model_fn, prepared.noise.to(self.device), prepared.sigmas, cond, callback=callback
+            )
+        return x.float().cpu()
+
+    def generate(self, item: Any, callback: sampler.Callback | None = None) -> np.ndarray:
+        return self.decode(self.sample(self.prepare(item), callback=callback))
+
+    def plan(self, item: Any) -> CondPlan:
+        """The item's conditioning plan (input videos are probed for their frame counts)."""
+        return plan_conditioning(
+            item.task,
+            num_frames=item.num_frames,
+            temporal_factor=self.spec.temporal_factor,
+            cond_frames=item.cond_frames,
+            noise_multipliers=item.noise_multipliers,
+            n_images=len(_images(item)),
+            video_frames=self._frame_count(item.video),
+            video_b_frames=self._frame_count(item.video_b),
+        )
+
+    def conditioning_metadata(self, item: Any) -> dict[str, Any]:
+        """For the item JSON: latent indices, output pixel frames and multipliers per slot."""
+        return self.plan(item).to_metadata()
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _check_size(self, item: Any) -> None:
+        r, m = self.spec.temporal_factor, self.spec.spatial_multiple
+        if item.num_frames < 1 or (item.num_frames - 1) % r:
+            raise PipelineError(
+                f"item {item.id}: num_frames {item.num_frames} must be {r}k+1 "
+                f"(e.g. {2 * r + 1}, {4 * r + 1}) for a {self.spec.family} pipeline"
+            )
+        if item.height % m or item.width % m or min(item.height, item.width) < m:
+            raise PipelineError(
+                f"item {item.id}: {item.width}x{item.height} must be multiples of {m} pixels"
+            )
+
+    def _conditioning(self, item: Any) -> sampler.ConditioningSpec | None:
+        plan = self.plan(item)
+        if not plan.slots:
+            return None
+        size = (item.width, item.height)
+        encode = self._pixel_encoder(item)
+        encoded = (
+            self._encode_layout(item, plan, encode)
+            if any(not s.encode_alone for s in plan.slots)
+            else None
+        )
+        latents = []
+        for slot in plan.slots:
+            if not slot.encode_alone:
+                latents.append(encoded[:, :, slot.latent_index])
+            elif slot.source == "image":
+                pixels = self._load_image(_images(item)[slot.image_index], *size)
+                latents.append(encode(pixels[None])[:, :, 0])
+            else:  # one frame of a video, encoded alone like an image (loop)
+                pixels = self._read_frames(
+                    _source_path(item, slot.source), slot.source_frames, *size
+                )
+                latents.append(encode(pixels[:1])[:, :, 0])
+        clean = torch.stack(latents, dim=2)
+        return sampler.ConditioningSpec(plan.latent_indices, clean, plan.multipliers)
+
+    def _encode_layout(self, item: Any, plan: CondPlan, encode: PixelEncoder) -> Tensor:
+        """Build the conditioning video (up to the last conditioned frame) and encode it."""
+        layout = conditioning_video_layout(plan, item.num_frames)
+        last = max(p for p, entry in enumerate(layout) if entry is not None)
+        layout = layout[: last + 1]
+        frames: dict[tuple[str, int], np.ndarray] = {}
+        for source in sorted({src for src, _ in layout}):
+            wanted = sorted({i for src, i in layout if src == source})
+            pixels = self._read_frames(_source_path(item, source), wanted, item.width, item.height)
+            frames.update(((source, i), px) for i, px in zip(wanted, pixels, strict=True))
+        return encode(np.stack([frames[entry] for entry in layout]))
+
+    def _load_image(self, path: str, width: int, height: int) -> np.ndarray:
+        return video.load_image(path, width, height, storage_options=self.storage_options)
+
+    def _read_frames(self, path: str, indices, width: int, height: int) -> np.ndarray:
+        return video.read_frames(path, indices, width, height, storage_options=self.storage_options)
+
+    def _frame_count(self, path: str | None) -> int | None:
+        if not path:
+            return None
+        info = video.probe_video(path, storage_options=self.storage_options)
+        if info.frames_exact:
+            return info.frames
+        return video.count_frames(path, storage_options=self.storage_options)
+
+
+class WanPipeline(Pipeline):
+    """Pusa V1 on Wan2.1 (one transformer) or Wan2.2 (two experts), LoRAs merged once."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        text: TextEncoder,
+        vae: torch.nn.Module,
+        experts: dict[str, torch.nn.Module],
+        storage_options: dict | None = None,
+    ):
+        super().__init__(spec, device=device, dtype=dtype, storage_options=storage_options)
+        self.text = text
+        self.vae = vae
+        self.experts = experts
+        vae_cfg = vae.config
+        self._latents_mean = torch.tensor(vae_cfg.latents_mean).view(1, -1, 1, 1, 1)
+        # diffusers keeps 1/std and divides by it to un-normalise; same arithmetic, same bits.
+        self._inv_std = 1.0 / torch.tensor(vae_cfg.latents_std).view(1, -1, 1, 1, 1)
+        self.z_dim = int(vae_cfg.z_dim)
+
+    @classmethod
+    def build(
+        cls,
+        spec: PipelineSpec,
+        paths: dict[str, Path],
+        dev: torch.device,
+        dtype: torch.dtype,
+        storage_options: dict | None = None,
+    ) -> WanPipeline:
         opts = spec.options
         text = TextEncoder.load(
             paths["text_encoder"],
@@ -131,72 +330,29 @@ class Pipeline:
             storage_options=storage_options,
         )
 
-    # ------------------------------------------------------------------------------ stages
-
     def encode_prompt(self, prompt: str) -> Tensor:
         with self._text_lock:
             return self.text.encode(prompt)
 
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
-        f = (num_frames - 1) // self.spec.temporal_factor + 1
-        return (1, self.z_dim, f, height // 8, width // 8)
-
     def describe(self) -> dict[str, Any]:
-        """For run records: what is loaded, where, and the LoRAs merged into each expert."""
-        return {
-            "name": self.spec.name,
-            "family": self.spec.family,
-            "identity": self.spec.identity(),
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "loras": {
-                name: list(model.merged_weights.loras) for name, model in self.experts.items()
-            },
-        }
+        """Also the LoRAs merged into each expert."""
+        loras = {name: list(model.merged_weights.loras) for name, model in self.experts.items()}
+        return {**super().describe(), "loras": loras}
 
-    def prepare(self, item: Any) -> Prepared:
-        """Media loaded and resized, prompts encoded, conditioning latents and noise made."""
-        self._check_size(item)
-        positive = self.encode_prompt(item.prompt)
-        negative = None if item.guidance_scale == 1.0 else self.encode_prompt(item.negative_prompt)
-        cond = self._conditioning(item)
-        shape = self.latent_shape(item.num_frames, item.height, item.width)
-        return Prepared(
-            item_id=item.id,
-            noise=sampler.make_noise(shape, item.seed),
-            positive=positive,
-            negative=negative,
-            cond=cond,
-            sigmas=sampler.shifted_sigmas(item.steps, item.shift),
-            guidance_scale=float(item.guidance_scale),
-        )
-
-    def sample(self, prepared: Prepared, callback: sampler.Callback | None = None) -> Tensor:
-        """Denoised latents (1, 16, F, h, w), float32 on the CPU."""
+    def _model_fn(
+        self, positive: sampler.Context, negative: sampler.Context | None, scale: float
+    ) -> sampler.ModelFn:
         opts = self.spec.options
-        pos = prepared.positive.to(self.device)
-        neg = None if prepared.negative is None else prepared.negative.to(self.device)
 
         def expert_fn(name: str) -> sampler.ModelFn:
             call = self._model_call(name)
-            return sampler.guided(call, pos, neg, prepared.guidance_scale, batched=opts.batched_cfg)
+            return sampler.guided(call, positive, negative, scale, batched=opts.batched_cfg)
 
         if self.spec.family == "wan2.2":
-            model_fn = sampler.expert_switch(
+            return sampler.expert_switch(
                 expert_fn("transformer"), expert_fn("transformer_2"), opts.switch_boundary
             )
-        else:
-            model_fn = expert_fn("transformer")
-        cond = prepared.cond
-        if cond is not None:
-            cond = sampler.ConditioningSpec(
-                cond.latent_index, cond.clean.to(self.device), cond.multipliers
-            )
-        with torch.inference_mode():
-            x = sampler.sample(
-                model_fn, prepared.noise.to(self.device), prepared.sigmas, cond, callback=callback
-            )
-        return x.float().cpu()
+        return expert_fn("transformer")
 
     def decode(self, latents: Tensor) -> np.ndarray:
         """uint8 (frames, H, W, 3) from normalised latents (diffusers' Wan un-normalisation)."""
@@ -206,39 +362,6 @@ class Pipeline:
         video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
 
-    def generate(self, item: Any, callback: sampler.Callback | None = None) -> np.ndarray:
-        return self.decode(self.sample(self.prepare(item), callback=callback))
-
-    def plan(self, item: Any) -> CondPlan:
-        """The item's conditioning plan (input videos are probed for their frame counts)."""
-        return plan_conditioning(
-            item.task,
-            num_frames=item.num_frames,
-            temporal_factor=self.spec.temporal_factor,
-            cond_frames=item.cond_frames,
-            noise_multipliers=item.noise_multipliers,
-            n_images=len(_images(item)),
-            video_frames=self._frame_count(item.video),
-            video_b_frames=self._frame_count(item.video_b),
-        )
-
-    def conditioning_metadata(self, item: Any) -> dict[str, Any]:
-        """For the item JSON: latent indices, output pixel frames and multipliers per slot."""
-        return self.plan(item).to_metadata()
-
-    # ------------------------------------------------------------------------------ internals
-
-    def _check_size(self, item: Any) -> None:
-        r, m = self.spec.temporal_factor, self.spec.spatial_multiple
-        if item.num_frames < 1 or (item.num_frames - 1) % r:
-            raise PipelineError(
-                f"item {item.id}: num_frames {item.num_frames} must be {r}k+1 (e.g. 17, 81)"
-            )
-        if item.height % m or item.width % m or min(item.height, item.width) < m:
-            raise PipelineError(
-                f"item {item.id}: {item.width}x{item.height} must be multiples of {m} pixels"
-            )
-
     def encode_video(self, pixels: np.ndarray) -> Tensor:
         """uint8 (n, H, W, 3) -> normalised VAE mean latents (1, 16, 1 + (n-1)//4, h, w), CPU."""
         x = torch.tensor(np.asarray(pixels, dtype=np.uint8)).permute(3, 0, 1, 2)[None]
@@ -247,54 +370,8 @@ class Pipeline:
             mean = self.vae.encode(x.to(self.device)).latent_dist.mode()
         return ((mean.float().cpu() - self._latents_mean) * self._inv_std).contiguous()
 
-    def _conditioning(self, item: Any) -> sampler.ConditioningSpec | None:
-        plan = self.plan(item)
-        if not plan.slots:
-            return None
-        size = (item.width, item.height)
-        encoded = (
-            self._encode_layout(item, plan) if any(not s.encode_alone for s in plan.slots) else None
-        )
-        latents = []
-        for slot in plan.slots:
-            if not slot.encode_alone:
-                latents.append(encoded[:, :, slot.latent_index])
-            elif slot.source == "image":
-                pixels = self._load_image(_images(item)[slot.image_index], *size)
-                latents.append(self.encode_video(pixels[None])[:, :, 0])
-            else:  # one frame of a video, encoded alone like an image (loop)
-                pixels = self._read_frames(
-                    _source_path(item, slot.source), slot.source_frames, *size
-                )
-                latents.append(self.encode_video(pixels[:1])[:, :, 0])
-        clean = torch.stack(latents, dim=2)
-        return sampler.ConditioningSpec(plan.latent_indices, clean, plan.multipliers)
-
-    def _encode_layout(self, item: Any, plan: CondPlan) -> Tensor:
-        """Build the conditioning video (up to the last conditioned frame) and encode it."""
-        layout = conditioning_video_layout(plan, item.num_frames)
-        last = max(p for p, entry in enumerate(layout) if entry is not None)
-        layout = layout[: last + 1]
-        frames: dict[tuple[str, int], np.ndarray] = {}
-        for source in sorted({src for src, _ in layout}):
-            wanted = sorted({i for src, i in layout if src == source})
-            pixels = self._read_frames(_source_path(item, source), wanted, item.width, item.height)
-            frames.update(((source, i), px) for i, px in zip(wanted, pixels, strict=True))
-        return self.encode_video(np.stack([frames[entry] for entry in layout]))
-
-    def _load_image(self, path: str, width: int, height: int) -> np.ndarray:
-        return video.load_image(path, width, height, storage_options=self.storage_options)
-
-    def _read_frames(self, path: str, indices, width: int, height: int) -> np.ndarray:
-        return video.read_frames(path, indices, width, height, storage_options=self.storage_options)
-
-    def _frame_count(self, path: str | None) -> int | None:
-        if not path:
-            return None
-        info = video.probe_video(path, storage_options=self.storage_options)
-        if info.frames_exact:
-            return info.frames
-        return video.count_frames(path, storage_options=self.storage_options)
+    def _pixel_encoder(self, item: Any) -> PixelEncoder:
+        return self.encode_video
 
     def _model_call(self, name: str) -> sampler.ModelCall:
         model = self.experts[name]
@@ -316,6 +393,12 @@ class Pipeline:
                 model.to(target)
 
 
+def _to_device(context: sampler.Context, device: torch.device) -> sampler.Context:
+    if isinstance(context, Tensor):
+        return context.to(device)
+    return tuple(t.to(device) for t in context)
+
+
 def _images(item: Any) -> tuple[str, ...]:
     return (item.image,) if item.image else tuple(item.images or ())
 
@@ -328,7 +411,10 @@ def _component_paths(spec: PipelineSpec) -> dict[str, Path]:
     spec.check_weights()
     if spec.weights.tiny is not None:
         root = ensure_tiny_model(spec.weights.tiny)
-        return {c: root / c for c in ("vae", "text_encoder", "tokenizer", *spec.experts)}
+        paths = {c: root / c for c in ("vae", "text_encoder", "tokenizer", *spec.experts)}
+        if spec.family == "mochi":
+            paths["dit"] = root / MOCHI_DIT_FILE
+        return paths
     return spec.weights.components()
 
 

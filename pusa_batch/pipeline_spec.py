@@ -3,6 +3,9 @@
 `load_pipeline_spec(path)` parses and validates a file once; the result is frozen. Every problem
 is a `PipelineError` naming the file and the key. Relative weight paths are resolved against the
 TOML file's folder and `~` is expanded. `pipelines/README.md` documents every key.
+
+Families: `wan2.1` and `wan2.2` (Pusa V1, 4x temporal VAE) and `mochi` (Pusa V0.5, 6x temporal
+VAE, its own defaults: 848x480x163 at 30 fps, cfg 4.5, the linear-quadratic schedule).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-FAMILIES = ("wan2.1", "wan2.2")
-COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer")
+FAMILIES = ("wan2.1", "wan2.2", "mochi")
+COMPONENTS = ("transformer", "transformer_2", "dit", "vae", "text_encoder", "tokenizer")
+FAMILY_COMPONENTS = {
+    "wan2.1": ("transformer", "vae", "text_encoder", "tokenizer"),
+    "wan2.2": ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer"),
+    "mochi": ("dit", "vae", "text_encoder", "tokenizer"),
+}
+TEMPORAL_FACTORS = {"wan2.1": 4, "wan2.2": 4, "mochi": 6}
+MOCHI_DIT_FILE = "pusa_v0_dit.safetensors"  # = models.mochi.CHECKPOINT_NAME (no torch import here)
+SCHEDULES = ("auto", "shifted", "linear_quadratic")
+CONDITION_LATENTS = ("sample", "mean")
+MOCHI_ONLY_OPTIONS = ("condition_latents", "normalize_condition")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 ATTENTIONS = ("sdpa", "flash")
 IDLE_EXPERT = ("keep", "offload")
@@ -49,6 +62,13 @@ class Defaults:
     shift: float = 5.0
 
 
+# Pusa V0.5's demos: 848x480x163 at 30 fps, cfg 4.5, seed 1710977262, negative prompt "" (the
+# README examples use 30 steps, the scripts 64). `shift` is not used by the Mochi schedule.
+MOCHI_DEFAULTS = Defaults(
+    num_frames=163, height=480, width=848, fps=30, seed=1710977262, guidance_scale=4.5
+)
+
+
 @dataclass(frozen=True)
 class Options:
     """How the pipeline runs. Only `IDENTITY_OPTIONS` can change the frames it makes."""
@@ -63,8 +83,13 @@ class Options:
     text_max_length: int = 512
     idle_expert: str = "keep"
     prompt_cache_size: int = 256
+    schedule: str = "auto"
+    threshold_noise: float = 0.025
+    condition_latents: str = "sample"
+    normalize_condition: bool = False
 
 
+MOCHI_OPTIONS = Options(text_max_length=256)
 IDENTITY_OPTIONS = ("dtype", "vae_tiling", "switch_boundary", "text_max_length")
 
 
@@ -86,6 +111,7 @@ class WeightPaths:
     vae: Path | None = None
     text_encoder: Path | None = None
     tokenizer: Path | None = None
+    dit: Path | None = None
 
     def components(self) -> dict[str, Path]:
         return {c: getattr(self, c) for c in COMPONENTS if getattr(self, c) is not None}
@@ -103,15 +129,25 @@ class PipelineSpec:
 
     @property
     def temporal_factor(self) -> int:
-        return 4
+        return TEMPORAL_FACTORS[self.family]
 
     @property
     def spatial_multiple(self) -> int:
-        return 16
+        return 16  # VAE 8x and patch 2 in space, for Wan and Mochi alike
 
     @property
     def experts(self) -> tuple[str, ...]:
+        """The denoiser components: Wan2.2's two experts, Wan2.1's transformer, Mochi's dit."""
+        if self.family == "mochi":
+            return ("dit",)
         return ("transformer", "transformer_2") if self.family == "wan2.2" else ("transformer",)
+
+    @property
+    def schedule(self) -> str:
+        """The sigma schedule in use: `options.schedule`, with "auto" the family's own."""
+        if self.options.schedule != "auto":
+            return self.options.schedule
+        return "linear_quadratic" if self.family == "mochi" else "shifted"
 
     def check_weights(self) -> None:
         """Raise `PipelineError` naming every weight or LoRA path that does not exist."""
@@ -133,15 +169,33 @@ class PipelineSpec:
             weights: Any = f"tiny:{self.weights.tiny}-{TINY_VERSION}"
         else:
             weights = {c: _file_listing(p) for c, p in self.weights.components().items()}
+            dit_config = self.weights.dit.parent / "config.json" if self.weights.dit else None
+            if dit_config is not None and self.weights.dit.is_file() and dit_config.is_file():
+                weights["dit"] += _file_listing(dit_config)  # the DiT's dims, when given
         loras = [[_file_listing(lo.path), lo.alpha, lo.kind, lo.expert] for lo in self.loras]
-        options = {k: getattr(self.options, k) for k in IDENTITY_OPTIONS}
-        if self.family != "wan2.2":
-            options.pop("switch_boundary")
         blob = json.dumps(
-            {"family": self.family, "weights": weights, "loras": loras, "options": options},
+            {
+                "family": self.family,
+                "weights": weights,
+                "loras": loras,
+                "options": self._identity_options(),
+            },
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _identity_options(self) -> dict[str, Any]:
+        """Only options this family uses; a Wan spec on its own schedule hashes as it always did."""
+        options = {k: getattr(self.options, k) for k in IDENTITY_OPTIONS}
+        if self.family != "wan2.2":
+            options.pop("switch_boundary")
+        if self.family == "mochi" or self.schedule != "shifted":
+            options["schedule"] = self.schedule
+        if self.schedule == "linear_quadratic":
+            options["threshold_noise"] = self.options.threshold_noise
+        if self.family == "mochi":
+            options.update({k: getattr(self.options, k) for k in MOCHI_ONLY_OPTIONS})
+        return options
 
 
 def _file_listing(path: Path) -> list[tuple[str, int]]:
@@ -208,10 +262,16 @@ def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
         raise where.fail("name", "must be a non-empty string")
     weights = _parse_weights(where, where.table(raw, "weights"), family, source.parent)
     loras = _parse_loras(where, raw.get("lora", []), family, source.parent)
-    defaults = _parse_dataclass(where, where.table(raw, "defaults"), Defaults, "defaults")
-    _check_defaults(where, defaults)
-    options = _parse_dataclass(where, where.table(raw, "options"), Options, "options")
-    _check_options(where, options)
+    mochi = family == "mochi"
+    base = MOCHI_DEFAULTS if mochi else Defaults()
+    defaults = _parse_dataclass(where, where.table(raw, "defaults"), base, "defaults")
+    _check_defaults(where, defaults, TEMPORAL_FACTORS[family])
+    raw_options = where.table(raw, "options")
+    if not mochi:
+        for key in sorted(set(raw_options) & set(MOCHI_ONLY_OPTIONS)):
+            raise where.fail(f"options.{key}", "only mochi pipelines use it; remove it")
+    options = _parse_dataclass(where, raw_options, MOCHI_OPTIONS if mochi else Options(), "options")
+    _check_options(where, options, family)
     return PipelineSpec(name, family, source, weights, loras, defaults, options)
 
 
@@ -221,7 +281,9 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Path) -> WeightPaths:
-    allowed = ("tiny", "root", *COMPONENTS)
+    if family != "wan2.2" and "transformer_2" in raw:
+        raise where.fail("weights.transformer_2", "only a wan2.2 pipeline has a second expert")
+    allowed = ("tiny", "root", *FAMILY_COMPONENTS[family])
     where.no_unknown(raw, allowed, "weights.")
     for key, value in raw.items():
         if not isinstance(value, str) or not value:
@@ -234,16 +296,13 @@ def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Pat
         if len(raw) > 1:
             raise where.fail("weights", "`tiny` uses generated weights: give no other weight keys")
         return WeightPaths(tiny=family)
-    needed = [c for c in COMPONENTS if c != "transformer_2" or family == "wan2.2"]
-    if family != "wan2.2" and "transformer_2" in raw:
-        raise where.fail("weights.transformer_2", "only a wan2.2 pipeline has a second expert")
     root = _resolve(base, raw["root"]) if "root" in raw else None
     paths: dict[str, Path] = {}
-    for comp in needed:
+    for comp in FAMILY_COMPONENTS[family]:
         if comp in raw:
             paths[comp] = _resolve(base, raw[comp])
         elif root is not None:
-            paths[comp] = root / comp
+            paths[comp] = root / (MOCHI_DIT_FILE if comp == "dit" else comp)
         else:
             raise where.fail(f"weights.{comp}", "missing: give it, or `root` (a diffusers folder)")
     return WeightPaths(**paths)
@@ -252,6 +311,8 @@ def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Pat
 def _parse_loras(where: _Where, raw: Any, family: str, base: Path) -> tuple[LoraSpec, ...]:
     if not isinstance(raw, list):
         raise where.fail("lora", "must be an array of tables ([[lora]])")
+    if raw and family == "mochi":
+        raise where.fail("lora", "mochi pipelines take no LoRAs (Pusa V0.5 is a full fine-tune)")
     out = []
     for i, entry in enumerate(raw):
         key = f"lora[{i}]"
@@ -287,8 +348,9 @@ def _has_type(value: Any, want: type) -> bool:
     return isinstance(value, want)
 
 
-def _parse_dataclass(where: _Where, raw: Mapping[str, Any], cls: type, prefix: str):
-    fields = asdict(cls())
+def _parse_dataclass(where: _Where, raw: Mapping[str, Any], base: Any, prefix: str):
+    """`base` (a dataclass instance) with the values in `raw`, each type-checked."""
+    fields = asdict(base)
     where.no_unknown(raw, tuple(fields), f"{prefix}.")
     values = {}
     for key, value in raw.items():
@@ -296,13 +358,15 @@ def _parse_dataclass(where: _Where, raw: Mapping[str, Any], cls: type, prefix: s
         if not _has_type(value, want):
             raise where.fail(f"{prefix}.{key}", f"must be {want.__name__}, got {value!r}")
         values[key] = float(value) if want is float else value
-    return cls(**values)
+    return replace(base, **values)
 
 
-def _check_defaults(where: _Where, d: Defaults) -> None:
-    if d.num_frames < 5 or (d.num_frames - 1) % 4:
+def _check_defaults(where: _Where, d: Defaults, r: int) -> None:
+    if d.num_frames < r + 1 or (d.num_frames - 1) % r:
+        examples = "163, 19" if r == 6 else "81, 17"
         raise where.fail(
-            "defaults.num_frames", f"must be 4k+1 and >= 5 (81, 17...), got {d.num_frames}"
+            "defaults.num_frames",
+            f"must be {r}k+1 and >= {r + 1} ({examples}...), got {d.num_frames}",
         )
     for key in ("height", "width"):
         value = getattr(d, key)
@@ -320,8 +384,14 @@ def _check_defaults(where: _Where, d: Defaults) -> None:
             raise where.fail(f"defaults.{key}", f"out of range: {getattr(d, key)!r}")
 
 
-def _check_options(where: _Where, o: Options) -> None:
-    choices = {"dtype": DTYPES, "attention": ATTENTIONS, "idle_expert": IDLE_EXPERT}
+def _check_options(where: _Where, o: Options, family: str) -> None:
+    choices = {
+        "dtype": DTYPES,
+        "attention": ATTENTIONS,
+        "idle_expert": IDLE_EXPERT,
+        "schedule": SCHEDULES,
+        "condition_latents": CONDITION_LATENTS,
+    }
     for key, allowed in choices.items():
         if getattr(o, key) not in allowed:
             raise where.fail(f"options.{key}", f"must be one of {', '.join(allowed)}")
@@ -333,3 +403,7 @@ def _check_options(where: _Where, o: Options) -> None:
         raise where.fail("options.text_max_length", "must be in 1..4096 (Wan uses 512)")
     if o.prompt_cache_size < 0:
         raise where.fail("options.prompt_cache_size", "must be >= 0")
+    if not 0 < o.threshold_noise < 1:
+        raise where.fail("options.threshold_noise", "must be between 0 and 1 (Mochi uses 0.025)")
+    if family == "mochi" and o.attention != "sdpa":
+        raise where.fail("options.attention", 'the Mochi DiT runs on sdpa only: use "sdpa"')

@@ -4,8 +4,10 @@
 (`model_index.json`, `transformer/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`), built
 by diffusers' and transformers' own `save_pretrained`, so file names, config keys and state-dict
 key names are theirs. `wan2.2` adds `transformer_2/` (the low-noise expert) and `boundary_ratio`,
-as `Wan-AI/Wan2.2-T2V-A14B-Diffusers` does. Weights come from a fixed seed: the same bytes every
-time with the same library versions.
+as `Wan-AI/Wan2.2-T2V-A14B-Diffusers` does. `mochi` is the Pusa V0.5 twin written by
+`models/tiny_mochi.make_tiny_mochi` (`pusa_v0_dit.safetensors`, `vae/`, `text_encoder/`,
+`tokenizer/`). Weights come from a fixed seed: the same bytes every time with the same library
+versions.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from pusa_batch.errors import PipelineError
 
 TINY_VERSION = "v1"
-TINY_KINDS = ("wan2.1", "wan2.2")
+TINY_KINDS = ("wan2.1", "wan2.2", "mochi")
 TINY_SEED = 20250717
 
 # Transformer: 4 heads x 16 = 64 wide, 2 blocks; RoPE splits the 16 head dims into t8/h4/w4.
@@ -173,16 +175,28 @@ def _build_components(kind: str) -> dict:
     return parts
 
 
-def make_tiny_model(kind: str, out_dir: str | os.PathLike) -> Path:
-    """Write a tiny `kind` twin ("wan2.1" or "wan2.2") into `out_dir` (created; must be empty)."""
-    from diffusers import WanPipeline
+def tiny_marker(kind: str) -> str:
+    """The file whose presence says a cached `kind` twin is complete (it is renamed into place)."""
+    _check_kind(kind)
+    return "pusa_v0_dit.safetensors" if kind == "mochi" else "model_index.json"
 
+
+def make_tiny_model(kind: str, out_dir: str | os.PathLike) -> Path:
+    """Write a tiny `kind` twin ("wan2.1", "wan2.2" or "mochi") into `out_dir` (created; must
+    be empty)."""
     _check_kind(kind)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise PipelineError(f"cannot write a tiny model into {out}: the folder is not empty")
     out.mkdir(parents=True, exist_ok=True)
     from pusa_batch.models.text import no_hub_progress_bars
+
+    if kind == "mochi":
+        from pusa_batch.models.tiny_mochi import make_tiny_mochi
+
+        with _SEED_LOCK, no_hub_progress_bars():
+            return make_tiny_mochi(out, seed=TINY_SEED)
+    from diffusers import WanPipeline
 
     pipe = WanPipeline(**_build_components(kind))
     with no_hub_progress_bars():
@@ -205,7 +219,8 @@ def ensure_tiny_model(kind: str, cache_root: str | os.PathLike | None = None) ->
     _check_kind(kind)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     target = root / f"{kind}-{TINY_VERSION}"
-    if (target / "model_index.json").is_file():
+    marker = tiny_marker(kind)
+    if (target / marker).is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-building-", dir=root))
@@ -214,7 +229,7 @@ def ensure_tiny_model(kind: str, cache_root: str | os.PathLike | None = None) ->
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "model_index.json").is_file():
+            if not (target / marker).is_file():
                 raise
     finally:
         if tmp.exists():
