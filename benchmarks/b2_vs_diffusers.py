@@ -20,7 +20,7 @@ Numerics: with the same noise and embeddings, diffusers' stock Euler schedule di
 (`linspace(1, 1/N)` vs `linspace(1, 0)` before the shift) and feeds float timesteps where Pusa
 truncates and rounds them to bf16; a scheduler with our sigmas and timesteps isolates the rest.
 
-    python benchmarks/b2_vs_diffusers.py [--repeats 5] [--large 33x128x128] [--threads 1]
+    python benchmarks/b2_vs_diffusers.py [--repeats 9] [--large 33x128x128] [--large-repeats 3]
 
 Prints `B2 time_ratio_ours_over_diffusers=<x> target<=1 pass|miss` (tiny default size), the same
 with a `_<size>` suffix for the larger size, and the absolute ms.
@@ -301,7 +301,8 @@ def quiet_libraries() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed items per side and size")
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds, tiny default size")
+    parser.add_argument("--large-repeats", type=int, default=3, help="timed rounds, larger size")
     parser.add_argument("--large", type=parse_size, default=Size(33, 128, 128))
     parser.add_argument("--no-large", action="store_true", help="the tiny default size only")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -321,12 +322,13 @@ def main() -> None:
     print(
         f"B2 config: tiny Wan2.1 twin, t2v, steps={d.steps} guidance={d.guidance_scale} "
         f"shift={d.shift} text_max_length={spec.options.text_max_length} "
-        f"threads={args.threads} repeats={args.repeats}; medians after one warm-up, "
+        f"threads={args.threads} rounds={args.repeats} (larger size {args.large_repeats}); "
+        "medians after one warm-up, "
         "paired ratio = median [min..max] of per-round ours/diffusers"
     )
     ratios = {}
-    for size in sizes:
-        ratios[size] = report(size, measure(ours, theirs, size, args.repeats))
+    for size, repeats in zip(sizes, (args.repeats, args.large_repeats), strict=False):
+        ratios[size] = report(size, measure(ours, theirs, size, repeats))
     num = numerics(ours, folder, sizes[0])
     print(
         f"  numerics at {sizes[0]}, same noise: prompt embeddings max|d|="

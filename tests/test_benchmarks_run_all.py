@@ -121,7 +121,8 @@ def _state(pid: int) -> str:
 
 
 def test_flags_go_only_to_scripts_whose_help_lists_them(tmp_path):
-    # run_all passes B2 `--repeats 3` and B6 `--items 12`: B2 here offers --repeats, B6 nothing.
+    # run_all passes B2 `--repeats 9 --large-repeats 3` and B6 `--items 12`; this B2 offers only
+    # --repeats, this B6 nothing.
     echo_args = (
         "import argparse\n"
         "p = argparse.ArgumentParser()\n"
@@ -132,7 +133,7 @@ def test_flags_go_only_to_scripts_whose_help_lists_them(tmp_path):
     write_bench(tmp_path, "B2", echo_args.format(arg="p.add_argument('--repeats')\n", n=2))
     write_bench(tmp_path, "B6", echo_args.format(arg="", n=6))
     rows = table_rows(run_all(tmp_path, "--only", "B2", "B6").stdout)
-    assert rows["B2"][0][1] == "args=--repeats,3"
+    assert rows["B2"][0][1] == "args=--repeats,9"
     assert rows["B6"][0][1] == "args=none"
 
 
