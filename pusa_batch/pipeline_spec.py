@@ -71,7 +71,8 @@ MOCHI_DEFAULTS = Defaults(
 
 @dataclass(frozen=True)
 class Options:
-    """How the pipeline runs. Only `IDENTITY_OPTIONS` can change the frames it makes."""
+    """How the pipeline runs. Only `IDENTITY_OPTIONS` and, where the family uses them, the
+    schedule and Mochi conditioning options can change the frames (`PipelineSpec.identity`)."""
 
     dtype: str = "auto"
     device: str = "auto"
