@@ -17,13 +17,15 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -61,6 +63,23 @@ class RunConfig:
     lease_stale_s: float = 120.0
     status_every_s: float = 1.0
     worker_start_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {rule}, got {getattr(self, name)!r}"
+            for name, ok, rule in (
+                ("workers", self.workers is None or self.workers >= 1, "at least 1"),
+                ("cpus_per_worker", self.cpus_per_worker > 0, "positive"),
+                ("max_retries", self.max_retries >= 0, "0 or more"),
+                ("max_actor_restarts", self.max_actor_restarts >= 0, "0 or more"),
+                ("batch_size", self.batch_size == 1, "1 (batched sampling is not supported yet)"),
+                ("compact_every_items", self.compact_every_items >= 1, "at least 1"),
+                ("lease_stale_s", self.lease_stale_s > 0, "positive"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("invalid run settings: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -157,23 +176,14 @@ def run(
 ) -> RunSummary:
     """Generate every pending item of `config.manifest` into `config.output`.
 
-    `make_runner` replaces the pipeline runner (a picklable factory); benchmarks use it.
+    `make_runner` replaces the pipeline runner (a picklable factory returning an `ItemRunner`).
     """
     emit = on_event or (lambda event: None)
     started = time.monotonic()
-    spec = load_pipeline_spec(config.pipeline)
-    validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
-    identity = spec.identity()
-    items = {item.id: item for item in iter_items(config.manifest, spec)}
-    factor = spec.temporal_factor
-    fingerprints = {
-        i: item_fingerprint(item, identity, temporal_factor=factor) for i, item in items.items()
-    }
+    items, fingerprints = _load_items(config)
     store = Store(config.output, dict(config.storage_options))
-    lease = store.acquire_lease(
-        {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"},
-        stale_after_s=config.lease_stale_s,
-    )
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"}
+    lease = store.acquire_lease(owner, stale_after_s=config.lease_stale_s)
     lease.start_heartbeat(max(1.0, config.lease_stale_s / 4))
     try:
         plan = store.plan(fingerprints.items())
@@ -188,9 +198,14 @@ def run(
         runner = make_runner or functools.partial(PipelineRunner, config.pipeline)
         driver = _Driver(config, store, emit, runner, lease)
         if order:
-            tasks = [Pending(items[i].to_dict(), fingerprints[i]) for i in order]
-            with _ray_session(config):
-                driver.run(tasks, started)
+            try:
+                with _ray_session(config):
+                    driver.run([Pending(items[i].to_dict(), fingerprints[i]) for i in order])
+            except BaseException:
+                with contextlib.suppress(Exception):  # keep what is done; the error is the news
+                    store.compact_index()
+                    driver.write_status(state="stopped")
+                raise
         store.compact_index()
         store.write_final_index()
         summary = RunSummary(
@@ -206,41 +221,41 @@ def run(
             workers=driver.worker_stats(),
             active_s=driver.active_s(),
         )
-        driver.write_status(summary)
+        driver.write_status(state="finished", summary=summary)
     finally:
         lease.release()
     emit(Finished(summary))
     return summary
 
 
-class _ray_session:
-    """Connect to Ray (embedded local when `address` is None) unless already connected."""
+def _load_items(config: RunConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """Validate every row (ManifestError lists them all), then the items and fingerprints."""
+    spec = load_pipeline_spec(config.pipeline)
+    validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
+    identity, factor = spec.identity(), spec.temporal_factor
+    items = {item.id: item for item in iter_items(config.manifest, spec)}
+    fingerprints = {
+        i: item_fingerprint(item, identity, temporal_factor=factor) for i, item in items.items()
+    }
+    return items, fingerprints
 
-    def __init__(self, config: RunConfig):
-        self.config = config
-        self.owned = False
 
-    def __enter__(self) -> None:
-        if ray.is_initialized():
-            return
-        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-        if self.config.address is None:
-            cpus = os.cpu_count() or 1
-            if self.config.workers:
-                cpus = max(cpus, int(self.config.workers * self.config.cpus_per_worker + 0.999))
-            ray.init(
-                num_cpus=cpus,
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                **quiet,
-            )
-        else:
-            ray.init(address=self.config.address, **quiet)
-        self.owned = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self.owned:
-            ray.shutdown()
+@contextlib.contextmanager
+def _ray_session(config: RunConfig) -> Iterator[None]:
+    """Use the connected Ray, else connect (embedded local Ray on 127.0.0.1 when no address)."""
+    if ray.is_initialized():
+        yield
+        return
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if config.address is None:
+        cpus = max(os.cpu_count() or 1, math.ceil((config.workers or 1) * config.cpus_per_worker))
+        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+    else:
+        ray.init(address=config.address, **quiet)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 @dataclass
@@ -266,6 +281,7 @@ class Slot:
     status: tuple[str | None, int, int] = (None, 0, 0)
     polling: bool = False
     deaths: int = 0
+    reprobe_at: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
     done: int = 0
     busy_s: float = 0.0
@@ -292,8 +308,7 @@ class _Driver:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self, tasks: list[Pending], started: float) -> None:
-        self.started = started
+    def run(self, tasks: list[Pending]) -> None:
         self.queue.extend(tasks)
         try:
             self._start_workers()
@@ -445,10 +460,12 @@ class _Driver:
         self._probe(slot)
 
     def _on_info(self, ref: Any, slot: Slot) -> None:
+        if slot.state == "dead":
+            return
         try:
             info = ray.get(ref)
         except ActorUnavailableError:
-            self._probe(slot)  # still restarting
+            slot.reprobe_at = time.monotonic() + 0.5  # still restarting: ask again soon
             return
         except RayActorError as exc:
             reason = (
@@ -517,11 +534,16 @@ class _Driver:
                     slot.polling = True
                     self.refs[slot.handle.progress.remote()] = ("progress", slot, None)
         for slot in self.slots:
-            if slot.state == "loading" and now - slot.since > self.config.worker_start_timeout_s:
+            if slot.reprobe_at is not None and now >= slot.reprobe_at:
+                slot.reprobe_at = None
+                self._probe(slot)
+            starting = slot.state in ("loading", "restarting")
+            if starting and now - slot.since > self.config.worker_start_timeout_s:
                 self._retire(
                     slot,
-                    f"worker {slot.wid} did not start within {self.config.worker_start_timeout_s}"
-                    f" s; does the cluster have num_cpus={self.config.cpus_per_worker} free?",
+                    f"worker {slot.wid} did not (re)start within "
+                    f"{self.config.worker_start_timeout_s} s; does the cluster have "
+                    f"num_cpus={self.config.cpus_per_worker} free?",
                 )
                 ray.kill(slot.handle, no_restart=True)
         if self._since_compact and (
@@ -555,12 +577,12 @@ class _Driver:
             for s in self.slots
         }
 
-    def write_status(self, summary: RunSummary | None = None) -> None:
+    def write_status(self, state: str = "running", summary: RunSummary | None = None) -> None:
         """Write `run.json`, which `pusa-batch status` reads while the run goes on."""
         elapsed = time.monotonic() - self.started
         inflight = sum(len(s.inflight) for s in self.slots)
         status = {
-            "state": "finished" if summary else "running",
+            "state": state,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "updated_at": time.time(),

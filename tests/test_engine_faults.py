@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from pusa_batch.engine import ActorLoaded, RunConfig, WorkerStatus, run
+from pusa_batch.engine import ActorFailed, ActorLoaded, RunConfig, WorkerStatus, run
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 IDS = [f"v{n:02d}" for n in range(8)]
@@ -26,7 +26,15 @@ DRIVER = """
 import sys
 from pusa_batch.engine import RunConfig, run
 
-run(RunConfig(manifest=sys.argv[1], output=sys.argv[2], pipeline=sys.argv[3], workers=2))
+run(
+    RunConfig(
+        manifest=sys.argv[1],
+        output=sys.argv[2],
+        pipeline=sys.argv[3],
+        address=sys.argv[4],
+        workers=2,
+    )
+)
 """
 
 
@@ -64,26 +72,55 @@ def assert_complete_and_whole(output: Path) -> None:
         assert (output / "videos" / f"{item_id}.mp4").stat().st_size == meta["video_bytes"]
 
 
-def test_a_worker_killed_mid_sampling_loses_no_item(local_ray, tmp_path):
-    manifest = write_manifest(tmp_path, steps=40)
-    pids: dict[str, int] = {}
-    killed: list[str] = []
+class KillWorkerMidSampling:
+    """An on_event hook: SIGKILL the first worker seen a few steps into sampling (only once)."""
 
-    def on_event(event) -> None:
+    def __init__(self):
+        self.pids: dict[str, int] = {}
+        self.events: list = []
+        self.worker: str | None = None
+        self.item: str | None = None
+
+    def __call__(self, event) -> None:
+        self.events.append(event)
         if isinstance(event, ActorLoaded):
-            pids[event.worker] = event.pid
-        elif isinstance(event, WorkerStatus) and event.worker == "w0" and event.step >= 2:
-            if not killed:
-                killed.append(event.item)
-                os.kill(pids["w0"], signal.SIGKILL)
+            self.pids[event.worker] = event.pid
+        elif isinstance(event, WorkerStatus) and event.step >= 2 and self.worker is None:
+            self.worker, self.item = event.worker, event.item
+            os.kill(self.pids[event.worker], signal.SIGKILL)
 
+
+def test_a_worker_killed_mid_sampling_is_restarted_and_loses_no_item(local_ray, tmp_path):
+    manifest = write_manifest(tmp_path, steps=40)
+    hook = KillWorkerMidSampling()
     cfg = RunConfig(str(manifest), str(tmp_path / "out"), str(TINY), workers=2, status_every_s=0.1)
-    summary = run(cfg, on_event)
-    assert killed, "the test never saw w0 sampling"
+    summary = run(cfg, hook)
+    assert hook.worker, "the test never saw a worker sampling"
     assert_complete_and_whole(tmp_path / "out")
     assert summary.failed == 0 and summary.generated == len(IDS)
-    assert summary.workers["w0"]["deaths"] == 1
-    assert markers(tmp_path / "out")[killed[0]]["attempts"] == 2
+    assert summary.workers[hook.worker]["deaths"] == 1
+    assert summary.workers[hook.worker]["state"] in {"ready", "restarting"}  # Ray brings it back
+    assert markers(tmp_path / "out")[hook.item]["attempts"] == 2
+
+
+def test_a_worker_past_its_restarts_is_retired_and_the_others_finish(local_ray, tmp_path):
+    manifest = write_manifest(tmp_path, steps=40)
+    hook = KillWorkerMidSampling()
+    cfg = RunConfig(
+        str(manifest),
+        str(tmp_path / "out"),
+        str(TINY),
+        workers=2,
+        status_every_s=0.1,
+        max_actor_restarts=0,
+    )
+    summary = run(cfg, hook)
+    assert hook.worker, "the test never saw a worker sampling"
+    assert_complete_and_whole(tmp_path / "out")
+    retired = [e for e in hook.events if isinstance(e, ActorFailed)]
+    assert [e.worker for e in retired] == [hook.worker]
+    assert "max_actor_restarts=0" in retired[0].reason
+    assert summary.workers[hook.worker]["state"] == "dead"
 
 
 def wait_for(predicate, timeout_s: float) -> None:
@@ -108,22 +145,20 @@ def test_a_killed_driver_is_resumed_without_duplicates(local_ray, tmp_path):
     out = tmp_path / "out"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
+    cluster = ray.get_runtime_context().gcs_address  # the driver joins this module's Ray
     driver = subprocess.Popen(
-        [sys.executable, str(script), str(manifest), str(out), str(TINY)],
-        start_new_session=True,
+        [sys.executable, str(script), str(manifest), str(out), str(TINY), cluster],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: len(markers(out)) >= 2 if (out / "items").exists() else False, 240)
-        os.kill(driver.pid, signal.SIGKILL)  # Ray's local processes share the driver's fate
+        os.kill(driver.pid, signal.SIGKILL)  # Ray then ends the actors this driver owned
         driver.wait()
         wait_until_quiet(out / "items", quiet_s=3.0)  # an item mid-commit may still land
     finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # whatever of that session is left
-        except ProcessLookupError:
-            pass
+        if driver.poll() is None:
+            driver.kill()
     before = markers(out)
     assert 2 <= len(before) < len(IDS), "the kill must land mid-run"
     time.sleep(1.1)  # the dead driver's lease goes stale for a rerun that waits 1 s
