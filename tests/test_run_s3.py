@@ -28,6 +28,8 @@ import pytest
 import s3fs
 from s3server import REGION, S3Server, _free_port, _moto_command, _wait_until_up
 
+from pusa_batch.pipeline_spec import load_pipeline_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "manifests" / "demo.csv"
 TINY = ROOT / "pipelines" / "tiny.toml"
@@ -128,10 +130,12 @@ def markers(fs: s3fs.S3FileSystem, path: str) -> dict[str, dict]:
     return {Path(n).stem: json.loads(fs.cat_file(n)) for n in names if n.endswith(".json")}
 
 
-def expected_frames(item_id: str) -> int:
-    rows = pd.read_csv(DEMO).set_index("id")
-    value = rows.loc[item_id, "num_frames"]
-    return 17 if pd.isna(value) else int(value)  # 17: the default of pipelines/tiny.toml
+def expected_video(item_id: str) -> tuple[int, int, int, float]:
+    """(frames, width, height, fps) the demo row asks for, the pipeline's defaults filling gaps."""
+    row = pd.read_csv(DEMO).set_index("id").loc[item_id]
+    defaults = load_pipeline_spec(TINY).defaults
+    frames = defaults.num_frames if pd.isna(row["num_frames"]) else int(row["num_frames"])
+    return frames, defaults.width, defaults.height, float(defaults.fps)
 
 
 def decode(data: bytes) -> tuple[int, int, int, float]:
@@ -212,7 +216,7 @@ def test_every_mp4_in_the_bucket_decodes_to_the_requested_frames_size_and_fps(fu
     _, path, fs = full_run
     for item_id in IDS:
         data = fs.cat_file(f"{path}/videos/{item_id}.mp4")
-        assert decode(data) == (expected_frames(item_id), 64, 64, 8.0), item_id
+        assert decode(data) == expected_video(item_id), item_id
 
 
 def test_no_object_written_by_the_run_contains_the_credentials(full_run):
@@ -389,28 +393,27 @@ def exported(interrupted):
     return interrupted, wds, hf
 
 
-def shard_ids(fs: s3fs.S3FileSystem, path: str) -> tuple[list[str], list[str]]:
-    """(shard names, ids of every sample in every shard, from each sample's json)."""
+def shard_samples(fs: s3fs.S3FileSystem, path: str) -> tuple[list[str], list[str], list[str]]:
+    """(shard names, member names of every shard, the id inside every sample's json)."""
     shards = sorted(n for n in objects(fs, path) if n.endswith(".tar"))
-    ids = []
+    members, ids = [], []
     for shard in shards:
         with tarfile.open(fileobj=io.BytesIO(fs.cat_file(f"{path}/{shard}"))) as tar:
-            members = tar.getmembers()
-            for member in members:
+            for member in tar.getmembers():
+                members.append(member.name)
                 if member.name.endswith(".json"):
                     ids.append(json.loads(tar.extractfile(member).read())["id"])
-            assert len([m for m in members if m.name.endswith(".mp4")]) == len(
-                [m for m in members if m.name.endswith(".json")]
-            )
-    return shards, ids
+    return shards, members, ids
 
 
 def test_webdataset_export_to_s3_holds_every_id_once(exported):
     interrupted, wds, _ = exported
     assert wds.returncode == 0, wds.stderr[-3000:]
-    shards, ids = shard_ids(interrupted.fs, f"{interrupted.path}-wds")
+    shards, members, ids = shard_samples(interrupted.fs, f"{interrupted.path}-wds")
     assert len(shards) > 1  # 100 KB shards: the ~40-75 KB videos spread over several
     assert sorted(ids) == IDS
+    keys = sorted(Path(m).stem for m in members)
+    assert keys == sorted([Path(m).stem for m in members if m.endswith(".json")] * 2)
 
 
 def test_hf_export_to_s3_lists_every_id_once_with_its_video(exported):
