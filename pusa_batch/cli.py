@@ -200,6 +200,9 @@ def run(
     regenerate_changed: bool = typer.Option(False, help="Replace done items whose inputs changed."),
     longest_first: bool = typer.Option(False, help="Dispatch the costliest items first."),
     batch_size: int = typer.Option(1, help="Items sharing one forward when shapes match."),
+    lease_stale_s: float = typer.Option(
+        120.0, help="Seconds without a heartbeat after which another run's lease is taken over."
+    ),
     progress: bool = typer.Option(True, help="Show the live progress view."),
 ) -> int:
     """Generate every pending item of MANIFEST into OUTPUT; rerun to resume."""
@@ -219,6 +222,7 @@ def run(
         regenerate_changed=regenerate_changed,
         longest_first=longest_first,
         batch_size=batch_size,
+        lease_stale_s=lease_stale_s,
     )
     with LiveRunView(err, enabled=progress) as view:
         summary = run_engine(config, view)
