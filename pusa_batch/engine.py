@@ -583,6 +583,8 @@ class _Driver:
         inflight = sum(len(s.inflight) for s in self.slots)
         status = {
             "state": state,
+            "manifest": self.config.manifest,
+            "pipeline": self.config.pipeline,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "updated_at": time.time(),

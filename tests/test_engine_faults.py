@@ -161,6 +161,9 @@ def test_a_killed_driver_is_resumed_without_duplicates(local_ray, tmp_path):
             driver.kill()
     before = markers(out)
     assert 2 <= len(before) < len(IDS), "the kill must land mid-run"
+    progress = json.loads((out / "run.json").read_text())  # what `status` reads mid-run
+    assert progress["state"] == "running" and progress["pipeline"] == str(TINY)
+    assert set(progress["workers"]) == {"w0", "w1"}
     time.sleep(1.1)  # the dead driver's lease goes stale for a rerun that waits 1 s
     summary = run(RunConfig(str(manifest), str(out), str(TINY), workers=2, lease_stale_s=1.0))
     assert summary.done_before == len(before)
