@@ -277,7 +277,6 @@ class Slot:
     state: str = "loading"  # loading | ready | restarting | dead
     since: float = field(default_factory=time.monotonic)
     inflight: dict[Any, Pending] = field(default_factory=dict)
-    sampling: str | None = None
     status: tuple[str | None, int, int] = (None, 0, 0)
     polling: bool = False
     deaths: int = 0

@@ -69,6 +69,14 @@ def device_name() -> str:
     return "cpu"
 
 
+def _release_gpu_memory(exc: BaseException) -> None:
+    """After a CUDA out-of-memory error, hand cached blocks back before the next item."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def failure_info(exc: BaseException) -> dict[str, str]:
     return {
         "error_type": type(exc).__name__,
@@ -152,6 +160,7 @@ class WorkerCore:
                 self.store.commit(item["id"], video, meta)
                 timings["write"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - an item error is data, not a worker crash
+            _release_gpu_memory(exc)
             return {
                 "id": item["id"],
                 "status": "failed",

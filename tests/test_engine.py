@@ -153,14 +153,29 @@ def test_rerun_generates_nothing_and_keeps_the_commits(first_run):
     }
 
 
-def test_one_worker_makes_the_same_videos_as_two(first_run, tmp_path):
+@pytest.fixture(scope="module")
+def one_worker_run(local_ray, tmp_path_factory):
+    """The good items again, on one worker, one item at a time, largest first."""
+    folder = tmp_path_factory.mktemp("one")
+    manifest = write_manifest(folder, GOOD)
+    events: list = []
+    cfg = config(manifest, folder / "out", workers=1, overlap=False, longest_first=True)
+    run(cfg, events.append)
+    return events, markers(folder / "out")
+
+
+def test_one_worker_makes_the_same_videos_as_two(first_run, one_worker_run):
     _, _, _, two = first_run
-    manifest = write_manifest(tmp_path, GOOD)
-    run(config(manifest, tmp_path / "out", workers=1))
-    one = markers(tmp_path / "out")
+    _, one = one_worker_run
     assert {k: v["video_sha256"] for k, v in one.items()} == {
         k: v["video_sha256"] for k, v in two.items()
     }
+
+
+def test_longest_first_dispatches_the_costliest_item_first(one_worker_run):
+    events, _ = one_worker_run
+    order = [e.id for e in events if isinstance(e, ItemDone)]
+    assert order == ["sea", "cat", "dog", "pic", "sun"]  # sea is 32x48, the others 32x32
 
 
 def test_a_second_run_on_a_held_output_is_refused(local_ray, tmp_path):
