@@ -77,6 +77,12 @@ def test_every_result_line_of_a_script_gets_a_row(tmp_path):
     assert [r[3] for r in table_rows(done.stdout)["B4"]] == ["pass", "miss"]
 
 
+def test_a_result_line_may_carry_several_figures(tmp_path):
+    write_bench(tmp_path, "B6", 'print("B6 serial_busy=0.86 overlap_busy=0.99 target>=0.95 pass")')
+    row = table_rows(run_all(tmp_path, "--only", "B6").stdout)["B6"][0]
+    assert row[1:4] == ["serial_busy=0.86 overlap_busy=0.99", ">=0.95", "pass"]
+
+
 def test_a_crash_fails_the_run_and_shows_the_last_error_line(tmp_path):
     write_bench(tmp_path, "B5", 'sys.exit("cannot write the manifest: disk full")')
     done = run_all(tmp_path, "--only", "B5")
@@ -121,7 +127,7 @@ def _state(pid: int) -> str:
 
 
 def test_flags_go_only_to_scripts_whose_help_lists_them(tmp_path):
-    # run_all passes B2 `--repeats 9 --large-repeats 3` and B6 `--items 12`; this B2 offers only
+    # run_all passes B2 `--repeats 15 --large-repeats 3` and B6 `--items 12`; this B2 offers only
     # --repeats, this B6 nothing.
     echo_args = (
         "import argparse\n"
@@ -133,7 +139,7 @@ def test_flags_go_only_to_scripts_whose_help_lists_them(tmp_path):
     write_bench(tmp_path, "B2", echo_args.format(arg="p.add_argument('--repeats')\n", n=2))
     write_bench(tmp_path, "B6", echo_args.format(arg="", n=6))
     rows = table_rows(run_all(tmp_path, "--only", "B2", "B6").stdout)
-    assert rows["B2"][0][1] == "args=--repeats,9"
+    assert rows["B2"][0][1] == "args=--repeats,15"
     assert rows["B6"][0][1] == "args=none"
 
 
