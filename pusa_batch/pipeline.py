@@ -183,7 +183,16 @@ class Pipeline:
         return x.float().cpu()
 
     def generate(self, item: Any, callback: sampler.Callback | None = None) -> np.ndarray:
-        return self.decode(self.sample(self.prepare(item), callback=callback))
+        return self.decode_item(item, self.sample(self.prepare(item), callback=callback))
+
+    def decode_item(self, item: Any, latents: Tensor) -> np.ndarray:
+        """One item's frames. A loop's closing frame is decoded from its closing latent alone, the
+        way its opening frame is (the causal VAE decodes the first latent with no history), so a
+        loop whose closing latent equals its opening one (multiplier 0) ends on its first frame."""
+        frames = self.decode(latents)
+        if item.task == "loop":
+            frames[-1] = self.decode(latents[:, :, -1:])[0]
+        return frames
 
     def plan(self, item: Any) -> CondPlan:
         """The item's conditioning plan (input videos are probed for their frame counts)."""
@@ -227,18 +236,21 @@ class Pipeline:
             if any(not s.encode_alone for s in plan.slots)
             else None
         )
+        alone: dict[tuple, Tensor] = {}  # the same picture twice (a loop) is one latent, reused
         latents = []
         for slot in plan.slots:
             if not slot.encode_alone:
                 latents.append(encoded[:, :, slot.latent_index])
-            elif slot.source == "image":
-                pixels = self._load_image(_images(item)[slot.image_index], *size)
-                latents.append(encode(pixels[None])[:, :, 0])
-            else:  # one frame of a video, encoded alone like an image (loop)
-                pixels = self._read_frames(
-                    _source_path(item, slot.source), slot.source_frames, *size
-                )
-                latents.append(encode(pixels[:1])[:, :, 0])
+                continue
+            key = (slot.source, slot.image_index, slot.source_frames[:1])
+            if key not in alone:
+                if slot.source == "image":
+                    pixels = self._load_image(_images(item)[slot.image_index], *size)[None]
+                else:  # one frame of a video, encoded alone like an image (loop)
+                    path = _source_path(item, slot.source)
+                    pixels = self._read_frames(path, slot.source_frames[:1], *size)
+                alone[key] = encode(pixels)[:, :, 0]
+            latents.append(alone[key])
         clean = torch.stack(latents, dim=2)
         return sampler.ConditioningSpec(plan.latent_indices, clean, plan.multipliers)
 
