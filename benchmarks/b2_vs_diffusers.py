@@ -21,7 +21,7 @@ Numerics: with the same noise and embeddings, diffusers' stock Euler schedule di
 (`linspace(1, 1/N)` vs `linspace(1, 0)` before the shift) and feeds float timesteps where Pusa
 truncates and rounds them to bf16; a scheduler with our sigmas and timesteps isolates the rest.
 
-    python benchmarks/b2_vs_diffusers.py [--repeats 15] [--large 33x128x128] [--large-repeats 3]
+    python benchmarks/b2_vs_diffusers.py [--repeats 15] [--large 33x128x128] [--large-repeats 5]
 
 Prints `B2 time_ratio_ours_over_diffusers=<x> target<=1 pass|miss` (tiny default size), the same
 with a `_<size>` suffix for the larger size, and the absolute ms.
@@ -306,7 +306,7 @@ def quiet_libraries() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds, tiny default size")
-    parser.add_argument("--large-repeats", type=int, default=3, help="timed rounds, larger size")
+    parser.add_argument("--large-repeats", type=int, default=5, help="timed rounds, larger size")
     parser.add_argument("--large", type=parse_size, default=Size(33, 128, 128))
     parser.add_argument("--no-large", action="store_true", help="the tiny default size only")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")

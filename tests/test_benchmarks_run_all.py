@@ -127,7 +127,7 @@ def _state(pid: int) -> str:
 
 
 def test_flags_go_only_to_scripts_whose_help_lists_them(tmp_path):
-    # run_all passes B2 `--repeats 15 --large-repeats 3` and B6 `--items 12`; this B2 offers only
+    # run_all passes B2 `--repeats 15 --large-repeats 5` and B6 `--items 12`; this B2 offers only
     # --repeats, this B6 nothing.
     echo_args = (
         "import argparse\n"
