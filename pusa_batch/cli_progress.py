@@ -16,6 +16,7 @@ from pusa_batch.engine import (
     Event,
     ItemDone,
     ItemFailed,
+    Notice,
     Started,
     WorkerStatus,
 )
@@ -57,6 +58,8 @@ class RunView:
                 self.notes.append(f"{event.id}: {event.error_type}: {event.message}")
             else:
                 self.retried += 1
+        elif isinstance(event, Notice):
+            self.notes.append(event.message)
         elif isinstance(event, WorkerStatus):
             where = f"{event.item} step {event.step}/{event.steps}" if event.item else "idle"
             self.workers[event.worker] = where
@@ -116,15 +119,23 @@ class LiveRunView:
             self.live.__exit__(*exc)
 
     def __call__(self, event: Event) -> None:
+        """Fold the event in; lines worth keeping are printed (above the live view, if any)."""
         self.view.apply(event)
         if self.enabled:
             self.live.update(render(self.view))
-        elif isinstance(event, Started):
-            self.console.print(
-                f"{event.total} items: {event.done_before} already done, "
-                f"{event.pending} to generate"
-            )
-        elif isinstance(event, ItemFailed) and event.final:
-            self.console.print(
-                f"failed: {event.id}: {event.error_type}: {event.message}", markup=False
-            )
+        line = event_line(event)
+        if line and (not self.enabled or not isinstance(event, Started)):
+            self.console.print(line, markup=False, highlight=False)
+
+
+def event_line(event: Event) -> str | None:
+    """The one line an event leaves in the log, or None."""
+    if isinstance(event, Started):
+        return f"{event.total} items: {event.done_before} already done, {event.pending} to generate"
+    if isinstance(event, Notice):
+        return f"note: {event.message}"
+    if isinstance(event, ActorFailed):
+        return f"worker {event.worker} failed: {event.reason}"
+    if isinstance(event, ItemFailed) and event.final:
+        return f"failed: {event.id}: {event.error_type}: {event.message}"
+    return None

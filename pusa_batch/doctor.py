@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pusa_batch.errors import CheckpointError, PusaBatchError
+from pusa_batch.errors import CheckpointError, PipelineError, PusaBatchError
 from pusa_batch.models.loading import (
     check_keys,
     read_safetensors_header,
@@ -505,3 +505,27 @@ def _run(ctx: _Context, name: str, needs: list[str], step: Callable[[], Check]) 
         return Check(name, "fail", str(e))
     except (OSError, ValueError, KeyError, RuntimeError) as e:  # unreadable configs or headers
         return Check(name, "fail", f"{type(e).__name__}: {e}")
+
+
+DEVICE_CHECKS = ("dtype", "memory")
+
+
+def preflight(spec: PipelineSpec, *, device_checks: bool = True) -> Report:
+    """The doctor's checks as `run` uses them before starting actors: any failure raises.
+
+    `device_checks=False` leaves out the checks about this machine's device (dtype, memory),
+    for a driver that joins a cluster whose workers hold the GPUs.
+    """
+    report = diagnose(spec)
+    failed = [
+        check
+        for check in report.checks
+        if check.status == "fail" and (device_checks or check.name not in DEVICE_CHECKS)
+    ]
+    if failed:
+        lines = "; ".join(f"{check.name}: {check.detail}" for check in failed)
+        raise PipelineError(
+            f"{spec.source}: the pipeline failed its checks ({lines}). "
+            f"Run `pusa-batch doctor --pipeline {spec.source}` for the full report."
+        )
+    return report

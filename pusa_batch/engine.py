@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from pusa_batch.doctor import preflight
 from pusa_batch.errors import ChangedItemsError, PipelineError, WorkerError
 from pusa_batch.manifest import item_fingerprint, iter_items, validate_manifest
 from pusa_batch.pipeline_spec import load_pipeline_spec
@@ -115,6 +116,14 @@ class Started(Event):
 
 
 @dataclass(frozen=True)
+class Notice(Event):
+    """Something the user should know that is not an error (e.g. a stale lease taken over)."""
+
+    kind: ClassVar[str] = "notice"
+    message: str
+
+
+@dataclass(frozen=True)
 class ActorLoaded(Event):
     kind: ClassVar[str] = "actor_loaded"
     worker: str
@@ -185,6 +194,8 @@ def run(
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"}
     lease = store.acquire_lease(owner, stale_after_s=config.lease_stale_s)
     lease.start_heartbeat(max(1.0, config.lease_stale_s / 4))
+    if lease.note:
+        emit(Notice(lease.note))
     try:
         plan = store.plan(fingerprints.items())
         if plan.changed and not config.regenerate_changed:
@@ -197,6 +208,8 @@ def run(
         emit(Started(total=len(items), pending=len(order), done_before=len(plan.done)))
         runner = make_runner or functools.partial(PipelineRunner, config.pipeline)
         driver = _Driver(config, store, emit, runner, lease)
+        if order and make_runner is None:
+            preflight(load_pipeline_spec(config.pipeline), device_checks=config.address is None)
         if order:
             try:
                 with _ray_session(config):

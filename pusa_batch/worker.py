@@ -241,7 +241,8 @@ class PipelineRunner:
         from pusa_batch.pipeline import Pipeline
 
         self.pipeline = Pipeline.load(self.spec)
-        return {"pipeline": self.spec.name, "identity": self.spec.identity()}
+        self.description = self.pipeline.describe()  # once: it stats the weight files
+        return {"pipeline": self.spec.name, "identity": self.description["identity"]}
 
     def prepare(self, item: dict[str, Any]) -> Any:
         from pusa_batch.manifest import Item
@@ -253,19 +254,22 @@ class PipelineRunner:
 
     def finish(self, item: dict[str, Any], latents: Any) -> tuple[bytes, dict[str, Any]]:
         from pusa_batch.manifest import Item
-        from pusa_batch.video import encode_mp4
+        from pusa_batch.video import encode_mp4, loop_seam
 
+        resolved = Item.from_dict(item)
         t0 = time.perf_counter()
-        frames = self.pipeline.decode(latents)
+        frames = self.pipeline.decode_item(resolved, latents)
         t1 = time.perf_counter()
         video = encode_mp4(frames, item["fps"])
         t2 = time.perf_counter()
         meta = {
-            "pipeline": {"name": self.spec.name, "identity": self.spec.identity()},
-            "conditioning": self.pipeline.conditioning_metadata(Item.from_dict(item)),
+            "pipeline": self.description,
+            "conditioning": self.pipeline.conditioning_metadata(resolved),
             "frames": int(frames.shape[0]),
             "timings": {"decode": t1 - t0, "encode": t2 - t1},
         }
+        if resolved.task == "loop":
+            meta["loop_seam"] = loop_seam(frames)
         return video, meta
 
 
