@@ -1,7 +1,7 @@
 """Manifest builders: from a folder of images, from a prompt list, and parameter sweeps.
 
-Every builder streams rows into `write_manifest` (Parquet, CSV or JSONL by suffix), validates the
-result with the validator `run` uses, and returns a `BuildSummary`.
+Every builder streams rows into `manifest_write` (Parquet, CSV or JSONL by suffix), validates
+the result with the validator `run` uses, and returns a `BuildSummary`.
 
 Ids are deterministic and safe (``[A-Za-z0-9._-]``, at most 128 characters):
 - folder: the image's path relative to the folder, without extension, ``/`` joined as ``__``;
@@ -17,12 +17,9 @@ Ids are deterministic and safe (``[A-Za-z0-9._-]``, at most 128 characters):
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 import json
-import math
 import os
 import re
 import unicodedata
@@ -33,27 +30,16 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pusa_batch.errors import ManifestError, RowProblem
+from pusa_batch.errors import ManifestError
 from pusa_batch.manifest import iter_raw_chunks, manifest_format, validate_manifest
-from pusa_batch.manifest_schema import COLUMNS
+from pusa_batch.manifest_write import as_int, is_missing, plain_value, write_rows
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
 CHUNK_ROWS = 20_000
 MAX_ID = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_ARROW = {
-    "text": pa.string(),
-    "path": pa.string(),
-    "int": pa.int64(),
-    "float": pa.float64(),
-    "ints": pa.list_(pa.int64()),
-    "floats": pa.list_(pa.float64()),
-    "paths": pa.list_(pa.string()),
-}
 
 
 @dataclass(frozen=True)
@@ -119,229 +105,6 @@ def vbench_name(prompt: str, index: int) -> str:
     return cut + tail
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def _write_format(path: str) -> str:
-    suffix = os.path.splitext(str(path))[1].lower()
-    if suffix not in FORMATS:
-        raise ManifestError(f"{path}: cannot write this format; name it .parquet, .csv or .jsonl")
-    return FORMATS[suffix]
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip() == ""
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays to Python values; NaN to None."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _as_list(value: Any) -> list:
-    if isinstance(value, str):
-        text = value.strip()
-        return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",")]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"expected an integer, got {value!r}")
-    number = float(value)
-    if not number.is_integer():
-        raise ValueError(f"expected an integer, got {value!r}")
-    return int(number)
-
-
-def normalise_cell(kind: str | None, value: Any) -> Any:
-    """A cell in its manifest type (CSV text '10' -> 10, '[0.2,0.5]' -> list); raises ValueError."""
-    value = _plain(value)
-    if kind is None:
-        return value
-    if _is_missing(value) or (isinstance(value, list) and not value):
-        return None
-    if kind in ("text", "path"):
-        return str(value)
-    if kind == "int":
-        return _as_int(value)
-    if kind == "float":
-        return float(value)
-    cast = {"ints": _as_int, "floats": float, "paths": str}[kind]
-    try:
-        return [cast(v) for v in _as_list(value)]
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not a valid JSON array ({e.msg}): {value!r}") from e
-
-
-_FAST = {"text": str, "path": str, "int": int, "float": float}
-
-
-def _normalise_column(
-    column: str, values: list, rows: list[dict], first_row: int, problems: list
-) -> list:
-    kind = COLUMNS.get(column)
-    fast = _FAST.get(kind)
-    if kind is None or (fast and all(type(v) is fast or v is None for v in values)):
-        return values if kind else [_plain(v) for v in values]
-    out = []
-    for offset, value in enumerate(values):
-        try:
-            out.append(normalise_cell(kind, value))
-        except (TypeError, ValueError) as e:
-            problems.append(RowProblem(first_row + offset, rows[offset].get("id"), column, str(e)))
-            out.append(None)
-    return out
-
-
-def _normalise_chunk(rows: list[dict], columns: list[str], first_row: int) -> dict[str, list]:
-    """Rows to typed columns; every bad cell of the chunk is reported at once."""
-    problems: list[RowProblem] = []
-    extra = set().union(*map(dict.keys, rows)) - set(columns)
-    for offset, row in enumerate(rows):
-        for name in sorted(extra.intersection(row)):
-            message = "column not among the manifest's columns (those of the first rows)"
-            problems.append(RowProblem(first_row + offset, row.get("id"), name, message))
-    table = {
-        c: _normalise_column(c, [r.get(c) for r in rows], rows, first_row, problems)
-        for c in columns
-    }
-    if problems:
-        raise ManifestError(f"{len(problems)} bad cell(s) while writing the manifest", problems)
-    return table
-
-
-def _arrow_schema(table: dict[str, list]) -> pa.Schema:
-    fields = []
-    for column, values in table.items():
-        if column in COLUMNS:
-            kind = _ARROW[COLUMNS[column]]
-        else:
-            kind = pa.array(values).type
-            kind = pa.string() if pa.types.is_null(kind) else kind
-        fields.append(pa.field(column, kind))
-    return pa.schema(fields)
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, dict, bool)):
-        return json.dumps(value, ensure_ascii=False)
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-class _Sink:
-    """Writes typed column chunks in one of the three formats to an open binary file."""
-
-    def __init__(self, fmt: str, f, first: dict[str, list]):
-        self.fmt, self.columns = fmt, list(first)
-        if fmt == "parquet":
-            self.schema = _arrow_schema(first)
-            self.writer = pq.ParquetWriter(f, self.schema)
-        else:
-            self.text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-            if fmt == "csv":
-                self.csv = csv.writer(self.text)
-                self.csv.writerow(self.columns)
-
-    def write(self, table: dict[str, list], first_row: int) -> None:
-        if self.fmt == "parquet":
-            try:
-                self.writer.write_table(pa.Table.from_pydict(table, schema=self.schema))
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-                raise ManifestError(
-                    f"rows from {first_row}: a column changes type ({e}); make each column "
-                    "hold one kind of value"
-                ) from e
-        elif self.fmt == "csv":
-            cells = [
-                v if _FAST.get(COLUMNS.get(c)) is str else map(_csv_cell, v)
-                for c, v in table.items()
-            ]
-            self.csv.writerows(zip(*cells, strict=True))
-        else:
-            dumps, names = json.dumps, self.columns
-            self.text.writelines(
-                dumps(dict(zip(names, row, strict=True)), ensure_ascii=False) + "\n"
-                for row in zip(*table.values(), strict=True)
-            )
-
-    def close(self) -> None:
-        if self.fmt == "parquet":
-            self.writer.close()
-        else:
-            self.text.flush()
-            self.text.detach()
-
-
-def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    iterator = iter(rows)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-def write_manifest(
-    rows: Iterable[dict],
-    out_path: str,
-    *,
-    columns: Sequence[str] | None = None,
-    chunk_rows: int | None = None,
-    storage_options: dict | None = None,
-) -> int:
-    """Stream rows to Parquet / CSV / JSONL (by suffix); returns the number of rows written.
-
-    Columns are ``columns`` or those of the first chunk. Known manifest columns get their typed
-    form (lists are Parquet list columns, JSON arrays in CSV). A local file is written to a
-    temporary name and renamed, so a failed build never leaves a half manifest behind.
-    """
-    count, _ = _write(rows, os.fspath(out_path), columns, chunk_rows, storage_options)
-    return count
-
-
-def _write(rows, out, columns, chunk_rows=None, storage_options=None):
-    """write_manifest's body; also returns the task counts."""
-    chunk_rows = chunk_rows or CHUNK_ROWS
-    fmt = _write_format(out)
-    local = "://" not in out or out.startswith("file://")
-    target = out.removeprefix("file://") + f".tmp-{os.getpid()}" if local else out
-    if local:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    count, sink, tasks = 0, None, Counter()
-    try:
-        with fsspec.open(target, "wb", **(storage_options or {})) as f:
-            for chunk in _chunks(rows, chunk_rows):
-                names = columns or (
-                    sink.columns if sink else dict.fromkeys(itertools.chain(*chunk))
-                )
-                table = _normalise_chunk(chunk, list(names), count + 1)
-                sink = sink or _Sink(fmt, f, table)
-                sink.write(table, count + 1)
-                tasks.update(map(str, table.get("task", ())))
-                count += len(chunk)
-            if sink is None:
-                sink = _Sink(fmt, f, {c: [] for c in columns or ("id", "task", "prompt")})
-            sink.close()
-        if local:
-            os.replace(target, out.removeprefix("file://"))
-    finally:
-        if local and os.path.exists(target):
-            os.remove(target)
-    return count, tasks
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -355,8 +118,8 @@ def iter_rows(path: str) -> Iterator[tuple[int, dict]]:
     for df in iter_raw_chunks(str(path), CHUNK_ROWS):
         for record in df.to_dict("records"):
             number += 1
-            plain = {str(k): _plain(v) for k, v in record.items()}
-            yield number, {k: v for k, v in plain.items() if not _is_missing(v)}
+            plain = {str(k): plain_value(v) for k, v in record.items()}
+            yield number, {k: v for k, v in plain.items() if not is_missing(v)}
 
 
 def _columns_of(path: str) -> list[str]:
@@ -372,7 +135,7 @@ def _columns_of(path: str) -> list[str]:
 
 def _finish(out, rows: Iterable[dict], columns, skipped, notes, validate, spec) -> BuildSummary:
     """Write, then check the result with the validator `run` uses (raises its ManifestError)."""
-    count, tasks = _write(rows, out, columns)
+    count, tasks = write_rows(rows, out, columns, CHUNK_ROWS)
     notes = list(notes)
     if validate:
         report = validate_manifest(out, spec, check_files=True)
@@ -546,7 +309,7 @@ def _prompt_hashes(path: str) -> tuple[list[np.ndarray], set[int]]:
 def _first_seed(record: dict, default: int, where: str) -> int:
     seed = record.get("seed")
     try:
-        return default if _is_missing(seed) else _as_int(seed)
+        return default if is_missing(seed) else as_int(seed)
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{where}: seed {seed!r} is not an integer") from e
 
@@ -714,7 +477,7 @@ def sweep(
             base_id = row.get("id")
             for point, suffix in points:
                 new = {**row, **dict(zip(names, point, strict=True))}
-                new["id"] = None if _is_missing(base_id) else cap_id(f"{base_id}--{suffix}")
+                new["id"] = None if is_missing(base_id) else cap_id(f"{base_id}--{suffix}")
                 yield new
 
     return _finish(out, rows(), columns, (), (), validate, spec)

@@ -18,10 +18,10 @@ from pusa_batch.builders import (
     safe_id,
     sweep,
     vbench_name,
-    write_manifest,
 )
 from pusa_batch.errors import ManifestError
 from pusa_batch.manifest import iter_items
+from pusa_batch.manifest_write import write_manifest
 
 ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
