@@ -14,10 +14,8 @@ from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root, commit_item
 
 from pusa_batch.builders import vbench_name
 from pusa_batch.errors import ExportError
-from pusa_batch.export import (
-    HF_SCHEMA,
-    export_hf,
-    export_vbench,
+from pusa_batch.export import HF_SCHEMA, export_hf, export_vbench
+from pusa_batch.export_wds import (
     export_webdataset,
     parse_size,
     plan_shards,

@@ -11,7 +11,8 @@ import pytest
 from test_export_support import write_png
 
 from pusa_batch.engine import RunConfig, Started, run
-from pusa_batch.export import export_hf, export_vbench, export_webdataset
+from pusa_batch.export import export_hf, export_vbench
+from pusa_batch.export_wds import export_webdataset
 from pusa_batch.gallery import write_gallery
 from pusa_batch.store import Store
 from pusa_batch.video import decode_mp4

@@ -12,7 +12,8 @@ import webdataset as wds
 from s3server import s3_server
 from test_export_support import commit_item, item_dict, record_failure
 
-from pusa_batch.export import export_hf, export_vbench, export_webdataset
+from pusa_batch.export import export_hf, export_vbench
+from pusa_batch.export_wds import export_webdataset
 from pusa_batch.gallery import write_gallery
 from pusa_batch.store import Store
 
