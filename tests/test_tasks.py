@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pusa_batch.cells import parse_float_list, parse_int_list
 from pusa_batch.errors import TaskError
 from pusa_batch.tasks import (
     RULES,
     TASKS,
     latent_frames,
     latent_index,
-    parse_float_list,
-    parse_int_list,
     pixel_frames_of_latent,
     valid_num_frames,
 )
