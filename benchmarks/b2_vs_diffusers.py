@@ -18,8 +18,9 @@ the per-round ratios (the two calls of a round ran back to back) shows how noisy
 was, and process CPU times are printed beside. One `B2` result line for the tiny default size
 and one for a larger size.
 Numerics: with the same noise and embeddings, diffusers' stock Euler schedule differs from Pusa's
-(`linspace(1, 1/N)` vs `linspace(1, 0)` before the shift) and feeds float timesteps where Pusa
-truncates and rounds them to bf16; a scheduler with our sigmas and timesteps isolates the rest.
+(before the shift, N points from 1 down to about 0.005 vs Pusa's N+1 from 1 to 0) and it feeds
+float timesteps where Pusa truncates and rounds them to bf16; a diffusers scheduler given Pusa's
+sigmas and timesteps isolates everything else.
 
     python benchmarks/b2_vs_diffusers.py [--repeats 15] [--large 33x128x128] [--large-repeats 5]
 
@@ -118,11 +119,11 @@ def diffusers_transformer(folder: Path):
     return model.eval()
 
 
-def load_diffusers(folder: Path, scheduler=None):
+def load_diffusers(folder: Path, shift: float, scheduler=None):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
     from diffusers.utils import is_accelerate_available
 
-    scheduler = scheduler or FlowMatchEulerDiscreteScheduler(shift=5.0)
+    scheduler = scheduler or FlowMatchEulerDiscreteScheduler(shift=shift)
     extra = {} if is_accelerate_available() else {"transformer": diffusers_transformer(folder)}
     pipe = WanPipeline.from_pretrained(
         str(folder), scheduler=scheduler, dtype=torch.float32, **extra
@@ -241,14 +242,16 @@ def numerics(ours: Pipeline, folder: Path, size: Size) -> dict[str, float]:
     our_latents = ours.sample(p)
     our_frames = ours.decode(our_latents).astype(np.float64)
     out: dict[str, float] = {}
-    stock = load_diffusers(folder)
+    shift = spec.defaults.shift
+    stock = load_diffusers(folder, shift)
     pos, neg = stock.encode_prompt(
         item.prompt, item.negative_prompt, max_sequence_length=max_len, device="cpu"
     )
     out["prompt_embeds"] = max(
         (pos - p.positive).abs().max().item(), (neg - p.negative).abs().max().item()
     )
-    for name, pipe in (("stock", stock), ("aligned", load_diffusers(folder, pusa_scheduler(5.0)))):
+    aligned = load_diffusers(folder, shift, pusa_scheduler(shift))
+    for name, pipe in (("stock", stock), ("aligned", aligned)):
         latents = diffusers_call(
             pipe,
             item,
@@ -318,7 +321,7 @@ def main() -> None:
     spec = load_pipeline_spec(SPEC_PATH)
     folder = ensure_tiny_model("wan2.1")
     ours = Pipeline.load(spec, device="cpu")
-    theirs = load_diffusers(folder)
+    theirs = load_diffusers(folder, spec.defaults.shift)
     d = spec.defaults
     sizes = [Size(d.num_frames, d.height, d.width)]
     if not args.no_large:
