@@ -7,12 +7,14 @@ raises a `PusaBatchError` for a failure that `doctor.diagnose` turns into a "fai
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from pusa_batch.doctor_context import (
     Check,
     Context,
+    Tensors,
     count,
     dit_config_source,
     file_count,
@@ -67,7 +69,7 @@ def check_transformer_keys(ctx: Context, component: str) -> Check:
     )
 
 
-def _diffusers_names(tensors) -> dict[str, tuple[str, tuple[int, ...]]]:
+def _diffusers_names(tensors: Tensors) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Header keys in diffusers names; unconvertible original-Wan keys keep their own name."""
     entries = strip_prefix(tensors.entries)
     if not is_wan_format(entries):
@@ -137,7 +139,7 @@ def lora_target(spec: PipelineSpec, index: int) -> str:
     return "transformer_2" if low else "transformer"
 
 
-def _lora_as_meta(path) -> dict[str, torch.Tensor]:
+def _lora_as_meta(path: Path) -> dict[str, torch.Tensor]:
     """LoRA tensors as meta tensors of their shapes (`alpha` scalars keep a dummy value)."""
     if path.suffix == ".safetensors":
         shapes = {k: s for k, (_, s) in read_tensors(path).entries.items()}

@@ -128,6 +128,14 @@ def test_dit_given_as_its_folder_passes(model, tmp_path):
     assert check(report, "keys: dit").status == "ok", check(report, "keys: dit").detail
 
 
+def test_dit_as_a_pt_file_passes_with_its_dtype(model, tmp_path):
+    dit = model / "pusa_v0_dit.pt"
+    torch.save({k: v.bfloat16() for k, v in load_file(model / CHECKPOINT_NAME).items()}, dit)
+    report = run(tmp_path, model, weights=f'dit = "{dit}"')
+    assert check(report, "keys: dit").status == "ok", check(report, "keys: dit").detail
+    assert "dit bf16" in check(report, "dtype").detail
+
+
 # ------------------------------------------------------------------------------ broken copies
 
 
