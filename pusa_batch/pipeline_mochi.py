@@ -2,7 +2,8 @@
 
 What differs from Wan, as the V0.5 release does it (research/pusa-method.md sections 0.2, 1.3):
 - prompts: T5 to 256 tokens, (features, mask); an empty prompt is all-zero ids and an all-False
-  mask (`models.mochi.mochi_text_inputs`), so the default negative prompt "" attends to nothing;
+  mask (`models.mochi_conventions.mochi_text_inputs`), so the default negative prompt ""
+  attends to nothing;
 - conditioning pixels: the Mochi VAE (6x time, 8x space, 12 channels). `condition_latents =
   "sample"` (the default) draws the posterior *sample* from a generator seeded by the item, and
   `normalize_condition = false` writes it un-normalised, as the release does; `"mean"` and
@@ -15,7 +16,6 @@ Everything item-level (sizes, the conditioning plan, media, noise, the Euler loo
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,14 @@ from torch import Tensor
 
 from pusa_batch import sampler
 from pusa_batch.errors import PipelineError
-from pusa_batch.models.mochi import (
-    LATENT_CHANNELS,
+from pusa_batch.models.mochi import LATENT_CHANNELS, load_mochi_transformer
+from pusa_batch.models.mochi_conventions import (
     decode_mochi_latents,
     encode_mochi_text,
-    load_mochi_transformer,
     mochi_velocity,
     vae_latents_to_dit_latents,
 )
-from pusa_batch.models.text import no_hub_progress_bars
+from pusa_batch.models.text import PromptCache, no_hub_progress_bars
 from pusa_batch.pipeline import Pipeline, PixelEncoder
 from pusa_batch.pipeline_spec import PipelineSpec
 
@@ -82,9 +81,8 @@ class MochiText:
         self.tokenizer = tokenizer
         self.model = model.eval()
         self.max_length = max_length
-        self.cache_size = cache_size
         self.calls = 0  # encoder forward passes actually run (cache misses)
-        self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self._cache: PromptCache[tuple[Tensor, Tensor]] = PromptCache(cache_size)
 
     @classmethod
     def load(
@@ -116,19 +114,13 @@ class MochiText:
 
     def encode(self, prompt: str) -> tuple[Tensor, Tensor]:
         """((1, L, d_model) features, (1, L) bool mask) on the CPU."""
-        hit = self._cache.get(prompt)
-        if hit is not None:
-            self._cache.move_to_end(prompt)
-            return hit
+        return self._cache.get(prompt, lambda: self._run(prompt))
+
+    def _run(self, prompt: str) -> tuple[Tensor, Tensor]:
         with torch.inference_mode():
             feat, mask = encode_mochi_text(self.model, self.tokenizer, [prompt], self.max_length)
         self.calls += 1
-        out = (feat.cpu(), mask.cpu())
-        if self.cache_size > 0:
-            self._cache[prompt] = out
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return out
+        return feat.cpu(), mask.cpu()
 
 
 class MochiPipeline(Pipeline):

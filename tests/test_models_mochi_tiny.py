@@ -7,11 +7,11 @@ from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 from transformers import AutoTokenizer, T5EncoderModel
 
-from pusa_batch.models.mochi import (
+from pusa_batch.models.mochi import load_mochi_transformer
+from pusa_batch.models.mochi_conventions import (
     decode_mochi_latents,
     dit_latents_to_vae_latents,
     encode_mochi_text,
-    load_mochi_transformer,
     mochi_condition_latents,
     mochi_text_inputs,
     mochi_velocity,

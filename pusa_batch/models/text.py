@@ -13,12 +13,15 @@ import html
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
 
 from pusa_batch.errors import PipelineError
+
+V = TypeVar("V")
 
 
 def clean_prompt(text: str) -> str:
@@ -41,6 +44,26 @@ def no_hub_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+class PromptCache(Generic[V]):
+    """The `size` most recently used prompt encodings (size 0 keeps none)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def get(self, key: str, encode: Callable[[], V]) -> V:
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit
+        value = encode()
+        if self.size > 0:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
 class TextEncoder:
     """Tokenizer + umT5 encoder, loaded once; `encode(prompt)` is cached by prompt text."""
 
@@ -59,9 +82,8 @@ class TextEncoder:
         self.max_length = max_length
         self.device = device
         self.out_dtype = out_dtype
-        self.cache_size = cache_size
         self.calls = 0  # encoder forward passes actually run (cache misses)
-        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._cache: PromptCache[Tensor] = PromptCache(cache_size)
 
     @classmethod
     def load(
@@ -104,16 +126,7 @@ class TextEncoder:
     def encode(self, prompt: str) -> Tensor:
         """(1, max_length, d_model) embeddings on the CPU, zero past the prompt's tokens."""
         key = clean_prompt(prompt)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        emb = self._run(key)
-        if self.cache_size > 0:
-            self._cache[key] = emb
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return emb
+        return self._cache.get(key, lambda: self._run(key))
 
     @torch.inference_mode()
     def _run(self, text: str) -> Tensor:
