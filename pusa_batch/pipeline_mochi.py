@@ -15,7 +15,6 @@ Everything item-level (sizes, the conditioning plan, media, noise, the Euler loo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from pusa_batch.models.mochi_conventions import (
     mochi_velocity,
     vae_latents_to_dit_latents,
 )
-from pusa_batch.models.text import PromptCache, no_hub_progress_bars
+from pusa_batch.models.text import PromptCache, load_text_model
 from pusa_batch.pipeline import Pipeline, PixelEncoder
 from pusa_batch.pipeline_spec import PipelineSpec
 
@@ -95,20 +94,11 @@ class MochiText:
         dtype: torch.dtype,
         cache_size: int,
     ) -> MochiText:
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import T5EncoderModel
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_path))
-        except (OSError, ValueError) as e:
-            raise PipelineError(f"cannot load the T5 tokenizer from {tokenizer_path}: {e}") from e
-        try:
-            with no_hub_progress_bars():
-                model = T5EncoderModel.from_pretrained(os.fspath(text_encoder_path), dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise PipelineError(
-                f"cannot load the T5 text encoder from {text_encoder_path}: {e}. It must be a "
-                "transformers T5EncoderModel folder (config.json + model*.safetensors)."
-            ) from e
+        tokenizer, model = load_text_model(
+            T5EncoderModel, "T5", text_encoder_path, tokenizer_path, dtype
+        )
         model = model.to(device).requires_grad_(False)
         return cls(tokenizer, model, max_length=max_length, cache_size=cache_size)
 

@@ -14,7 +14,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -42,6 +42,31 @@ def no_hub_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def load_text_model(
+    model_cls,
+    name: str,
+    text_encoder_path: str | os.PathLike,
+    tokenizer_path: str | os.PathLike,
+    dtype: torch.dtype,
+) -> tuple[Any, torch.nn.Module]:
+    """(tokenizer, encoder) from two transformers folders; a PipelineError names the bad one."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_path))
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"cannot load the {name} tokenizer from {tokenizer_path}: {e}") from e
+    try:
+        with no_hub_progress_bars():
+            model = model_cls.from_pretrained(os.fspath(text_encoder_path), dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise PipelineError(
+            f"cannot load the {name} text encoder from {text_encoder_path}: {e}. It must be a "
+            f"transformers {model_cls.__name__} folder (config.json + model*.safetensors)."
+        ) from e
+    return tokenizer, model
 
 
 class PromptCache(Generic[V]):
@@ -100,20 +125,11 @@ class TextEncoder:
 
         `device` is where the encoder runs (the CPU when the pipeline offloads it).
         """
-        from transformers import AutoTokenizer, UMT5EncoderModel
+        from transformers import UMT5EncoderModel
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_path))
-        except (OSError, ValueError) as e:
-            raise PipelineError(f"cannot load the tokenizer from {tokenizer_path}: {e}") from e
-        try:
-            with no_hub_progress_bars():
-                model = UMT5EncoderModel.from_pretrained(os.fspath(text_encoder_path), dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise PipelineError(
-                f"cannot load the umT5 text encoder from {text_encoder_path}: {e}. It must be a "
-                "transformers folder (config.json + model*.safetensors)."
-            ) from e
+        tokenizer, model = load_text_model(
+            UMT5EncoderModel, "umT5", text_encoder_path, tokenizer_path, dtype
+        )
         return cls(
             tokenizer,
             model.to(device),
