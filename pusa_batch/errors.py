@@ -94,3 +94,16 @@ class ExportError(PusaBatchError):
     """An export or gallery request that cannot be honoured (bad shard size, bad destination)."""
 
     exit_code = 2
+
+
+class ManyChangedItemsError(ChangedItemsError):
+    """`ChangedItemsError` when only the first of many changed ids were kept (memory stays flat)."""
+
+    def __init__(self, changed_ids: list[str], total: int):
+        super().__init__(changed_ids)
+        self.total = total
+        shown = ", ".join(changed_ids[:20])
+        self.args = (
+            f"{total} item(s) already done have changed since they were generated, among them: "
+            f"{shown} ... Rerun with --regenerate-changed to replace them, or give them new ids.",
+        )
