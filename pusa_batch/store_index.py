@@ -240,16 +240,36 @@ def _column_array(values: list) -> pa.Array:
 
 def final_index_table(markers: Iterable[dict]) -> pa.Table:
     """One row per marker: scalar fields as columns, nested ones in a `nested_json` column."""
-    rows = sorted(markers, key=lambda m: m["id"])
+    rows = [_with_item_columns(m) for m in sorted(markers, key=lambda m: m["id"])]
     scalar_keys: set[str] = set()
+    nested_keys: set[str] = set()  # a key nested in any row stays out of the flat columns
     for marker in rows:
-        scalar_keys.update(k for k, v in marker.items() if not isinstance(v, (dict, list)))
+        for key, value in marker.items():
+            (nested_keys if isinstance(value, (dict, list)) else scalar_keys).add(key)
+        item = marker.get("item") or {}
+        nested_keys.update(k for k, v in item.items() if isinstance(v, (dict, list)))
+    scalar_keys -= nested_keys
     order = [k for k in FLAT_FIRST if k in scalar_keys or k == "id"]
     order += sorted(scalar_keys - set(order) - {"commit_token"})
     columns = {k: _column_array([_scalar(m.get(k)) for m in rows]) for k in order}
     nested = [{k: v for k, v in m.items() if isinstance(v, (dict, list))} for m in rows]
     columns["nested_json"] = pa.array([json.dumps(n, sort_keys=True) for n in nested], pa.string())
     return pa.table(columns)
+
+
+def _with_item_columns(marker: dict) -> dict:
+    """The item's own scalar fields (prompt, task, seed, sizes...) and the pipeline's name and
+    identity as top-level columns, so the index can be filtered without parsing JSON."""
+    extra = {
+        k: v
+        for k, v in (marker.get("item") or {}).items()
+        if k not in marker and not isinstance(v, (dict, list))
+    }
+    pipeline = marker.get("pipeline") or {}
+    for key in ("name", "identity"):
+        if isinstance(pipeline, dict) and key in pipeline:
+            extra[f"pipeline_{key}"] = pipeline[key]
+    return {**extra, **marker}
 
 
 def _scalar(value: object) -> object:
