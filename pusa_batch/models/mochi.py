@@ -67,7 +67,8 @@ class MochiConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise CheckpointError(
-                f"{source}: unknown Mochi config key(s) {unknown}; expected some of {sorted(known)}."
+                f"{source}: unknown Mochi config key(s) {unknown}; "
+                f"expected some of {sorted(known)}."
             )
         return cls(**values)
 
@@ -169,7 +170,9 @@ class FeedForward(nn.Module):
 
 
 def mochi_rope(freqs: torch.Tensor, t: int, ph: int, pw: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mochi's learned mixed RoPE: positions interpolated to a 192x192 patch area; (N, heads, d/2)."""
+    """Mochi's learned mixed RoPE: positions interpolated to a 192x192 patch area.
+
+    Returns (N, heads, d/2)."""
     scale = math.sqrt(36864 / (ph * pw))
 
     def centers(n: int) -> torch.Tensor:
@@ -282,7 +285,7 @@ def frame_sigma(sigma: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
 
 
 class PusaMochiTransformer(nn.Module):
-    """Pusa V0.5 DiT. forward(x, sigma, t5_feat, t5_mask) -> pred, with z_next = z + (s - s')*pred."""
+    """Pusa V0.5 DiT: forward(x, sigma, t5_feat, t5_mask) -> pred, z_next = z + (s - s')*pred."""
 
     def __init__(self, config: MochiConfig = MochiConfig()):
         super().__init__()
@@ -301,7 +304,7 @@ class PusaMochiTransformer(nn.Module):
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor, t5_feat: torch.Tensor, t5_mask: torch.Tensor
     ) -> torch.Tensor:
-        """x (B, 12, T, H, W); sigma (B, T) or (B,), 1 = noise; t5_feat (B, L, F); t5_mask (B, L)."""
+        """x (B, 12, T, H, W); sigma (B, T) or (B,), 1 = noise; t5_feat (B, L, F); mask (B, L)."""
         b, _, t, h, w = x.shape
         p, dtype = self.config.patch_size, self.x_embedder.proj.weight.dtype
         sigma = frame_sigma(sigma, b, t).to(x.device)
