@@ -13,10 +13,10 @@ family supplies prompt encoding, pixel encoding, the model function and decoding
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from pusa_batch.models.tiny import ensure_tiny_model
 from pusa_batch.pipeline_spec import MOCHI_DIT_FILE, PipelineSpec, load_pipeline_spec
 from pusa_batch.tasks import CondPlan, conditioning_video_layout, plan_conditioning
 
-__all__ = ["Pipeline", "PipelineSpec", "Prepared", "load_pipeline_spec"]
+__all__ = ["BatchKey", "Pipeline", "PipelineSpec", "Prepared", "load_pipeline_spec"]
 
 PixelEncoder = Callable[[np.ndarray], Tensor]  # uint8 (n, H, W, 3) -> latents (1, C, t, h, w)
 
@@ -62,6 +62,20 @@ class Prepared:
     cond: sampler.ConditioningSpec | None
     sigmas: Tensor  # (steps + 1,)
     guidance_scale: float
+
+
+class BatchKey(NamedTuple):
+    """What items must share to be sampled together: the shapes stacked along the batch, the
+    schedule and guidance scale (one model fn), and the conditioning layout (one per-frame
+    noise scale: which latents are conditioned and with which multipliers)."""
+
+    latent_shape: tuple[int, ...]
+    sigmas: tuple[float, ...]
+    guidance_scale: float
+    conditioning: tuple[tuple[int, ...], tuple[float, ...]] | None
+    clean_shape: tuple[int, ...] | None
+    positive_shape: tuple
+    negative_shape: tuple | None
 
 
 class Pipeline:
@@ -168,18 +182,81 @@ class Pipeline:
 
     def sample(self, prepared: Prepared, callback: sampler.Callback | None = None) -> Tensor:
         """Denoised latents (1, z_dim, F, h, w), float32 on the CPU."""
-        pos = _to_device(prepared.positive, self.device)
-        neg = None if prepared.negative is None else _to_device(prepared.negative, self.device)
-        model_fn = self._model_fn(pos, neg, prepared.guidance_scale)
+        return self._denoise(
+            prepared.noise,
+            prepared.positive,
+            prepared.negative,
+            prepared.cond,
+            prepared.sigmas,
+            prepared.guidance_scale,
+            callback,
+        )
+
+    def batch_key(self, prepared: Prepared) -> BatchKey:
+        """Items whose keys are equal can share one forward in `sample_batch`."""
         cond = prepared.cond
+        layout = None if cond is None else (cond.latent_index, cond.multipliers)
+        return BatchKey(
+            latent_shape=tuple(prepared.noise.shape),
+            sigmas=tuple(prepared.sigmas.tolist()),
+            guidance_scale=prepared.guidance_scale,
+            conditioning=layout,
+            clean_shape=None if cond is None else tuple(cond.clean.shape),
+            positive_shape=_context_shape(prepared.positive),
+            negative_shape=None if prepared.negative is None else _context_shape(prepared.negative),
+        )
+
+    def sample_batch(
+        self, prepared: Sequence[Prepared], callback: sampler.Callback | None = None
+    ) -> list[Tensor]:
+        """One Euler loop for several items with equal `batch_key`s: each item's latents
+        (1, z_dim, F, h, w), float32 on the CPU, in the order given.
+
+        Each item keeps its own seeded noise, prompts and conditioning latents; only the forward
+        passes are shared. `callback(step, total, x)` sees the whole batch, x (B, z_dim, F, h, w).
+        Raises ValueError for an empty list or items whose keys differ (group them by key first).
+        """
+        if not prepared:
+            raise ValueError("sample_batch needs at least one prepared item")
+        _check_same_key([self.batch_key(p) for p in prepared], prepared)
+        first = prepared[0]
+        cond = None
+        if first.cond is not None:
+            clean = torch.cat([p.cond.clean for p in prepared])
+            cond = sampler.ConditioningSpec(first.cond.latent_index, clean, first.cond.multipliers)
+        negative = None
+        if first.negative is not None:
+            negative = _cat_contexts([p.negative for p in prepared])
+        x = self._denoise(
+            torch.cat([p.noise for p in prepared]),
+            _cat_contexts([p.positive for p in prepared]),
+            negative,
+            cond,
+            first.sigmas,
+            first.guidance_scale,
+            callback,
+        )
+        return [latents.clone() for latents in x.split(1)]
+
+    def _denoise(
+        self,
+        noise: Tensor,
+        positive: sampler.Context,
+        negative: sampler.Context | None,
+        cond: sampler.ConditioningSpec | None,
+        sigmas: Tensor,
+        scale: float,
+        callback: sampler.Callback | None,
+    ) -> Tensor:
+        pos = _to_device(positive, self.device)
+        neg = None if negative is None else _to_device(negative, self.device)
+        model_fn = self._model_fn(pos, neg, scale)
         if cond is not None:
             cond = sampler.ConditioningSpec(
                 cond.latent_index, cond.clean.to(self.device), cond.multipliers
             )
         with torch.inference_mode():
-            x = sampler.sample(
-                model_fn, prepared.noise.to(self.device), prepared.sigmas, cond, callback=callback
-            )
+            x = sampler.sample(model_fn, noise.to(self.device), sigmas, cond, callback=callback)
         return x.float().cpu()
 
     def generate(self, item: Any, callback: sampler.Callback | None = None) -> np.ndarray:
@@ -279,6 +356,30 @@ class Pipeline:
         if info.frames_exact:
             return info.frames
         return video.count_frames(path, storage_options=self.storage_options)
+
+
+def _context_shape(context: sampler.Context) -> tuple:
+    if isinstance(context, Tensor):
+        return tuple(context.shape)
+    return tuple(tuple(t.shape) for t in context)
+
+
+def _cat_contexts(contexts: Sequence[sampler.Context]) -> sampler.Context:
+    """Each item's context (batch 1, a tensor or a tuple of tensors) concatenated along batch."""
+    if isinstance(contexts[0], Tensor):
+        return torch.cat(list(contexts))
+    return tuple(torch.cat(list(parts)) for parts in zip(*contexts, strict=True))
+
+
+def _check_same_key(keys: list[BatchKey], prepared: Sequence[Prepared]) -> None:
+    for key, p in zip(keys[1:], prepared[1:], strict=True):
+        if key != keys[0]:
+            differ = [f for f in BatchKey._fields if getattr(key, f) != getattr(keys[0], f)]
+            raise ValueError(
+                f"items {prepared[0].item_id} and {p.item_id} cannot share a forward: their "
+                f"{', '.join(differ)} differ. Group items by Pipeline.batch_key before "
+                "sample_batch."
+            )
 
 
 def _to_device(context: sampler.Context, device: torch.device) -> sampler.Context:
