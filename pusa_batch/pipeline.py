@@ -4,8 +4,10 @@
 or `MochiPipeline` (`pipeline_mochi`; Pusa V0.5). Load once (text encoder, VAE, denoiser(s), LoRAs
 merged once on fresh weights), then for each item: `prepare` (CPU-side work: media, prompts,
 conditioning latents, seeded noise), `sample` (the frame-level Euler loop around the denoiser) and
-`decode` (VAE to uint8 frames). The three may run in different threads at once (the worker overlaps
-items): the VAE and the text encoder are guarded by locks, the denoiser is only used by `sample`.
+`decode` (VAE to uint8 frames). The three may run in different threads at once (the worker
+overlaps items): the VAE and the text encoder are guarded by locks, the denoiser is only used by
+`sample`. Items with equal `batch_key`s may instead go through `sample_batch` together: one Euler
+loop, one forward per step for all of them, each item as it would come out alone.
 The item-level steps (sizes, conditioning plan, media, noise, schedule, the loop) are shared; each
 family supplies prompt encoding, pixel encoding, the model function and decoding.
 """
