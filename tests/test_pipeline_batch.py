@@ -254,3 +254,11 @@ def test_mochi_ignores_shift_so_items_differing_only_in_shift_batch(pipes):
 def test_an_empty_batch_is_refused(pipes):
     with pytest.raises(ValueError, match="at least one"):
         pipes["wan"].sample_batch([])
+
+
+@pytest.mark.parametrize("family", ["wan", "mochi"])
+def test_batched_guidance_on_a_batch_equals_each_item_alone(family):
+    spec = load_pipeline_spec(PIPELINES / SPECS[family])
+    spec = replace(spec, options=replace(spec.options, batched_cfg=True))
+    pipe = Pipeline.load(spec)
+    assert_batched_equals_alone(pipe, family, t2v_items(pipe))
