@@ -2,8 +2,12 @@
 run resumed, exports of the resumed run, and a storage outage (the server frozen) mid-run.
 
 Every run is a real `python -m pusa_batch.cli run` (or, where the CLI lacks a knob, a script calling
-`pusa_batch.engine.run`) with the tiny pipeline, 2 workers and an embedded local Ray. Outputs are
-read back through s3fs, as a user of the bucket would.
+`pusa_batch.engine.run`) with the tiny pipeline and an embedded local Ray. Outputs are read back
+through s3fs, as a user of the bucket would.
+
+No timed asserts: the kill and the freeze are triggered by the first committed marker, and those
+runs use the demo rows at `SLOW_STEPS` steps on one worker, so that several seconds of sampling
+remain after any first commit: the run cannot end before the kill or the freeze lands.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ KEY = "AKIAPUSARUNS3LEAKCHECK"
 SECRET = "pusa-run-s3-secret-9f2c4e71"
 IDS = sorted(pd.read_csv(DEMO)["id"])
 RUN_TIMEOUT_S = 600
+SLOW_STEPS = 300  # about 1.5 s an item on the tiny model, one worker: 5 items left = several s
 FINAL_LAYOUT = re.compile(
     r"^(videos/[^/]+\.mp4|items/[^/]+\.json|index/part-\d{6}\.parquet|index\.parquet|run\.json)$"
 )
@@ -51,7 +56,7 @@ from pusa_batch.engine import RunConfig, run
 
 manifest, output, pipeline = sys.argv[1:4]
 config = RunConfig(manifest, output, pipeline, storage_options=json.loads(sys.stdin.read()),
-                   workers=2, lease_stale_s=5.0)
+                   workers=1, lease_stale_s=5.0)
 summary = run(config)
 print(json.dumps({"generated": summary.generated, "done_before": summary.done_before,
                   "failed": summary.failed}))
@@ -88,19 +93,29 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def run_args(url: str, storage_options: dict) -> list[str]:
+def run_args(url: str, storage_options: dict, manifest: Path = DEMO, workers: int = 2) -> list[str]:
     return [
         "run",
-        str(DEMO),
+        str(manifest),
         "-o",
         url,
         "--pipeline",
         str(TINY),
         "--workers",
-        "2",
+        str(workers),
         "--no-progress",
         *option_flags(storage_options),
     ]
+
+
+def slow_demo(folder: Path) -> Path:
+    """The demo rows at SLOW_STEPS steps each, their media paths made absolute."""
+    table = pd.read_csv(DEMO, dtype=str, keep_default_na=False)
+    table["image"] = [str(DEMO.parent / p) if p else "" for p in table["image"]]
+    table["steps"] = str(SLOW_STEPS)
+    path = folder / "slow_demo.csv"
+    table.to_csv(path, index=False)
+    return path
 
 
 def filesystem(storage_options: dict) -> s3fs.S3FileSystem:
@@ -279,9 +294,10 @@ def interrupted(s3, tmp_path_factory):
     opts = options(s3.endpoint)
     fs = filesystem(opts)
     logs = tmp_path_factory.mktemp("interrupted")
+    manifest = slow_demo(logs)
     with open(logs / "killed.log", "wb") as log:
         driver = subprocess.Popen(
-            cli_command(*run_args(url, opts)),
+            cli_command(*run_args(url, opts, manifest, workers=1)),
             cwd=ROOT,
             start_new_session=True,
             stdout=log,
@@ -297,13 +313,13 @@ def interrupted(s3, tmp_path_factory):
     lease = (
         json.loads(fs.cat_file(f"{path}/lease.json")) if fs.exists(f"{path}/lease.json") else None
     )
-    refused = cli(*run_args(url, opts))
+    refused = cli(*run_args(url, opts, manifest, workers=1))
     after_refusal = markers(fs, path)
     wait_until_lease_is_older_than(fs, path, 5.5)
     script = logs / "resume.py"
     script.write_text(RESUME)
     resumed = subprocess.run(
-        [sys.executable, str(script), str(DEMO), url, str(TINY)],
+        [sys.executable, str(script), str(manifest), url, str(TINY)],
         input=json.dumps(opts),
         capture_output=True,
         text=True,
@@ -451,6 +467,7 @@ class Frozen:
 def frozen_run(tmp_path_factory):
     """A run on a moto server of its own, SIGSTOPped for PAUSE_S once an item is committed."""
     logs = tmp_path_factory.mktemp("frozen")
+    manifest = slow_demo(logs)
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with open(logs / "moto.log", "wb") as moto_log:
@@ -463,7 +480,7 @@ def frozen_run(tmp_path_factory):
         url, path = new_root()
         with open(logs / "run.log", "wb") as log:
             driver = subprocess.Popen(
-                cli_command(*run_args(url, {**opts, **FLAKY_CLIENT})),
+                cli_command(*run_args(url, {**opts, **FLAKY_CLIENT}, manifest, workers=1)),
                 cwd=ROOT,
                 start_new_session=True,
                 stdout=subprocess.PIPE,
