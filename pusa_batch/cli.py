@@ -88,13 +88,16 @@ def make_tiny_model(
 def run_config(manifest, output, pipeline, storage_option, **options):
     from pusa_batch.engine import RunConfig
 
-    return RunConfig(
-        manifest=str(manifest),
-        output=str(output),
-        pipeline=str(pipeline),
-        storage_options=parse_storage_options(storage_option),
-        **options,
-    )
+    try:
+        return RunConfig(
+            manifest=str(manifest),
+            output=str(output),
+            pipeline=str(pipeline),
+            storage_options=parse_storage_options(storage_option),
+            **options,
+        )
+    except ValueError as error:  # RunConfig names every bad setting at once
+        raise typer.BadParameter(str(error)) from None
 
 
 def print_summary(summary) -> None:

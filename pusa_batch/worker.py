@@ -252,6 +252,18 @@ class PipelineRunner:
     def sample(self, prepared: Any, on_step: OnStep) -> Any:
         return self.pipeline.sample(prepared, callback=lambda step, total, x: on_step(step, total))
 
+    def input_hashes(self, item: Any) -> list[dict[str, str]]:
+        """Every input file with the sha256 of its bytes (cached per file within the process)."""
+        from pusa_batch.manifest import content_hash
+
+        options = self.pipeline.storage_options
+        named = [("images", p) for p in item.images]
+        named += [(col, getattr(item, col)) for col in ("video", "video_b") if getattr(item, col)]
+        return [
+            {"column": col, "path": path, "sha256": content_hash(path, storage_options=options)}
+            for col, path in named
+        ]
+
     def finish(self, item: dict[str, Any], latents: Any) -> tuple[bytes, dict[str, Any]]:
         from pusa_batch.manifest import Item
         from pusa_batch.video import encode_mp4, loop_seam
@@ -264,6 +276,7 @@ class PipelineRunner:
         t2 = time.perf_counter()
         meta = {
             "pipeline": self.description,
+            "inputs": self.input_hashes(resolved),
             "conditioning": self.pipeline.conditioning_metadata(resolved),
             "frames": int(frames.shape[0]),
             "timings": {"decode": t1 - t0, "encode": t2 - t1},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -102,12 +103,21 @@ def test_bad_storage_option_is_a_usage_error(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
+def test_invalid_run_settings_are_a_usage_error_naming_the_setting(tmp_path, capsys):
+    code = main(["run", str(DEMO), "-o", str(tmp_path), "--pipeline", str(TINY), "--workers", "0"])
+    assert code == 2
+    assert "workers must be at least 1" in capsys.readouterr().err
+
+
 def decode(path: Path) -> tuple[int, int, int, float]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = sum(1 for _ in container.decode(stream))
-        return frames, stream.codec_context.width, stream.codec_context.height, float(
-            stream.average_rate
+        return (
+            frames,
+            stream.codec_context.width,
+            stream.codec_context.height,
+            float(stream.average_rate),
         )
 
 
@@ -138,6 +148,9 @@ def test_demo_run_writes_metadata_and_index(demo_run):
     assert {p.stem for p in (out / "items").glob("*.json")} == ids
     meta = json.loads((out / "items" / "ball-rolls.json").read_text())
     assert meta["item"]["task"] == "i2v" and meta["conditioning"]["latent_indices"] == [0]
+    image = ROOT / "manifests" / "media" / "red_ball.png"
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    assert [(i["column"], i["sha256"]) for i in meta["inputs"]] == [("images", sha)]
     index = pd.read_parquet(out / "index.parquet")
     assert sorted(index["id"]) == sorted(ids)
 
