@@ -88,7 +88,8 @@ class Driver:
     ):
         self.config, self.store, self.emit, self.make_runner = config, store, emit, make_runner
         self.lease = lease
-        self.depth = 3 if config.overlap else 1
+        # in flight per worker: a batch being sampled, one preparing, one finishing
+        self.depth = (config.batch_size + 2) if config.overlap else config.batch_size
         self.queue: deque[Pending] = deque()
         self.source: Iterator[Pending] | None = None
         self.todo = 0
@@ -154,6 +155,7 @@ class Driver:
                 storage_options=dict(self.config.storage_options),
                 torch_threads=None if gpus else max(1, int(self.config.cpus_per_worker)),
                 lease_token=self.lease.token,
+                batch_size=self.config.batch_size,
             )
             handle = Worker.options(
                 num_cpus=self.config.cpus_per_worker,

@@ -77,7 +77,7 @@ class RunConfig:
                 ("cpus_per_worker", self.cpus_per_worker > 0, "positive"),
                 ("max_retries", self.max_retries >= 0, "0 or more"),
                 ("max_actor_restarts", self.max_actor_restarts >= 0, "0 or more"),
-                ("batch_size", self.batch_size == 1, "1 (batched sampling is not supported yet)"),
+                ("batch_size", self.batch_size >= 1, "at least 1"),
                 ("compact_every_items", self.compact_every_items >= 1, "at least 1"),
                 ("lease_stale_s", self.lease_stale_s > 0, "positive"),
             )

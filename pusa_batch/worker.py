@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import ray
@@ -47,6 +47,7 @@ class WorkerSettings:
     storage_options: dict[str, Any]
     torch_threads: int | None
     lease_token: str | None = None  # commits are refused once another run holds the lease
+    batch_size: int = 1  # items with one batch key may share the sampler's forward passes
 
 
 def versions() -> dict[str, str]:
@@ -99,6 +100,8 @@ class WorkerCore:
         self._sample_lock = threading.Lock()
         self._finish_lock = threading.Lock()
         self._progress: tuple[str | None, int, int] = (None, 0, 0)
+        self._waiting: list[_Waiting] = []  # prepared items queued for the sampler (batching)
+        self._waiting_lock = threading.Lock()
         self._busy_s = 0.0
         self.load_error: dict[str, str] | None = None
         started = time.perf_counter()
@@ -144,7 +147,7 @@ class WorkerCore:
                 prepared = self.runner.prepare(item)
                 timings["prepare"] = time.perf_counter() - t0
             stage = "sample"
-            latents = self._sample(item["id"], prepared, timings)
+            latents, batch = self._sample_batched(item["id"], prepared, timings)
             del prepared
             stage = "finish"
             with self._finish_lock:
@@ -154,7 +157,7 @@ class WorkerCore:
                 timings.update(meta.pop("timings", {}))
                 timings.setdefault("finish", time.perf_counter() - t0)
                 stage = "write"
-                meta = self._metadata(task, meta, timings)
+                meta = self._metadata(task, {**meta, "sample_batch": batch}, timings)
                 t0 = time.perf_counter()
                 self._check_lease()
                 self.store.commit(item["id"], video, meta)
@@ -191,6 +194,75 @@ class WorkerCore:
                 f"{self.store.url}/{LEASE_FILE}; not committing"
             )
 
+    def _sample_batched(
+        self, item_id: str, prepared: Any, timings: dict[str, float]
+    ) -> tuple[Any, int]:
+        """Sample alone, or with the items waiting under the same batch key (up to batch_size).
+
+        Whoever holds the sample lock takes its own entry and up to batch_size - 1 waiting
+        entries with its key; an entry taken by another thread's batch just collects its result.
+        A failed batch is retried item by item, so one bad item never fails the others.
+        """
+        batch_key = getattr(self.runner, "batch_key", None)
+        if self.settings.batch_size <= 1 or batch_key is None:
+            return self._sample(item_id, prepared, timings), 1
+        entry = _Waiting(item_id, prepared, timings, batch_key(prepared))
+        with self._waiting_lock:
+            self._waiting.append(entry)
+        with self._sample_lock:
+            if not entry.done.is_set():
+                with self._waiting_lock:
+                    same = [e for e in self._waiting if e.key == entry.key and e is not entry]
+                    group = [entry, *same[: self.settings.batch_size - 1]]
+                    for e in group:
+                        self._waiting.remove(e)
+                self._run_group(group)
+        entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.result, entry.batch
+
+    def _run_group(self, group: list[_Waiting]) -> None:
+        """Called with the sample lock held: one forward per step for the whole group."""
+        label = group[0].item_id + (f" +{len(group) - 1}" if len(group) > 1 else "")
+        self._progress = (label, 0, 0)
+        t0, started = time.perf_counter(), time.time()
+        try:
+            if len(group) == 1:
+                results = [self.runner.sample(group[0].prepared, self._on_step(label))]
+            else:
+                prepared = [e.prepared for e in group]
+                results = self.runner.sample_batch(prepared, self._on_step(label))
+            for e, latents in zip(group, results, strict=True):
+                e.result, e.batch = latents, len(group)
+        except Exception as exc:  # noqa: BLE001 - a lone item's error; a batch retries alone
+            if len(group) == 1:
+                group[0].error = exc
+            else:
+                for e in group:
+                    self._sample_alone(e)
+        finally:
+            elapsed = time.perf_counter() - t0
+            self._busy_s += elapsed
+            self._progress = (None, 0, 0)
+            for e in group:
+                e.timings["sample_start_unix"] = started
+                e.timings["sample"] = elapsed
+                e.done.set()
+
+    def _sample_alone(self, entry: _Waiting) -> None:
+        try:
+            entry.result = self.runner.sample(entry.prepared, self._on_step(entry.item_id))
+            entry.batch = 1
+        except Exception as exc:  # noqa: BLE001 - the item's own error, reported for it
+            entry.error = exc
+
+    def _on_step(self, label: str) -> OnStep:
+        def on_step(step: int, steps: int) -> None:
+            self._progress = (label, step, steps)
+
+        return on_step
+
     def _sample(self, item_id: str, prepared: Any, timings: dict[str, float]) -> Any:
         with self._sample_lock:
             self._progress = (item_id, 0, 0)
@@ -225,6 +297,20 @@ class WorkerCore:
         }
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """A prepared item queued for the sampler, and where its result lands."""
+
+    item_id: str
+    prepared: Any
+    timings: dict[str, float]
+    key: Any
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: Exception | None = None
+    batch: int = 1
+
+
 class PipelineRunner:
     """The real `ItemRunner`: a `Pipeline` loaded once from a pipeline TOML file."""
 
@@ -251,6 +337,13 @@ class PipelineRunner:
 
     def sample(self, prepared: Any, on_step: OnStep) -> Any:
         return self.pipeline.sample(prepared, callback=lambda step, total, x: on_step(step, total))
+
+    def batch_key(self, prepared: Any) -> Any:
+        return self.pipeline.batch_key(prepared)
+
+    def sample_batch(self, prepared: list[Any], on_step: OnStep) -> list[Any]:
+        callback = lambda step, total, x: on_step(step, total)  # noqa: E731
+        return self.pipeline.sample_batch(prepared, callback=callback)
 
     def input_hashes(self, item: Any) -> list[dict[str, str]]:
         """Every input file with the sha256 of its bytes (cached per file within the process)."""
