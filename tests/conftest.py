@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (s3server)
 
 from s3server import S3Server, s3_server  # noqa: E402
 
+pytest_plugins = ["pipeline_support"]  # the tiny-model cache, an input photo and clip fixtures
+
 BUCKET = "pusa-test"
 
 

@@ -9,34 +9,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
-from PIL import Image
+from pipeline_support import make_item
 from safetensors.torch import save_file
 
 from pusa_batch import video
 from pusa_batch.errors import PipelineError
-from pusa_batch.manifest_schema import Item
 from pusa_batch.models.tiny import ensure_tiny_model
 from pusa_batch.pipeline import Pipeline, load_pipeline_spec
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions gain nothing from two threads, and OpenMP threads on a busy CI box
-    # spin against other processes (a 0.8 s VAE decode took 10 s with two threads under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "pusa-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUSA_BATCH_CACHE", str(root))
-        yield root
 
 
 @pytest.fixture(scope="module")
@@ -47,51 +28,6 @@ def pipe(cache) -> Pipeline:
 @pytest.fixture(scope="module")
 def pipe22(cache) -> Pipeline:
     return Pipeline.load(load_pipeline_spec(PIPELINES / "tiny-wan22.toml"))
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> str:
-    rng = np.random.default_rng(7)
-    path = tmp_path_factory.mktemp("media") / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> str:
-    """A 24-frame 64x64 mp4: a bright square moving right."""
-    frames = np.zeros((24, 64, 64, 3), dtype=np.uint8)
-    for i in range(24):
-        frames[i, 20:40, 2 * i : 2 * i + 16] = (200, 120, 40)
-    path = tmp_path_factory.mktemp("media") / "clip.mp4"
-    path.write_bytes(video.encode_mp4(frames, fps=8))
-    return str(path)
-
-
-def make_item(spec, **changes) -> Item:
-    d = spec.defaults
-    fields = {
-        "id": "item",
-        "row": 1,
-        "task": "t2v",
-        "prompt": "a red car on a road",
-        "negative_prompt": d.negative_prompt,
-        "image": None,
-        "images": (),
-        "video": None,
-        "video_b": None,
-        "cond_frames": None,
-        "noise_multipliers": None,
-        "num_frames": d.num_frames,
-        "height": d.height,
-        "width": d.width,
-        "fps": d.fps,
-        "seed": 1,
-        "steps": d.steps,
-        "guidance_scale": d.guidance_scale,
-        "shift": d.shift,
-    }
-    return Item(**{**fields, **changes})
 
 
 def vae_latent(cache: Path, pixels: np.ndarray) -> torch.Tensor:

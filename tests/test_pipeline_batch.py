@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pipeline_support as support
 import pytest
 import torch
 from PIL import Image
@@ -29,11 +30,8 @@ PROMPTS = ("a red car on a road", "a dog running along a beach at sunset, waves"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "pusa-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUSA_BATCH_CACHE", str(root))
-        yield root
+def tiny_cache(cache) -> Path:
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -54,29 +52,7 @@ def images(tmp_path_factory) -> list[str]:
 
 
 def make_item(spec, **changes) -> Item:
-    d = spec.defaults
-    fields = {
-        "id": "item",
-        "row": 1,
-        "task": "t2v",
-        "prompt": PROMPTS[0],
-        "negative_prompt": d.negative_prompt,
-        "image": None,
-        "images": (),
-        "video": None,
-        "video_b": None,
-        "cond_frames": None,
-        "noise_multipliers": None,
-        "num_frames": d.num_frames,
-        "height": d.height,
-        "width": d.width,
-        "fps": d.fps,
-        "seed": 1,
-        "steps": d.steps,
-        "guidance_scale": d.guidance_scale,
-        "shift": d.shift,
-    }
-    return Item(**{**fields, **changes})
+    return support.make_item(spec, **{"prompt": PROMPTS[0], **changes})
 
 
 def t2v_items(pipe: Pipeline, **changes) -> list[Item]:

@@ -6,11 +6,11 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pipeline_support as support
 import pytest
 import torch
 from diffusers import AutoencoderKLMochi
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
-from PIL import Image
 
 from pusa_batch import sampler, video
 from pusa_batch.errors import PipelineError
@@ -20,14 +20,6 @@ from pusa_batch.pipeline import Pipeline, load_pipeline_spec
 from pusa_batch.pipeline_mochi import MochiPipeline, condition_generator
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "pusa-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUSA_BATCH_CACHE", str(root))
-        yield root
 
 
 @pytest.fixture(scope="module")
@@ -41,49 +33,8 @@ def vae(pipe) -> AutoencoderKLMochi:
     return AutoencoderKLMochi.from_pretrained(ensure_tiny_model("mochi") / "vae").eval()
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> str:
-    rng = np.random.default_rng(7)
-    path = tmp_path_factory.mktemp("media") / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> str:
-    """A 24-frame 64x64 mp4: a bright square moving right."""
-    frames = np.zeros((24, 64, 64, 3), dtype=np.uint8)
-    for i in range(24):
-        frames[i, 20:40, 2 * i : 2 * i + 16] = (200, 120, 40)
-    path = tmp_path_factory.mktemp("media") / "clip.mp4"
-    path.write_bytes(video.encode_mp4(frames, fps=8))
-    return str(path)
-
-
 def make_item(spec, **changes) -> Item:
-    d = spec.defaults
-    fields = {
-        "id": "item",
-        "row": 1,
-        "task": "t2v",
-        "prompt": "a red fox runs over the hill",
-        "negative_prompt": d.negative_prompt,
-        "image": None,
-        "images": (),
-        "video": None,
-        "video_b": None,
-        "cond_frames": None,
-        "noise_multipliers": None,
-        "num_frames": d.num_frames,
-        "height": d.height,
-        "width": d.width,
-        "fps": d.fps,
-        "seed": 1,
-        "steps": d.steps,
-        "guidance_scale": d.guidance_scale,
-        "shift": d.shift,
-    }
-    return Item(**{**fields, **changes})
+    return support.make_item(spec, **{"prompt": "a red fox runs over the hill", **changes})
 
 
 def with_options(spec, **options):
