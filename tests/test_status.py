@@ -30,7 +30,7 @@ def write_manifest(path: Path, rows: dict[str, str]) -> Path:
 
 
 def engine_run_json(now: float, **overrides) -> dict:
-    """The shape `engine._Driver.write_status` writes."""
+    """The shape `dispatch.Driver.write_status` writes."""
     info = {
         "state": "running",
         "pid": 4242,
