@@ -37,3 +37,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray on 127.0.0.1 for one test module, shut down after it."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()

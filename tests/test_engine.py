@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 
 from pusa_batch.engine import ActorLoaded, ItemDone, RunConfig, Started, run
@@ -29,19 +28,6 @@ GOOD = [
     "sun,t2v,a sunrise,,9,32,32,3,5",
 ]
 BROKEN = "bad,i2v,a broken picture,bad.png,9,32,32,3,6"
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
 
 
 def write_png(path: Path, seed: int) -> None:

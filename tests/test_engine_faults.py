@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import ray
 
 from pusa_batch.engine import ActorFailed, ActorLoaded, RunConfig, WorkerStatus, run
@@ -42,19 +41,6 @@ run(
     )
 )
 """
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
 
 
 def write_manifest(folder: Path, ids: list[str] = IDS) -> Path:
