@@ -18,11 +18,8 @@ PIPELINES = ("tiny.toml", "tiny-wan22.toml", "tiny-mochi.toml")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "pusa-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUSA_BATCH_CACHE", str(root))
-        yield root
+def tiny_cache(cache) -> Path:
+    return cache
 
 
 @pytest.fixture(scope="module", params=PIPELINES)

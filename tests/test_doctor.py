@@ -22,12 +22,9 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    """A cache holding the tiny Wan2.1 twin; PUSA_BATCH_CACHE points at it for the module."""
-    root = tmp_path_factory.getbasetemp() / "pusa-cache"  # shared with other test modules
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUSA_BATCH_CACHE", str(root))
-        yield ensure_tiny_model("wan2.1")
+def tiny_root(cache) -> Path:
+    """The tiny Wan2.1 twin in the session's shared cache (the `cache` fixture)."""
+    return ensure_tiny_model("wan2.1")
 
 
 @pytest.fixture

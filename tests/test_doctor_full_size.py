@@ -58,11 +58,8 @@ def full_size(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, ...]]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_parts(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "pusa-cache"  # shared with other test modules
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUSA_BATCH_CACHE", str(root))
-        return ensure_tiny_model("wan2.1")
+def tiny_parts(cache) -> Path:
+    return ensure_tiny_model("wan2.1")
 
 
 def pusa_lora_shapes(shapes: dict[str, tuple[int, ...]], rank: int) -> dict:

@@ -35,12 +35,9 @@ CHECK_NAMES = [
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    """A cache holding the tiny Mochi twin; PUSA_BATCH_CACHE points at it for the module."""
-    root = tmp_path_factory.getbasetemp() / "pusa-cache"  # shared with other test modules
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUSA_BATCH_CACHE", str(root))
-        yield ensure_tiny_model("mochi")
+def tiny_root(cache) -> Path:
+    """The tiny Mochi twin in the session's shared cache (the `cache` fixture)."""
+    return ensure_tiny_model("mochi")
 
 
 @pytest.fixture
