@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pusa_batch.engine import ActorLoaded, ItemDone, RunConfig, run
+from pusa_batch.engine.config import ActorLoaded, ItemDone, RunConfig
+from pusa_batch.engine.run import run
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 

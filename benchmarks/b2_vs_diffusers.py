@@ -41,9 +41,11 @@ import numpy as np
 import torch
 
 from pusa_batch import sampler
-from pusa_batch.manifest_schema import Item
+from pusa_batch.item import Item
 from pusa_batch.models.tiny import ensure_tiny_model
-from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+from pusa_batch.pipelines import load_pipeline
+from pusa_batch.pipelines.base import Pipeline
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 TARGET = 1.0
 SPEC_PATH = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
@@ -320,7 +322,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     spec = load_pipeline_spec(SPEC_PATH)
     folder = ensure_tiny_model("wan2.1")
-    ours = Pipeline.load(spec, device="cpu")
+    ours = load_pipeline(spec, device="cpu")
     theirs = load_diffusers(folder, spec.defaults.shift)
     d = spec.defaults
     sizes = [Size(d.num_frames, d.height, d.width)]

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from s3server import s3_server  # noqa: E402
 from test_store_fswrap import CountingFS  # noqa: E402
 
-from pusa_batch.store import Store  # noqa: E402
-from pusa_batch.store_index import INDEX_DIR, encode_part, part_name  # noqa: E402
+from pusa_batch.store.index import INDEX_DIR, encode_part, part_name  # noqa: E402
+from pusa_batch.store.store import Store  # noqa: E402
 
 N_ENTRIES = 100_000
 N_RECENT = 300

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pusa_batch.manifest import validate_manifest
+from pusa_batch.manifest.read import validate_manifest
 
 TARGET_SECONDS = 10.0
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pusa_batch import video
-from pusa_batch.manifest_schema import Item
+from pusa_batch.item import Item
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pusa_batch.manifest import iter_items, validate_manifest
-from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+from pusa_batch.manifest.read import iter_items, validate_manifest
+from pusa_batch.pipelines import load_pipeline
+from pusa_batch.pipelines.base import Pipeline
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = str(ROOT / "manifests" / "all_tasks.parquet")
@@ -24,7 +26,7 @@ def tiny_cache(cache) -> Path:
 
 @pytest.fixture(scope="module", params=PIPELINES)
 def pipe(request) -> Pipeline:
-    return Pipeline.load(load_pipeline_spec(ROOT / "pipelines" / request.param))
+    return load_pipeline(load_pipeline_spec(ROOT / "pipelines" / request.param))
 
 
 def test_the_manifest_validates_on_every_tiny_pipeline(pipe):

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pusa_batch import builders
-from pusa_batch.builders import (
+from pusa_batch.errors import ManifestError
+from pusa_batch.manifest import builders
+from pusa_batch.manifest.builders import (
     from_folder,
     from_prompts,
     parse_grid,
@@ -19,9 +20,8 @@ from pusa_batch.builders import (
     sweep,
     vbench_name,
 )
-from pusa_batch.errors import ManifestError
-from pusa_batch.manifest import iter_items
-from pusa_batch.manifest_write import write_manifest
+from pusa_batch.manifest.read import iter_items
+from pusa_batch.manifest.write import write_manifest
 
 ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 

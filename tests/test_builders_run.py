@@ -18,7 +18,7 @@ TINY = ROOT / "pipelines" / "tiny.toml"
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pusa_batch.cli", *map(str, args)],
+        [sys.executable, "-m", "pusa_batch", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -13,7 +13,7 @@ import av
 import pandas as pd
 import pytest
 
-from pusa_batch.cli import main
+from pusa_batch.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "manifests" / "demo.csv"
@@ -34,7 +34,7 @@ PUBLIC_COMMANDS = [
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pusa_batch.cli", *args],
+        [sys.executable, "-m", "pusa_batch", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

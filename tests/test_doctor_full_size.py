@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pusa_batch.doctor import diagnose, estimate_memory
+from pusa_batch.doctor.preflight import diagnose, estimate_memory
 from pusa_batch.models.tiny import ensure_tiny_model
 from pusa_batch.models.wan import PusaWanTransformer, WanConfig
 from pusa_batch.models.wan_keys import diffusers_name_to_wan
-from pusa_batch.pipeline_spec import load_pipeline_spec
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 SHARDS = 6
 

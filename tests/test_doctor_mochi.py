@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pusa_batch import cli
-from pusa_batch.doctor import diagnose, estimate_memory
+from pusa_batch.cli import main as cli
+from pusa_batch.doctor.preflight import diagnose, estimate_memory
 from pusa_batch.models.mochi import CHECKPOINT_NAME, MochiConfig, PusaMochiTransformer
 from pusa_batch.models.mochi_keys import genmo_to_diffusers
 from pusa_batch.models.tiny import ensure_tiny_model
-from pusa_batch.pipeline_spec import load_pipeline_spec
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 CHECK_NAMES = [

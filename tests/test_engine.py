@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pusa_batch.engine import ActorLoaded, ItemDone, RunConfig, Started, run
+from pusa_batch.engine.config import ActorLoaded, ItemDone, RunConfig, Started
+from pusa_batch.engine.run import run
 from pusa_batch.errors import LeaseError, PipelineError
 from pusa_batch.models.tiny import ensure_tiny_model
-from pusa_batch.store import Store
+from pusa_batch.store.store import Store
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 COLUMNS = "id,task,prompt,image,num_frames,height,width,steps,seed"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pusa_batch.manifest import iter_items
-from pusa_batch.pipeline import Pipeline
-from pusa_batch.pipeline_spec import load_pipeline_spec
+from pusa_batch.manifest.read import iter_items
+from pusa_batch.pipelines import load_pipeline
+from pusa_batch.pipelines.spec import load_pipeline_spec
 from pusa_batch.video import decode_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def batched_run(tmp_path_factory):
     manifest.write_text("id,task,prompt,seed,steps\n" + rows)
     out = folder / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "pusa_batch.cli", "run", str(manifest), "-o", str(out),
+        [sys.executable, "-m", "pusa_batch", "run", str(manifest), "-o", str(out),
          "--pipeline", str(TINY), "--workers", "1", "--batch-size", "3"],
         capture_output=True, text=True, timeout=600, env={**os.environ},
     )  # fmt: skip
@@ -51,7 +51,7 @@ def test_items_waiting_for_the_sampler_share_its_forward(batched_run):
 def test_batched_items_look_like_their_batch_1_generation(batched_run):
     manifest, out, _ = batched_run
     spec = load_pipeline_spec(TINY)
-    pipeline = Pipeline.load(spec)
+    pipeline = load_pipeline(spec)
     for item in iter_items(str(manifest), spec):
         frames, _ = decode_mp4(out / "videos" / f"{item.id}.mp4")
         alone, _ = decode_mp4(_encode(pipeline.generate(item), item.fps))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import ray
 
-from pusa_batch.engine import ActorFailed, ActorLoaded, RunConfig, WorkerStatus, run
+from pusa_batch.engine.config import ActorFailed, ActorLoaded, RunConfig, WorkerStatus
+from pusa_batch.engine.run import run
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 IDS = [f"v{n:02d}" for n in range(6)]
@@ -29,7 +30,8 @@ SLOW_STEPS = 300
 
 DRIVER = """
 import sys
-from pusa_batch.engine import RunConfig, run
+from pusa_batch.engine.config import RunConfig
+from pusa_batch.engine.run import run
 
 run(
     RunConfig(

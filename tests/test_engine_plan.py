@@ -12,20 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from pusa_batch.engine import (
+from pusa_batch.engine.config import RunConfig
+from pusa_batch.engine.plan import (
     MAX_CHANGED_IDS,
     PLAN_CHUNK_ROWS,
-    RunConfig,
+    Rules,
     classify,
     count_plan,
     iter_todo,
-    run,
 )
+from pusa_batch.engine.run import run
 from pusa_batch.errors import ChangedItemsError
-from pusa_batch.manifest import item_fingerprint, iter_items
-from pusa_batch.pipeline_spec import load_pipeline_spec
-from pusa_batch.store import Store
-from pusa_batch.store_index import encode_part, part_name
+from pusa_batch.manifest.read import item_fingerprint, iter_items
+from pusa_batch.pipelines.spec import load_pipeline_spec
+from pusa_batch.store.index import encode_part, part_name
+from pusa_batch.store.store import Store
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 SPEC = load_pipeline_spec(TINY)
@@ -104,20 +105,20 @@ def reading_peak(big_root) -> int:
 
 def test_planning_counts_done_and_pending_rows_from_the_root(big_root):
     manifest, out, state = big_root
-    plan = count_plan(config(manifest, out), SPEC, state)
+    plan = count_plan(str(manifest), SPEC, state)
     assert (plan.total, plan.done, plan.todo, plan.changed) == (ROWS, 45_000, 5_000, 0)
 
 
 def test_planning_keeps_nothing_per_row(big_root, reading_peak):
     # Holding even 5 bytes per row (an id list, a dict of fingerprints) would add 250 KB.
     manifest, out, state = big_root
-    peak = traced_peak(lambda: count_plan(config(manifest, out), SPEC, state))
+    peak = traced_peak(lambda: count_plan(str(manifest), SPEC, state))
     assert peak - reading_peak < 250_000, (reading_peak, peak)
 
 
 def test_the_dispatch_pass_keeps_nothing_per_row(big_root, reading_peak):
     manifest, out, state = big_root
-    peak = traced_peak(lambda: consume(iter_todo(config(manifest, out), SPEC, state)))
+    peak = traced_peak(lambda: consume(iter_todo(str(manifest), SPEC, state)))
     assert peak - reading_peak < 500_000, (reading_peak, peak)
 
 
@@ -126,9 +127,9 @@ def test_the_dispatch_pass_yields_the_pending_rows_in_manifest_order(tmp_path):
     fingerprint = row_fingerprint(manifest)
     write_done(tmp_path / "out", {f"r{n:07d}": fingerprint for n in range(30) if n % 3})
     state = Store(str(tmp_path / "out")).state()
-    pending = list(iter_todo(config(manifest, tmp_path / "out"), SPEC, state))
+    pending = list(iter_todo(str(manifest), SPEC, state))
     assert [p.id for p in pending] == [f"r{n:07d}" for n in range(0, 30, 3)]
-    assert all(p.item["prompt"] == "a red cat" and p.cost > 0 for p in pending)
+    assert all(p.item.prompt == "a red cat" and p.cost > 0 for p in pending)
 
 
 def test_each_row_is_done_changed_failed_or_pending(tmp_path):
@@ -156,7 +157,7 @@ def test_a_failure_from_an_earlier_run_is_skipped_unless_retried(tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", 4)
     Store(str(tmp_path / "out")).record_failure("r0000002", {"error_type": "E", "message": "m"})
     state = Store(str(tmp_path / "out")).state()
-    skipped = count_plan(config(manifest, tmp_path / "out"), SPEC, state)
-    retried = count_plan(config(manifest, tmp_path / "out", retry_failed=True), SPEC, state)
+    skipped = count_plan(str(manifest), SPEC, state)
+    retried = count_plan(str(manifest), SPEC, state, Rules(retry_failed=True))
     assert (skipped.todo, skipped.failed_before) == (3, 1)
     assert (retried.todo, retried.failed_before) == (4, 0)

@@ -12,17 +12,19 @@ import pytest
 import webdataset as wds
 from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root, commit_item, item_dict
 
-from pusa_batch.builders import vbench_name
 from pusa_batch.errors import ExportError
-from pusa_batch.export import HF_SCHEMA, export_hf, export_vbench
-from pusa_batch.export_wds import (
+from pusa_batch.manifest.builders import vbench_name
+from pusa_batch.outputs.common import HF_SCHEMA
+from pusa_batch.outputs.hf import export_hf
+from pusa_batch.outputs.vbench import export_vbench
+from pusa_batch.outputs.webdataset import (
     export_webdataset,
     parse_size,
     plan_shards,
     tar_file_size,
     wds_key,
 )
-from pusa_batch.store import Store
+from pusa_batch.store.store import Store
 from pusa_batch.video import decode_mp4
 
 

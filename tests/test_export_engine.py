@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from test_export_support import write_png
 
-from pusa_batch.engine import RunConfig, Started, run
-from pusa_batch.export import export_hf, export_vbench
-from pusa_batch.export_wds import export_webdataset
-from pusa_batch.gallery import write_gallery
-from pusa_batch.store import Store
+from pusa_batch.engine.config import RunConfig, Started
+from pusa_batch.engine.run import run
+from pusa_batch.outputs.gallery import write_gallery
+from pusa_batch.outputs.hf import export_hf
+from pusa_batch.outputs.vbench import export_vbench
+from pusa_batch.outputs.webdataset import export_webdataset
+from pusa_batch.store.store import Store
 from pusa_batch.video import decode_mp4
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"

@@ -12,10 +12,11 @@ import webdataset as wds
 from s3server import s3_server
 from test_export_support import commit_item, item_dict, record_failure
 
-from pusa_batch.export import export_hf, export_vbench
-from pusa_batch.export_wds import export_webdataset
-from pusa_batch.gallery import write_gallery
-from pusa_batch.store import Store
+from pusa_batch.outputs.gallery import write_gallery
+from pusa_batch.outputs.hf import export_hf
+from pusa_batch.outputs.vbench import export_vbench
+from pusa_batch.outputs.webdataset import export_webdataset
+from pusa_batch.store.store import Store
 
 FAKE_KEY, FAKE_SECRET = "AKIAEXPORTKEY0001", "export/secret+Value0002"
 SIGNED = "https://alice:hunter2pw@img.example/cat.png?X-Amz-Signature=sig123secret"

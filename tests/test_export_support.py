@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pusa_batch.manifest_schema import Item
-from pusa_batch.store import Store
+from pusa_batch.item import Item
+from pusa_batch.store.store import Store
 from pusa_batch.tasks import plan_conditioning
 from pusa_batch.video import encode_mp4
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root, commit_item, item_dict
 
-from pusa_batch.gallery import POSTER_PX, write_gallery
-from pusa_batch.store import Store
+from pusa_batch.outputs.gallery import POSTER_PX, write_gallery
+from pusa_batch.store.store import Store
 
 
 class Cards(HTMLParser):

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from test_export_support import DONE_IDS, build_root, commit_item, item_dict
 
-from pusa_batch.gallery import write_gallery
+from pusa_batch.outputs.gallery import write_gallery
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pusa_batch.manifest import iter_items
-from pusa_batch.pipeline import Pipeline
-from pusa_batch.pipeline_spec import load_pipeline_spec
+from pusa_batch.manifest.read import iter_items
+from pusa_batch.pipelines import load_pipeline
+from pusa_batch.pipelines.spec import load_pipeline_spec
 from pusa_batch.video import loop_seam
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ ALL_TASKS = ROOT / "manifests" / "all_tasks.parquet"
 @pytest.fixture(scope="module", params=["tiny.toml", "tiny-mochi.toml"])
 def loaded(request):
     spec = load_pipeline_spec(ROOT / "pipelines" / request.param)
-    pipeline = Pipeline.load(spec)
+    pipeline = load_pipeline(spec)
     loop = next(i for i in iter_items(str(ALL_TASKS), spec) if i.task == "loop")
     return pipeline, loop
 

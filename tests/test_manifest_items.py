@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from pusa_batch.errors import ManifestError
-from pusa_batch.manifest import ManifestWarning, iter_items, iter_raw_chunks
-from pusa_batch.manifest_schema import WAN_DEFAULTS, Item
+from pusa_batch.item import Item
+from pusa_batch.manifest.read import ManifestWarning, iter_items, iter_raw_chunks
+from pusa_batch.manifest.schema import WAN_DEFAULTS
 
 ROWS = [
     {"id": "one", "task": "t2v", "prompt": "a cat", "seed": 7, "guidance_scale": 5},
@@ -219,13 +220,13 @@ def test_bad_jsonl_line_names_the_line(tmp_path):
 def test_built_in_defaults_match_a_pipeline_without_a_defaults_table():
     from dataclasses import asdict
 
-    from pusa_batch.pipeline_spec import Defaults
+    from pusa_batch.pipelines.spec import Defaults
 
     assert asdict(Defaults()) == WAN_DEFAULTS
 
 
 def test_a_real_pipeline_spec_supplies_the_defaults(tmp_path):
-    from pusa_batch.pipeline_spec import load_pipeline_spec
+    from pusa_batch.pipelines.spec import load_pipeline_spec
 
     spec = load_pipeline_spec(Path(__file__).parents[1] / "pipelines" / "tiny.toml")
     (tmp_path / "m.csv").write_text("task,prompt\nt2v,x\n")

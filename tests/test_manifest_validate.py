@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pusa_batch.errors import ManifestError
-from pusa_batch.manifest import MAX_PROBLEMS_KEPT, validate_manifest
+from pusa_batch.manifest.read import MAX_PROBLEMS_KEPT, validate_manifest
 
 HEADER = "id,task,prompt,image,video,cond_frames,noise_multipliers,num_frames,width,height,seed,steps,guidance_scale,shift"  # noqa: E501
 

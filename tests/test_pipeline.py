@@ -15,19 +15,21 @@ from safetensors.torch import save_file
 from pusa_batch import video
 from pusa_batch.errors import PipelineError
 from pusa_batch.models.tiny import ensure_tiny_model
-from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+from pusa_batch.pipelines import load_pipeline
+from pusa_batch.pipelines.base import Pipeline
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 @pytest.fixture(scope="module")
 def pipe(cache) -> Pipeline:
-    return Pipeline.load(load_pipeline_spec(PIPELINES / "tiny.toml"))
+    return load_pipeline(load_pipeline_spec(PIPELINES / "tiny.toml"))
 
 
 @pytest.fixture(scope="module")
 def pipe22(cache) -> Pipeline:
-    return Pipeline.load(load_pipeline_spec(PIPELINES / "tiny-wan22.toml"))
+    return load_pipeline(load_pipeline_spec(PIPELINES / "tiny-wan22.toml"))
 
 
 def vae_latent(cache: Path, pixels: np.ndarray) -> torch.Tensor:
@@ -59,7 +61,7 @@ def test_i2v_makes_the_requested_frames(pipe, image):
 def test_same_item_and_seed_give_identical_frames(pipe, cache):
     item = make_item(pipe.spec, seed=42)
     first = pipe.generate(item)
-    again = Pipeline.load(pipe.spec).generate(item)
+    again = load_pipeline(pipe.spec).generate(item)
     np.testing.assert_array_equal(first, again)
 
 
@@ -176,7 +178,7 @@ def test_batched_cfg_runs_one_pass_per_step_with_the_same_result(pipe, cache):
     spec = dataclasses.replace(
         pipe.spec, options=dataclasses.replace(pipe.spec.options, batched_cfg=True)
     )
-    batched = Pipeline.load(spec)
+    batched = load_pipeline(spec)
     calls = []
     hook = batched.experts["transformer"].register_forward_hook(lambda *_: calls.append(1))
     item = make_item(pipe.spec, seed=3)
@@ -192,7 +194,7 @@ def test_missing_weights_fail_on_load_naming_the_path(tmp_path):
     toml = tmp_path / "p.toml"
     toml.write_text('family = "wan2.1"\n[weights]\nroot = "nowhere"\n')
     with pytest.raises(PipelineError, match="nowhere/transformer"):
-        Pipeline.load(load_pipeline_spec(toml))
+        load_pipeline(load_pipeline_spec(toml))
 
 
 def write_tiny_lora(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -213,7 +215,7 @@ def test_a_lora_is_merged_once_into_the_fresh_weights(pipe, tmp_path):
         (PIPELINES / "tiny.toml").read_text()
         + '\n[[lora]]\npath = "lora.safetensors"\nalpha = 0.5\n'
     )
-    merged = Pipeline.load(load_pipeline_spec(toml))
+    merged = load_pipeline(load_pipeline_spec(toml))
     base = pipe.experts["transformer"].blocks[0].attn1.to_q.weight
     delta = 0.5 * sd["blocks.0.attn1.to_q.lora_B.weight"] @ sd["blocks.0.attn1.to_q.lora_A.weight"]
     got = merged.experts["transformer"].blocks[0].attn1.to_q.weight

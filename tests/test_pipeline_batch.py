@@ -17,8 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pusa_batch.manifest_schema import Item
-from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+from pusa_batch.item import Item
+from pusa_batch.pipelines import load_pipeline
+from pusa_batch.pipelines.base import Pipeline
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 SPECS = {"wan": "tiny.toml", "mochi": "tiny-mochi.toml", "wan22": "tiny-wan22.toml"}
@@ -36,7 +38,7 @@ def tiny_cache(cache) -> Path:
 
 @pytest.fixture(scope="module")
 def pipes() -> dict[str, Pipeline]:
-    return {name: Pipeline.load(load_pipeline_spec(PIPELINES / f)) for name, f in SPECS.items()}
+    return {name: load_pipeline(load_pipeline_spec(PIPELINES / f)) for name, f in SPECS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -236,5 +238,5 @@ def test_an_empty_batch_is_refused(pipes):
 def test_batched_guidance_on_a_batch_equals_each_item_alone(family):
     spec = load_pipeline_spec(PIPELINES / SPECS[family])
     spec = replace(spec, options=replace(spec.options, batched_cfg=True))
-    pipe = Pipeline.load(spec)
+    pipe = load_pipeline(spec)
     assert_batched_equals_alone(pipe, family, t2v_items(pipe))

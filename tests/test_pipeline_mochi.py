@@ -14,17 +14,19 @@ from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 
 from pusa_batch import sampler, video
 from pusa_batch.errors import PipelineError
-from pusa_batch.manifest_schema import Item
+from pusa_batch.item import Item
 from pusa_batch.models.tiny import ensure_tiny_model
-from pusa_batch.pipeline import Pipeline, load_pipeline_spec
-from pusa_batch.pipeline_mochi import MochiPipeline, condition_generator
+from pusa_batch.pipelines import load_pipeline
+from pusa_batch.pipelines.base import Pipeline
+from pusa_batch.pipelines.mochi import MochiPipeline, condition_generator
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 @pytest.fixture(scope="module")
 def pipe(cache) -> Pipeline:
-    return Pipeline.load(load_pipeline_spec(PIPELINES / "tiny-mochi.toml"))
+    return load_pipeline(load_pipeline_spec(PIPELINES / "tiny-mochi.toml"))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ def test_guidance_runs_two_passes_per_step(pipe):
 
 
 def test_batched_cfg_gives_the_two_pass_result(pipe, cache):
-    batched = Pipeline.load(with_options(pipe.spec, batched_cfg=True))
+    batched = load_pipeline(with_options(pipe.spec, batched_cfg=True))
     item = make_item(pipe.spec, seed=3)
     out = batched.sample(batched.prepare(item))
     torch.testing.assert_close(out, pipe.sample(pipe.prepare(item)), rtol=1e-4, atol=1e-4)
@@ -138,7 +140,7 @@ def test_callback_sees_every_step(pipe):
 def test_same_item_and_seed_give_identical_frames(pipe, image, cache):
     item = make_item(pipe.spec, task="i2v", image=image, seed=42)
     first = pipe.generate(item)
-    again = Pipeline.load(pipe.spec).generate(item)
+    again = load_pipeline(pipe.spec).generate(item)
     np.testing.assert_array_equal(first, again)
 
 
@@ -172,7 +174,7 @@ def test_image_at_a_later_frame_fills_its_latent(pipe, vae, image):
 
 
 def test_mean_mode_normalised_gives_the_normalised_posterior_mean(pipe, vae, image, cache):
-    mean_pipe = Pipeline.load(
+    mean_pipe = load_pipeline(
         with_options(pipe.spec, condition_latents="mean", normalize_condition=True)
     )
     item = make_item(pipe.spec, task="i2v", image=image, cond_frames=(0,), noise_multipliers=(0.0,))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pusa_batch.errors import PipelineError
-from pusa_batch.pipeline_spec import load_pipeline_spec
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 

@@ -1,8 +1,8 @@
 """Whole runs against a real S3 API (moto_server): the CLI end to end, a driver killed and the
 run resumed, exports of the resumed run, and a storage outage (the server frozen) mid-run.
 
-Every run is a real `python -m pusa_batch.cli run` (or, where the CLI lacks a knob, a script calling
-`pusa_batch.engine.run`) with the tiny pipeline and an embedded local Ray. Outputs are read back
+Every run is a real `python -m pusa_batch run` (or, where the CLI lacks a knob, a script calling
+`pusa_batch.engine.run.run`) with the tiny pipeline and an embedded local Ray. Outputs are read back
 through s3fs, as a user of the bucket would.
 
 No timed asserts: the kill and the freeze are triggered by the first committed marker, and those
@@ -32,7 +32,7 @@ import pytest
 import s3fs
 from s3server import REGION, S3Server, _free_port, _moto_command, _wait_until_up
 
-from pusa_batch.pipeline_spec import load_pipeline_spec
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "manifests" / "demo.csv"
@@ -52,7 +52,8 @@ pytestmark = pytest.mark.slow
 
 RESUME = """
 import json, sys
-from pusa_batch.engine import RunConfig, run
+from pusa_batch.engine.config import RunConfig
+from pusa_batch.engine.run import run
 
 manifest, output, pipeline = sys.argv[1:4]
 config = RunConfig(manifest, output, pipeline, storage_options=json.loads(sys.stdin.read()),
@@ -84,7 +85,7 @@ def option_flags(storage_options: dict) -> list[str]:
 
 
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pusa_batch.cli", *args]
+    return [sys.executable, "-m", "pusa_batch", *args]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pusa_batch.manifest import item_fingerprint, iter_items
-from pusa_batch.pipeline_spec import load_pipeline_spec
-from pusa_batch.status import MAX_ERRORS, STALE_AFTER_S, format_status, read_status
-from pusa_batch.store import Store
+from pusa_batch.engine.status import MAX_ERRORS, STALE_AFTER_S, format_status, read_status
+from pusa_batch.manifest.read import item_fingerprint, iter_items
+from pusa_batch.pipelines.spec import load_pipeline_spec
+from pusa_batch.store.store import Store
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 COLUMNS = "id,task,prompt,num_frames,height,width,steps,seed"

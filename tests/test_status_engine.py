@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pusa_batch.cli import main
-from pusa_batch.engine import RunConfig, run
-from pusa_batch.pipeline_spec import load_pipeline_spec
-from pusa_batch.status import read_status
+from pusa_batch.cli.main import main
+from pusa_batch.engine.config import RunConfig
+from pusa_batch.engine.run import run
+from pusa_batch.engine.status import read_status
+from pusa_batch.pipelines.spec import load_pipeline_spec
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 HEADER = "id,task,prompt,num_frames,height,width,steps,seed"

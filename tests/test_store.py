@@ -10,12 +10,13 @@ from collections.abc import Callable
 import fsspec
 import pyarrow.parquet as pq
 import pytest
+from store_support import planned
 from test_store_fswrap import CountingFS, FailingFS, FlakyFS
 from test_store_s3 import s3_root
 
 from pusa_batch.errors import LeaseError, StoreError
-from pusa_batch.store import Store
-from pusa_batch.store_io import RetryPolicy, redact_url
+from pusa_batch.store.io import RetryPolicy, redact_url
+from pusa_batch.store.store import Store
 
 FAST_RETRY = RetryPolicy(attempts=5, base_delay=0.001, max_delay=0.005)
 StoreFactory = Callable[..., Store]
@@ -49,7 +50,7 @@ def test_a_committed_item_is_done_with_size_hash_and_fingerprint(open_store):
     store = open_store()
     store.commit("a", b"mp4-bytes", {"fingerprint": "f1", "prompt": "a cat"})
     marker = store.read_item("a")
-    assert store.plan([("a", "f1"), ("b", "f1")]).done == ("a",)
+    assert planned(store, [("a", "f1"), ("b", "f1")]).done == ("a",)
     assert marker["video"] == "videos/a.mp4" and marker["video_bytes"] == 9
     assert marker["video_sha256"] == hashlib.sha256(b"mp4-bytes").hexdigest()
     assert (marker["fingerprint"], marker["prompt"]) == ("f1", "a cat")
@@ -61,7 +62,7 @@ def test_a_marker_without_its_video_is_not_done(open_store):
     store = open_store()
     store.commit("a", b"video", {"fingerprint": "f1"})
     store.root.delete("videos/a.mp4")
-    assert store.plan([("a", "f1")]).pending == ("a",)
+    assert planned(store, [("a", "f1")]).pending == ("a",)
     assert not store.is_done("a")
 
 
@@ -69,7 +70,7 @@ def test_a_marker_whose_video_has_another_size_is_not_done(open_store):
     store = open_store()
     store.commit("a", b"full video", {"fingerprint": "f1"})
     store.root.write_bytes("videos/a.mp4", b"trunc")
-    plan = store.plan([("a", "f1")])
+    plan = planned(store, [("a", "f1")])
     assert plan.pending == ("a",) and plan.orphans == ("a",)
 
 
@@ -80,20 +81,20 @@ def test_a_crash_before_the_marker_leaves_an_orphan_that_a_later_commit_overwrit
     with pytest.raises(StoreError, match="permission denied"):
         crashing.commit("a", b"first try", {"fingerprint": "f1"})
     store = open_store()
-    plan = store.plan([("a", "f1")])
+    plan = planned(store, [("a", "f1")])
     assert (plan.pending, plan.orphans, plan.done) == (("a",), ("a",), ())
     store.commit("a", b"second try", {"fingerprint": "f1"})
-    assert store.plan([("a", "f1")]).done == ("a",)
+    assert planned(store, [("a", "f1")]).done == ("a",)
     assert store.open_video("a").read() == b"second try"
 
 
 def test_a_changed_fingerprint_is_reported_before_and_after_compaction(open_store):
     store = open_store()
     store.commit("a", b"v", {"fingerprint": "old"})
-    assert store.plan([("a", "new")]).changed == ("a",)
+    assert planned(store, [("a", "new")]).changed == ("a",)
     store.compact_index()
-    assert store.plan([("a", "new")]).changed == ("a",)
-    assert store.plan([("a", "old")]).done == ("a",)
+    assert planned(store, [("a", "new")]).changed == ("a",)
+    assert planned(store, [("a", "old")]).done == ("a",)
 
 
 def test_a_recommit_after_compaction_overrides_the_index(open_store):
@@ -101,20 +102,20 @@ def test_a_recommit_after_compaction_overrides_the_index(open_store):
     store.commit("a", b"v1", {"fingerprint": "old"})
     store.compact_index()
     store.commit("a", b"v2!", {"fingerprint": "new"})
-    assert store.plan([("a", "new")]).done == ("a",)
+    assert planned(store, [("a", "new")]).done == ("a",)
     store.compact_index()
-    assert store.plan([("a", "new")]).done == ("a",)
+    assert planned(store, [("a", "new")]).done == ("a",)
     assert [m["video_bytes"] for m in store.iter_done_metadata()] == [3]
 
 
 def test_a_failure_is_reported_until_a_success_clears_it(open_store):
     store = open_store()
     store.record_failure("a", {"error_type": "OutOfMemoryError", "attempts": 2, "node": "n1"})
-    plan = store.plan([("a", "f1")])
+    plan = planned(store, [("a", "f1")])
     assert (plan.pending, plan.failed) == (("a",), ("a",))
     assert [f["error_type"] for f in store.iter_failures()] == ["OutOfMemoryError"]
     store.commit("a", b"v", {"fingerprint": "f1"})
-    assert store.plan([("a", "f1")]).failed == ()
+    assert planned(store, [("a", "f1")]).failed == ()
     assert store.read_failure("a") is None and list(store.iter_failures()) == []
 
 
@@ -162,11 +163,11 @@ def test_compaction_keeps_the_plan_and_reduces_storage_calls(open_store):
     store.record_failure("x", {"error_type": "E"})
     entries = [(f"i{n:02d}", "f" if n % 3 else "g") for n in range(14)] + [("x", "f")]
     counting = open_store(CountingFS)
-    before = counting.plan(entries)
+    before = planned(counting, entries)
     calls_before = counting.root.fs.total
     store.compact_index()
     counting.root.fs.reset()
-    assert counting.plan(entries) == before
+    assert planned(counting, entries) == before
     assert counting.root.fs.total < calls_before
 
 
@@ -178,7 +179,7 @@ def test_plan_calls_do_not_grow_with_the_number_of_done_items(open_store):
             store.commit(f"i{n}", b"v", {"fingerprint": "f"})
         store.compact_index(max_parts=1)
         counting.root.fs.reset()
-        assert len(counting.plan([(f"i{n}", "f") for n in range(n_done)]).done) == n_done
+        assert len(planned(counting, [(f"i{n}", "f") for n in range(n_done)]).done) == n_done
         return counting.root.fs.total
 
     assert plan_calls_with(3) == plan_calls_with(30)
@@ -194,7 +195,7 @@ def test_parts_beyond_the_limit_are_merged_without_changing_the_plan(open_store)
     entries = [(f"i{n}", f"f{n}") for n in range(4)] + [("shared", "s3")]
     assert merged == [0, 0, 0, 4]
     assert len(store.root.list_names("index")) == 1
-    assert store.plan(entries).done == tuple(i for i, _ in entries)
+    assert planned(store, entries).done == tuple(i for i, _ in entries)
 
 
 def test_transient_errors_are_retried_and_nothing_is_duplicated(open_store):
@@ -205,7 +206,7 @@ def test_transient_errors_are_retried_and_nothing_is_duplicated(open_store):
     flaky.compact_index()
     flaky.commit("d", b"v4", {"fingerprint": "f"})
     lease = flaky.acquire_lease({"run_id": "r"})
-    plan = flaky.plan([("a", "f"), ("b", "f"), ("c", "f"), ("d", "f")])
+    plan = planned(flaky, [("a", "f"), ("b", "f"), ("c", "f"), ("d", "f")])
     assert (plan.done, plan.failed) == (("a", "b", "d"), ("c",))
     assert flaky.root.fs.failures > 0
     lease.release()
@@ -258,7 +259,7 @@ def test_unsafe_item_ids_are_refused_with_the_rule(open_store):
 def test_a_store_survives_pickling_for_workers(open_store):
     store = open_store()
     store.commit("a", b"v", {"fingerprint": "f"})
-    assert pickle.loads(pickle.dumps(store)).plan([("a", "f")]).done == ("a",)
+    assert planned(pickle.loads(pickle.dumps(store)), [("a", "f")]).done == ("a",)
 
 
 def test_urls_with_credentials_are_redacted():

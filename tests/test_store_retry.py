@@ -6,7 +6,7 @@ import fsspec
 import pytest
 
 from pusa_batch.errors import StoreError
-from pusa_batch.store_io import RetryPolicy, Root, is_transient, with_retries
+from pusa_batch.store.io import RetryPolicy, Root, is_transient, with_retries
 
 
 def failing_then(value, errors: list[Exception]):

@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 from conftest import BUCKET
+from store_support import planned
 
 from pusa_batch.errors import StoreError
-from pusa_batch.store import Store
+from pusa_batch.store.store import Store
 
 
 def s3_root() -> str:
@@ -24,17 +25,17 @@ def test_commit_is_visible_through_a_second_client(s3):
     writer = Store(s3_root(), s3.storage_options)
     writer.commit("a", b"video-bytes", {"fingerprint": "f1"})
     reader = Store(writer.url, dict(s3.storage_options, skip_instance_cache=True))
-    assert reader.plan([("a", "f1")]).done == ("a",)
+    assert planned(reader, [("a", "f1")]).done == ("a",)
     with reader.open_video("a") as handle:
         assert handle.read() == b"video-bytes"
 
 
 def test_a_marker_written_by_another_client_is_seen_despite_listing_caches(s3):
     reader = Store(s3_root(), s3.storage_options)
-    assert reader.plan([("a", "f1")]).pending == ("a",)  # fills s3fs's listing cache
+    assert planned(reader, [("a", "f1")]).pending == ("a",)  # fills s3fs's listing cache
     writer = Store(reader.url, dict(s3.storage_options, skip_instance_cache=True))
     writer.commit("a", b"v", {"fingerprint": "f1"})
-    assert reader.plan([("a", "f1")]).done == ("a",)
+    assert planned(reader, [("a", "f1")]).done == ("a",)
 
 
 def test_the_lease_uses_exclusive_create_so_a_second_run_is_refused(s3):

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 import pusa_batch
+from pusa_batch.engine.submit import JobRequest, job_exit_code, plan_job
 from pusa_batch.errors import PusaBatchError
-from pusa_batch.submit import JobRequest, job_exit_code, plan_job
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 HEADER = "id,task,prompt,num_frames,height,width,steps,seed"
@@ -43,7 +43,7 @@ def request(project: Path, **overrides) -> JobRequest:
 def test_the_entrypoint_is_the_same_run_joining_the_cluster(project):
     plan = plan_job(request(project, workers=4, storage_options=("anon=false",)))
     assert list(plan.argv) == [
-        "python", "-m", "pusa_batch.cli", "run", "manifests/run.csv", "-o", "s3://bucket/run1",
+        "python", "-m", "pusa_batch", "run", "manifests/run.csv", "-o", "s3://bucket/run1",
         "--pipeline", "tiny.toml", "--workers", "4", "--storage-option", "anon=false",
         "--address", "auto", "--no-progress",
     ]  # fmt: skip
@@ -52,7 +52,7 @@ def test_the_entrypoint_is_the_same_run_joining_the_cluster(project):
 def test_the_entrypoint_flags_exist_in_the_run_command(project):
     from typer.main import get_command
 
-    from pusa_batch.cli import app
+    from pusa_batch.cli.main import app
 
     run = get_command(app).commands["run"]
     flags = {opt for param in run.params for opt in param.opts + param.secondary_opts}

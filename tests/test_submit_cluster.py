@@ -144,7 +144,7 @@ def cluster():
 
 def pusa_batch(args: list[str], env: dict, cwd: Path, timeout_s: float = 240):
     return subprocess.run(
-        [sys.executable, "-m", "pusa_batch.cli", *args],
+        [sys.executable, "-m", "pusa_batch", *args],
         env=env,
         cwd=cwd,
         capture_output=True,

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from pipeline_support import make_item
 
-from pusa_batch.pipeline import Pipeline, load_pipeline_spec
+from pusa_batch.pipelines import load_pipeline
+from pusa_batch.pipelines.spec import load_pipeline_spec
 from pusa_batch.video import decode_mp4, encode_mp4
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
@@ -26,7 +27,7 @@ PROMPTS["dog"] = ("a blue dog", 32, 32, 2)
 @pytest.fixture(scope="module")
 def tiny_videos(cache) -> dict[str, np.ndarray]:
     spec = load_pipeline_spec(TINY)
-    pipe = Pipeline.load(spec)
+    pipe = load_pipeline(spec)
     videos = {}
     for name, (prompt, height, width, seed) in PROMPTS.items():
         item = make_item(

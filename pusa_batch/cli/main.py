@@ -1,0 +1,104 @@
+"""The `pusa-batch` app: every command registered in one visible list, and `main()`.
+
+`main` turns the library's typed errors into one `Error: ...` line and their exit code, and usage
+errors into click's own message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import typer
+
+from pusa_batch import __version__
+from pusa_batch.cli import output_commands, run_commands
+from pusa_batch.cli.app import err, out, print_problems
+from pusa_batch.errors import ManifestError, PusaBatchError
+
+# Typer >= 0.20 raises its vendored click's usage errors, all `typer.TyperException`s with `show`;
+# older Typers raise click's own.
+if hasattr(typer, "TyperException"):
+    USAGE_ERRORS: tuple[type[Exception], ...] = (typer.TyperException,)
+else:  # pragma: no cover - typer < 0.20
+    import click
+
+    USAGE_ERRORS = (click.ClickException,)
+
+COMMANDS: tuple[tuple[str, Callable[..., int]], ...] = (
+    ("validate", run_commands.validate),
+    ("doctor", run_commands.doctor),
+    ("make-tiny-model", run_commands.make_tiny_model),
+    ("run", run_commands.run),
+    ("status", run_commands.status),
+    ("submit", run_commands.submit),
+    ("export", output_commands.export),
+    ("gallery", output_commands.gallery),
+)
+MANIFEST_COMMANDS: tuple[tuple[str, Callable[..., int]], ...] = (
+    ("from-folder", output_commands.manifest_from_folder),
+    ("from-prompts", output_commands.manifest_from_prompts),
+    ("sweep", output_commands.manifest_sweep),
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"pusa-batch {__version__}")
+        raise typer.Exit()
+
+
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Batch, resumable video generation with Pusa on Ray."""
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="pusa-batch",
+        help="Batch, resumable video generation with Pusa on Ray.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_root)
+    for name, command in COMMANDS:
+        app.command(name)(command)
+    manifest_app = typer.Typer(help="Build manifests from folders, prompt lists and sweeps.")
+    for name, command in MANIFEST_COMMANDS:
+        manifest_app.command(name)(command)
+    app.add_typer(manifest_app, name="manifest")
+    return app
+
+
+app = build_app()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: typed errors become one `Error: ...` line and their exit code."""
+    try:
+        result = app(args=argv, prog_name="pusa-batch", standalone_mode=False)
+    except PusaBatchError as error:
+        err.print(f"Error: {error}", markup=False, highlight=False)
+        if isinstance(error, ManifestError):
+            print_problems(error)
+        return error.exit_code
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        err.print("Aborted.")
+        return 130
+    except KeyboardInterrupt:
+        err.print("Interrupted. Run the same command again to resume.")
+        return 130
+    except USAGE_ERRORS as error:  # click's own message (usage and the problem), exit 2
+        error.show()
+        return error.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Commands on a run's outputs (export, gallery) and the manifest builders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pusa_batch.cli.app import (
+    PipelineOpt,
+    StorageOpt,
+    load_spec_or_none,
+    out,
+    parse_storage_options,
+)
+
+# ---------------------------------------------------------------- using the outputs
+
+
+def export(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    format: str = typer.Option(..., "--format", "-f", help="vbench | hf | webdataset"),
+    dest: str | None = typer.Option(
+        None, "--dest", "-o", help="Where to write (default: hf into the root, else required)."
+    ),
+    shard_size: str = typer.Option("1GB", help="WebDataset shard size, e.g. 1GB, 500MB."),
+    storage_option: list[str] | None = StorageOpt,
+) -> int:
+    """Lay a run out for evaluation suites and dataset loaders."""
+    from pusa_batch.outputs.hf import export_hf
+    from pusa_batch.outputs.vbench import export_vbench
+    from pusa_batch.outputs.webdataset import export_webdataset
+    from pusa_batch.store.store import Store
+
+    options = parse_storage_options(storage_option)
+    store = Store(output, options)
+    if format not in ("vbench", "hf", "webdataset"):
+        raise typer.BadParameter("expected vbench, hf or webdataset", param_hint="--format")
+    if format == "hf":
+        summary = export_hf(store, dest, storage_options=options)
+    elif dest is None:
+        raise typer.BadParameter(f"--format {format} needs --dest", param_hint="--dest")
+    elif format == "vbench":
+        summary = export_vbench(store, dest, storage_options=options)
+    else:
+        summary = export_webdataset(store, dest, shard_size, storage_options=options)
+    out.print(
+        f"exported {summary.exported} video(s) ({summary.bytes / 1e6:.1f} MB) as {format} "
+        f"to {summary.dest}",
+        highlight=False,
+    )
+    for item_id in summary.skipped[:20]:
+        out.print(f"  skipped {item_id}: video missing or shorter than recorded", markup=False)
+    return 0
+
+
+def gallery(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    page: str | None = typer.Option(
+        None, "--output", "-o", help="HTML page to write (default: gallery.html in the root)."
+    ),
+    video_base: str | None = typer.Option(
+        None, help="URL prefix the page uses for videos (e.g. an https mirror of an s3:// root)."
+    ),
+    storage_option: list[str] | None = StorageOpt,
+) -> int:
+    """Write a static HTML page to look at a run: videos, prompts, conditioning, failures."""
+    from pusa_batch.outputs.gallery import write_gallery
+    from pusa_batch.store.store import Store
+
+    options = parse_storage_options(storage_option)
+    summary = write_gallery(Store(output, options), page, video_base=video_base)
+    out.print(
+        f"wrote {summary.page}: {summary.done} done, {summary.failed} failed item(s)",
+        highlight=False,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- building manifests
+
+
+def print_build(summary) -> int:
+    tasks = ", ".join(f"{task} {n}" for task, n in sorted(summary.task_counts.items()))
+    out.print(f"wrote {summary.rows} row(s) to {summary.out} ({tasks})", highlight=False)
+    for skipped in summary.skipped[:50]:
+        out.print(f"  skipped {skipped.source}: {skipped.reason}", markup=False, highlight=False)
+    if len(summary.skipped) > 50:
+        out.print(f"  ... and {len(summary.skipped) - 50} more skipped")
+    for note in summary.notes:
+        out.print(f"  note: {note}", markup=False, highlight=False)
+    return 0
+
+
+def manifest_from_folder(
+    images: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Manifest to write (.parquet/.csv/.jsonl)."
+    ),
+    prompts: Path | None = typer.Option(
+        None, help="Folder of .txt prompts (default: beside images)."
+    ),
+    task: str = typer.Option("i2v", help="Task of every row."),
+    strict: bool = typer.Option(False, help="Unpaired images or prompts are an error, not a skip."),
+    pipeline: Path | None = PipelineOpt,
+) -> int:
+    """One row per image, its prompt from the .txt of the same name."""
+    from pusa_batch.manifest.builders import from_folder
+
+    summary = from_folder(
+        str(images),
+        str(output),
+        prompts_dir=str(prompts) if prompts else None,
+        task=task,
+        strict=strict,
+        spec=load_spec_or_none(pipeline),
+    )
+    return print_build(summary)
+
+
+def manifest_from_prompts(
+    prompts: Path = typer.Argument(..., help="Prompts: .txt (one per line), .jsonl or .csv."),
+    output: Path = typer.Option(..., "-o", "--output", help="Manifest to write."),
+    task: str = typer.Option("t2v", help="Task of every row."),
+    seeds_per_prompt: int = typer.Option(1, help="Rows (seeds) per prompt."),
+    seed_start: int = typer.Option(0, help="First seed."),
+    pipeline: Path | None = PipelineOpt,
+) -> int:
+    """One row per prompt and seed, with ids stable when prompts are added."""
+    from pusa_batch.manifest.builders import from_prompts
+
+    summary = from_prompts(
+        str(prompts),
+        str(output),
+        task=task,
+        seeds_per_prompt=seeds_per_prompt,
+        seed_start=seed_start,
+        spec=load_spec_or_none(pipeline),
+    )
+    return print_build(summary)
+
+
+def manifest_sweep(
+    base: Path = typer.Argument(..., help="Base manifest."),
+    grid: list[str] = typer.Option(..., help="COLUMN=VALUES, e.g. seed=0..4 (repeatable)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Manifest to write."),
+    pipeline: Path | None = PipelineOpt,
+) -> int:
+    """Every base row over the Cartesian product of the grids."""
+    from pusa_batch.manifest.builders import parse_grid, sweep
+
+    columns = dict(parse_grid(spec) for spec in grid)
+    summary = sweep(str(base), str(output), columns, spec=load_spec_or_none(pipeline))
+    return print_build(summary)

@@ -1,0 +1,228 @@
+"""The run-side commands: validate, doctor, make-tiny-model, run, status, submit.
+
+Each parses its options, calls the library and prints; `main.py` registers them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pusa_batch.cli.app import (
+    PipelineOpt,
+    StorageOpt,
+    err,
+    load_spec_or_none,
+    out,
+    parse_storage_options,
+)
+
+# ---------------------------------------------------------------- checking inputs
+
+
+def validate(
+    manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
+    pipeline: Path | None = PipelineOpt,
+    check_files: bool = typer.Option(True, help="Probe every input file's header."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> int:
+    """Check every row before any model is loaded; list all bad rows (exit 2 if any)."""
+    from pusa_batch.manifest.read import validate_manifest
+
+    report = validate_manifest(str(manifest), load_spec_or_none(pipeline), check_files=check_files)
+    if as_json:
+        out.print_json(data=dataclasses.asdict(report))
+    elif report.problems:
+        err.print(f"{manifest}: {report.problem_count} problem(s) in {report.rows} row(s):")
+        for problem in report.problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+        if report.problem_count > len(report.problems):
+            err.print(f"  ... and {report.problem_count - len(report.problems)} more")
+    else:
+        tasks = ", ".join(f"{task} {n}" for task, n in sorted(report.task_counts.items()))
+        out.print(f"{manifest}: {report.rows} row(s) OK ({tasks})", highlight=False)
+    return 2 if report.problems else 0
+
+
+def doctor(pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML.")) -> int:
+    """Check a pipeline's files, keys, shapes, LoRAs and memory without loading weights."""
+    from pusa_batch.doctor.preflight import diagnose
+
+    report = diagnose(load_spec_or_none(pipeline))
+    for check in report.checks:
+        mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}[
+            check.status
+        ]
+        out.print(f"{mark:>18}  {check.name}: {check.detail}", highlight=False)
+    out.print(f"{report.summary()}", highlight=False)
+    return 0 if report.ok else 2
+
+
+def make_tiny_model(
+    directory: Path = typer.Argument(..., help="Folder to write the tiny checkpoint into."),
+    kind: str = typer.Option("wan2.1", help="wan2.1 | wan2.2 | mochi"),
+) -> int:
+    """Write a tiny random-weight twin of a real Pusa checkpoint, in the real on-disk layout."""
+    if kind == "mochi":
+        from pusa_batch.models.tiny_mochi import make_tiny_mochi
+
+        path = make_tiny_mochi(directory)
+    else:
+        from pusa_batch.models.tiny import make_tiny_model as make
+
+        path = make(kind, directory)
+    out.print(f"wrote tiny {kind} model to {path}", highlight=False)
+    return 0
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_config(manifest, output, pipeline, storage_option, **options):
+    from pusa_batch.engine.config import RunConfig
+
+    try:
+        return RunConfig(
+            manifest=str(manifest),
+            output=str(output),
+            pipeline=str(pipeline),
+            storage_options=parse_storage_options(storage_option),
+            **options,
+        )
+    except ValueError as error:  # RunConfig names every bad setting at once
+        raise typer.BadParameter(str(error)) from None
+
+
+def print_summary(summary) -> None:
+    out.print(
+        f"{summary.total} items: {summary.generated} generated, "
+        f"{summary.done_before} already done, "
+        f"{summary.failed + summary.failed_before} failed  ({summary.wall_s:.1f}s)",
+        highlight=False,
+    )
+    if summary.total and summary.generated == 0 and not summary.failed:
+        out.print("Nothing new to generate: every item is already done.", highlight=False)
+    if summary.failures:
+        table = Table("id", "error", "attempts", "message", title="Failed items")
+        for failure in summary.failures[:50]:
+            table.add_row(
+                str(failure.get("id")),
+                str(failure.get("error_type")),
+                str(failure.get("attempts")),
+                str(failure.get("message", ""))[:120],
+            )
+        out.print(table)
+    out.print(f"Outputs: {summary.output}  (videos/, items/, index.parquet)", highlight=False)
+
+
+def run(
+    manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
+    output: str = typer.Option(..., "-o", "--output", help="Output root: a path or fsspec URL."),
+    pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML (see pipelines/)."),
+    workers: int | None = typer.Option(
+        None, help="Actors to start (default: one per GPU, else 1)."
+    ),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to join (auto, ray://..., host:port)."
+    ),
+    storage_option: list[str] | None = StorageOpt,
+    gpus_per_worker: float | None = typer.Option(
+        None, help="GPUs per actor (default 1 with GPUs)."
+    ),
+    max_retries: int = typer.Option(2, help="Retries of a failing item before it is recorded."),
+    retry_failed: bool = typer.Option(False, help="Run again the items that failed before."),
+    regenerate_changed: bool = typer.Option(False, help="Replace done items whose inputs changed."),
+    longest_first: bool = typer.Option(False, help="Dispatch the costliest items first."),
+    batch_size: int = typer.Option(1, help="Items sharing one forward when shapes match."),
+    lease_stale_s: float = typer.Option(
+        120.0, help="Seconds without a heartbeat after which another run's lease is taken over."
+    ),
+    progress: bool = typer.Option(True, help="Show the live progress view."),
+) -> int:
+    """Generate every pending item of MANIFEST into OUTPUT; rerun to resume."""
+    from pusa_batch.cli.live import LiveRunView
+    from pusa_batch.engine.run import run as run_engine
+
+    config = run_config(
+        manifest,
+        output,
+        pipeline,
+        storage_option,
+        workers=workers,
+        address=address,
+        gpus_per_worker=gpus_per_worker,
+        max_retries=max_retries,
+        retry_failed=retry_failed,
+        regenerate_changed=regenerate_changed,
+        longest_first=longest_first,
+        batch_size=batch_size,
+        lease_stale_s=lease_stale_s,
+    )
+    with LiveRunView(err, enabled=progress) as view:
+        summary = run_engine(config, view)
+    print_summary(summary)
+    return summary.exit_code
+
+
+def status(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    manifest: Path | None = typer.Option(None, help="Also count pending and changed items."),
+    pipeline: Path | None = PipelineOpt,
+    storage_option: list[str] | None = StorageOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> int:
+    """Counts, throughput, ETA, workers and the last errors of a run, live or finished."""
+    from pusa_batch.engine.status import read_status
+
+    report = read_status(
+        output,
+        parse_storage_options(storage_option),
+        manifest=str(manifest) if manifest else None,
+        spec=load_spec_or_none(pipeline),
+    )
+    if as_json:
+        out.print_json(data=report)
+        return 0
+    from pusa_batch.engine.status import format_status
+
+    out.print(format_status(report), highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
+def submit(
+    manifest: Path = typer.Argument(..., help="Manifest, relative to the working dir shipped."),
+    output: str = typer.Option(
+        ..., "-o", "--output", help="Output root reachable from the cluster."
+    ),
+    pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML."),
+    address: str = typer.Option(..., help="Ray dashboard address, e.g. http://HEAD:8265."),
+    wait: bool = typer.Option(False, help="Stream the job's logs and return its exit status."),
+    workers: int | None = typer.Option(None, help="Actors to start on the cluster."),
+    working_dir: Path = typer.Option(
+        Path("."), help="Folder shipped to the cluster as the job's cwd."
+    ),
+    pip: list[str] | None = typer.Option(
+        None, help="pip spec(s) for the job's environment (default: ship this pusa_batch package)."
+    ),
+    storage_option: list[str] | None = StorageOpt,
+) -> int:
+    """Send the same run to a Ray cluster as a Ray Job."""
+    from pusa_batch.engine.submit import JobRequest, submit_job
+
+    request = JobRequest(
+        manifest=str(manifest),
+        output=output,
+        pipeline=str(pipeline),
+        address=address,
+        workers=workers,
+        working_dir=str(working_dir),
+        pip=tuple(pip or ()),
+        storage_options=tuple(storage_option or ()),
+    )
+    return submit_job(
+        request,
+        wait=wait,
+        echo=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True),
+    )

@@ -1,0 +1,255 @@
+"""What the doctor's checks read: component paths, missing files, safetensors headers, and the
+models built on the `meta` device from their configs (no memory, no tensor data).
+
+Families differ only here: Wan has `transformer/` (and Wan2.2 `transformer_2/`) folders in
+diffusers layout, a Wan VAE and umT5; Mochi has one genmo-layout DiT file
+(`pusa_v0_dit.safetensors`, with an optional `config.json` beside it, else the 10B defaults), a
+Mochi VAE and T5.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pusa_batch.errors import CheckpointError
+from pusa_batch.models.loading import read_safetensors_header, read_transformer_config, weight_files
+from pusa_batch.models.mochi import CHECKPOINT_NAME, PusaMochiTransformer, load_mochi_config
+from pusa_batch.models.tiny import TINY_VERSION, default_cache_root, tiny_marker
+from pusa_batch.models.wan import PusaWanTransformer
+from pusa_batch.pipelines.device import resolve_device, resolve_dtype
+from pusa_batch.pipelines.spec import PipelineSpec
+
+GIB = 1024**3
+_DTYPE_NAMES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "F64": "fp64"}
+_TORCH_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+_TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+Denoiser = PusaWanTransformer | PusaMochiTransformer
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok" | "warn" | "fail"
+    detail: str
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """One component's weights as its safetensors headers describe them."""
+
+    path: Path
+    entries: dict[str, tuple[str, tuple[int, ...]]]  # key -> (dtype, shape)
+
+    def numel(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.entries.values())
+
+    def dtypes(self) -> list[str]:
+        return sorted({_DTYPE_NAMES.get(d, d.lower()) for d, _ in self.entries.values()})
+
+    def as_meta(self) -> dict[str, torch.Tensor]:
+        return {k: torch.empty(s, device="meta") for k, (_, s) in self.entries.items()}
+
+
+def read_tensors(path: Path) -> Tensors:
+    """Header union over every shard; fails on keys in two shards or truncated files.
+
+    A `.pt` file (a Mochi DiT may be one) is memory-mapped: shapes and dtypes, no data read.
+    """
+    if path.is_file() and path.suffix in _TORCH_SUFFIXES:
+        return Tensors(path, _torch_entries(path))
+    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for file in weight_files(path):
+        header = read_safetensors_header(file)
+        header.pop("__metadata__", None)
+        clash = sorted(set(header) & set(entries))
+        if clash:
+            raise CheckpointError(f"{file}: key(s) also in another shard: {', '.join(clash[:10])}")
+        with file.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+        end = 8 + size + max((info["data_offsets"][1] for info in header.values()), default=0)
+        if file.stat().st_size < end:
+            raise CheckpointError(
+                f"{file}: truncated ({file.stat().st_size} bytes, the header needs {end}); "
+                "download it again"
+            )
+        entries.update((k, (v["dtype"], tuple(v["shape"]))) for k, v in header.items())
+    return Tensors(path, entries)
+
+
+def load_torch_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A `.pt` dictionary of tensors, memory-mapped (`weights_only=True`; data never touched)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many kinds for a bad file
+        raise CheckpointError(
+            f"{path}: not readable with torch.load(weights_only=True) ({e}); "
+            "convert it to safetensors"
+        ) from e
+    for wrapper in ("state_dict", "module"):  # as `read_state_dict` unwraps them
+        if isinstance(obj, dict) and set(obj) == {wrapper}:
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dictionary of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _torch_entries(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {
+        k: (_TORCH_DTYPES.get(v.dtype, str(v.dtype).removeprefix("torch.")), tuple(v.shape))
+        for k, v in load_torch_tensors(path).items()
+    }
+
+
+def tiny_cache_dir(kind: str) -> Path:
+    """Where `ensure_tiny_model(kind)` keeps (or would build) the tiny twin."""
+    return default_cache_root() / f"{kind}-{TINY_VERSION}"
+
+
+def models(spec: PipelineSpec) -> list[str]:
+    """The components with weights: the denoiser(s), the VAE and the text encoder."""
+    return [*spec.experts, "vae", "text_encoder"]
+
+
+class Context:
+    """What the checks share: paths, file problems, and headers and meta models read once."""
+
+    def __init__(self, spec: PipelineSpec, memory_budget: int | None):
+        self.spec = spec
+        self.memory_budget = memory_budget
+        self.paths = component_paths(spec)
+        self.problems = {} if self.paths is None else file_problems(spec, self.paths)
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def _once(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def tensors(self, component: str) -> Tensors:
+        return self._once(("tensors", component), lambda: read_tensors(self.paths[component]))
+
+    def expert(self, component: str) -> Denoiser:
+        """The denoiser built on `meta` from its config (no memory, no data)."""
+        path = self.paths[component]
+        mochi = self.spec.family == "mochi"
+        build = load_mochi_config if mochi else read_transformer_config
+        model = PusaMochiTransformer if mochi else PusaWanTransformer
+
+        def make() -> Denoiser:
+            config = build(path)
+            with torch.device("meta"):
+                return model(config)
+
+        return self._once(("expert", component), make)
+
+    def module(self, component: str) -> torch.nn.Module:
+        """The VAE or text encoder built on `meta` from its config.json."""
+        return self._once(
+            ("module", component),
+            lambda: build_on_meta(self.spec.family, component, self.paths[component]),
+        )
+
+    def run(self) -> tuple[torch.device, torch.dtype]:
+        device = resolve_device(self.spec.options.device)
+        return device, resolve_dtype(self.spec.options.dtype, device)
+
+
+def build_on_meta(family: str, component: str, path: Path) -> torch.nn.Module:
+    """The VAE (diffusers) or text encoder (transformers) class the family's pipeline loads."""
+    from diffusers import AutoencoderKLMochi, AutoencoderKLWan
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    mochi = family == "mochi"
+    with torch.device("meta"):
+        if component == "vae":
+            vae = AutoencoderKLMochi if mochi else AutoencoderKLWan
+            return vae.from_config(vae.load_config(str(path)))
+        if mochi:
+            return T5EncoderModel(T5Config.from_pretrained(str(path)))
+        return UMT5EncoderModel(UMT5Config.from_pretrained(str(path)))
+
+
+def dit_config_source(dit: Path) -> str:
+    """Which config a Mochi DiT is built from, as the loader decides it."""
+    if (dit.parent / "config.json").is_file():
+        return f"{dit.parent / 'config.json'}"
+    return "the 10B defaults (no config.json beside it)"
+
+
+def component_paths(spec: PipelineSpec) -> dict[str, Path] | None:
+    """The spec's component paths; for a tiny spec the cached twin's, None if not built.
+
+    A Mochi `dit` that names a folder means the `pusa_v0_dit.safetensors` in it, as the loader
+    reads it.
+    """
+    if spec.weights.tiny is not None:
+        root = tiny_cache_dir(spec.weights.tiny)
+        if not (root / tiny_marker(spec.weights.tiny)).is_file():
+            return None
+        paths = {c: root / c for c in (*models(spec), "tokenizer")}
+        if "dit" in paths:
+            paths["dit"] = root / CHECKPOINT_NAME
+        return paths
+    paths = spec.weights.components()
+    if "dit" in paths and paths["dit"].is_dir():
+        paths["dit"] = paths["dit"] / CHECKPOINT_NAME
+    return paths
+
+
+def file_problems(spec: PipelineSpec, paths: dict[str, Path]) -> dict[str, list[str]]:
+    """{component or lora[i]: problems} for every part whose files are missing."""
+    problems = {c: _component_problems(c, p) for c, p in paths.items()}
+    for i, lora in enumerate(spec.loras):
+        problems[f"lora[{i}]"] = [] if lora.path.is_file() else [f"{lora.path} not found"]
+    return {k: v for k, v in problems.items() if v}
+
+
+def _component_problems(component: str, path: Path) -> list[str]:
+    if component == "dit":
+        return _dit_problems(path)
+    if not path.is_dir():
+        return [f"{path} is not a folder" if path.exists() else f"{path} missing"]
+    if component == "tokenizer":
+        found = any((path / f).is_file() for f in _TOKENIZER_FILES)
+        return [] if found else [f"no {' / '.join(_TOKENIZER_FILES)} in {path}"]
+    problems = [] if (path / "config.json").is_file() else [f"no config.json in {path}"]
+    try:
+        weight_files(path)
+    except CheckpointError as e:
+        problems.append(str(e))
+    return problems
+
+
+def _dit_problems(path: Path) -> list[str]:
+    if not path.is_file():
+        hint = f"download {CHECKPOINT_NAME} (RaphaelLiu/Pusa-V0.5)"
+        return [f"{path} missing: {hint}" if not path.exists() else f"{path} is not a file"]
+    if path.suffix != ".safetensors" and path.suffix not in _TORCH_SUFFIXES:
+        return [f"{path}: unsupported checkpoint format; use .safetensors or .pt"]
+    return []
+
+
+def file_count(paths: dict[str, Path]) -> int:
+    return sum(len(list(p.iterdir())) if p.is_dir() else 1 for p in paths.values())
+
+
+def count(n: int) -> str:
+    return _human(n, ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1, "")))
+
+
+def fmt_bytes(n: int) -> str:
+    return _human(n, ((GIB, " GiB"), (1024**2, " MiB"), (1024, " KiB"), (1, " B")))
+
+
+def _human(n: int, units: tuple[tuple[float, str], ...]) -> str:
+    scale, unit = next((s, u) for s, u in units if n >= s or s == 1)
+    return f"{n / scale:.3g}{unit}"

@@ -1,0 +1,1 @@
+"""The run engine: config and events, the one resume plan, driver, workers, status, submit."""

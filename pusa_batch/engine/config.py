@@ -1,0 +1,145 @@
+"""What a run is given and what it tells: `RunConfig`, `RunSummary` and the events it emits.
+
+Frozen dataclasses, sent as they are between the driver, its callers and the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    manifest: str
+    output: str
+    pipeline: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    workers: int | None = None  # None: one per GPU in the cluster, else 1
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_worker: float = 1.0
+    address: str | None = None  # None: embedded local Ray on 127.0.0.1; "auto", "ray://..."
+    max_retries: int = 2
+    max_actor_restarts: int = 3
+    retry_failed: bool = False
+    regenerate_changed: bool = False
+    longest_first: bool = False
+    batch_size: int = 1
+    overlap: bool = True
+    compact_every_items: int = 200
+    compact_every_s: float = 300.0
+    lease_stale_s: float = 120.0
+    status_every_s: float = 1.0
+    worker_start_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {rule}, got {getattr(self, name)!r}"
+            for name, ok, rule in (
+                ("workers", self.workers is None or self.workers >= 1, "at least 1"),
+                ("cpus_per_worker", self.cpus_per_worker > 0, "positive"),
+                ("max_retries", self.max_retries >= 0, "0 or more"),
+                ("max_actor_restarts", self.max_actor_restarts >= 0, "0 or more"),
+                ("batch_size", self.batch_size >= 1, "at least 1"),
+                ("compact_every_items", self.compact_every_items >= 1, "at least 1"),
+                ("lease_stale_s", self.lease_stale_s > 0, "positive"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("invalid run settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    total: int
+    done_before: int
+    generated: int
+    failed: int
+    skipped: int
+    wall_s: float
+    output: str
+    failures: list[dict[str, Any]]
+    failed_before: int = 0
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    active_s: float = 0.0  # wall time from the last worker loaded to the last result
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.failed_before else 0
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    kind: ClassVar[str] = "started"
+    total: int
+    pending: int
+    done_before: int
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """Something the user should know that is not an error (e.g. a stale lease taken over)."""
+
+    kind: ClassVar[str] = "notice"
+    message: str
+
+
+@dataclass(frozen=True)
+class ActorLoaded(Event):
+    kind: ClassVar[str] = "actor_loaded"
+    worker: str
+    seconds: float
+    pid: int
+    host: str
+
+
+@dataclass(frozen=True)
+class ActorFailed(Event):
+    kind: ClassVar[str] = "actor_failed"
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ItemDone(Event):
+    kind: ClassVar[str] = "item_done"
+    id: str
+    worker: str
+    attempt: int
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ItemFailed(Event):
+    kind: ClassVar[str] = "item_failed"
+    id: str
+    worker: str
+    error_type: str
+    message: str
+    attempts: int
+    final: bool  # False: it will be retried
+
+
+@dataclass(frozen=True)
+class WorkerStatus(Event):
+    kind: ClassVar[str] = "worker_status"
+    worker: str
+    item: str | None
+    step: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    kind: ClassVar[str] = "finished"
+    summary: RunSummary
+
+
+OnEvent = Callable[[Event], None]

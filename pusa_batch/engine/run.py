@@ -1,0 +1,118 @@
+"""A run: validate, take the lease, plan (`plan.py`), dispatch (`dispatch.py`), index.
+
+Decisions:
+- The manifest is streamed, never held: it is validated in one pass, then read twice more in
+  chunks of `PLAN_CHUNK_ROWS` rows against one read of the root's state (`Store.state()`). The
+  first pass keeps only counts and the first `MAX_CHANGED_IDS` changed ids, so changed items stop
+  the run before anything is generated; the second pass feeds the driver's bounded queue as
+  workers drain it. The driver's memory is flat in the number of rows (the root's state still
+  holds one fingerprint per done item).
+- Items that failed in an earlier run are skipped (counted in `failed_before`) unless
+  `retry_failed`; done items whose fingerprint changed stop the run (`ChangedItemsError`) unless
+  `regenerate_changed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import ray
+
+from pusa_batch.doctor.preflight import preflight
+from pusa_batch.engine.config import Finished, Notice, OnEvent, RunConfig, RunSummary, Started
+from pusa_batch.engine.dispatch import Driver
+from pusa_batch.engine.plan import Rules, changed_error, count_plan, iter_todo
+from pusa_batch.engine.runner import PipelineRunner
+from pusa_batch.engine.worker import ItemRunner
+from pusa_batch.manifest.read import validate_manifest
+from pusa_batch.pipelines.spec import load_pipeline_spec
+from pusa_batch.store.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    config: RunConfig,
+    on_event: OnEvent | None = None,
+    *,
+    make_runner: Callable[[], ItemRunner] | None = None,
+) -> RunSummary:
+    """Generate every pending item of `config.manifest` into `config.output`.
+
+    `make_runner` replaces the pipeline runner (a picklable factory returning an `ItemRunner`).
+    """
+    emit = on_event or (lambda event: None)
+    started = time.monotonic()
+    spec = load_pipeline_spec(config.pipeline)
+    validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
+    store = Store(config.output, dict(config.storage_options))
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"}
+    lease = store.acquire_lease(owner, stale_after_s=config.lease_stale_s)
+    lease.start_heartbeat(max(1.0, config.lease_stale_s / 4))
+    if lease.note:
+        emit(Notice(lease.note))
+    try:
+        state = store.state()
+        rules = Rules(config.retry_failed, config.regenerate_changed)
+        plan = count_plan(config.manifest, spec, state, rules)
+        if plan.changed and not config.regenerate_changed:
+            raise changed_error(plan)
+        emit(Started(total=plan.total, pending=plan.todo, done_before=plan.done))
+        runner = make_runner or functools.partial(PipelineRunner, config.pipeline)
+        driver = Driver(config, store, emit, runner, lease)
+        if plan.todo and make_runner is None:
+            preflight(spec, device_checks=config.address is None)
+        if plan.todo:
+            try:
+                with _ray_session(config):
+                    driver.run(iter_todo(config.manifest, spec, state, rules), plan.todo)
+            except BaseException:
+                with contextlib.suppress(Exception):  # keep what is done; the error is the news
+                    store.compact_index()
+                    driver.write_status(state="stopped")
+                raise
+        store.compact_index()
+        store.write_final_index()
+        summary = RunSummary(
+            total=plan.total,
+            done_before=plan.done,
+            generated=driver.generated,
+            failed=len(driver.failures),
+            skipped=plan.done + plan.failed_before,
+            wall_s=time.monotonic() - started,
+            output=config.output,
+            failures=driver.failures,
+            failed_before=plan.failed_before,
+            workers=driver.worker_stats(),
+            active_s=driver.active_s(),
+        )
+        driver.write_status(state="finished", summary=summary)
+    finally:
+        lease.release()
+    emit(Finished(summary))
+    return summary
+
+
+@contextlib.contextmanager
+def _ray_session(config: RunConfig) -> Iterator[None]:
+    """Use the connected Ray, else connect (embedded local Ray on 127.0.0.1 when no address)."""
+    if ray.is_initialized():
+        yield
+        return
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if config.address is None:
+        cpus = max(os.cpu_count() or 1, math.ceil((config.workers or 1) * config.cpus_per_worker))
+        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+    else:
+        ray.init(address=config.address, **quiet)
+    try:
+        yield
+    finally:
+        ray.shutdown()

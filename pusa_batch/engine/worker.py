@@ -1,0 +1,336 @@
+"""The actor side of the engine: one `Worker` per GPU (or CPU slot) holding one loaded pipeline.
+
+An item's life inside a worker is three stages, each guarded by its own lock so that calls running
+in the actor's threads form a pipeline: while item n+1 is sampled, item n is decoded, encoded and
+committed, and item n+2 is prepared. The driver bounds how many items an actor holds at once.
+
+`run` takes a `Task` and returns a `Result` (`contract.py`). Item errors never escape it: they come
+back as a failed `Result` with its `ItemError`, so that a Ray error on the returned reference always
+means the actor process itself is gone. The real `ItemRunner` is `runner.PipelineRunner`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import ray
+
+from pusa_batch.engine.contract import ItemError, Outcome, Result, Task
+from pusa_batch.errors import LeaseError
+from pusa_batch.item import Item
+from pusa_batch.store.lease import LEASE_FILE
+from pusa_batch.store.store import Store
+
+OnStep = Callable[[int, int], None]
+
+
+class ItemRunner(Protocol):
+    """The unit of work a worker drives; `PipelineRunner` is the real one."""
+
+    def load(self) -> dict[str, Any]: ...
+
+    def prepare(self, item: Item) -> Any: ...
+
+    def sample(self, prepared: Any, on_step: OnStep) -> Any: ...
+
+    def finish(self, item: Item, latents: Any) -> tuple[bytes, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    worker_id: str
+    output: str
+    storage_options: dict[str, Any]
+    torch_threads: int | None
+    lease_token: str | None = None  # commits are refused once another run holds the lease
+    batch_size: int = 1  # items with one batch key may share the sampler's forward passes
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("pusa-batch", "torch", "diffusers", "ray"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return "cpu"
+
+
+def _release_gpu_memory(exc: BaseException) -> None:
+    """After a CUDA out-of-memory error, hand cached blocks back before the next item."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def item_error(exc: BaseException, stage: str | None = None, node: str | None = None) -> ItemError:
+    return ItemError(
+        error_type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        stage=stage,
+        node=node,
+    )
+
+
+class WorkerCore:
+    """Plain-Python worker; `Worker` below is its Ray actor form."""
+
+    def __init__(self, make_runner: Callable[[], ItemRunner], settings: WorkerSettings):
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        self.settings = settings
+        self.store = Store(settings.output, settings.storage_options)
+        self._prepare_lock = threading.Lock()
+        self._sample_lock = threading.Lock()
+        self._finish_lock = threading.Lock()
+        self._progress: tuple[str | None, int, int] = (None, 0, 0)
+        self._waiting: list[_Waiting] = []  # prepared items queued for the sampler (batching)
+        self._waiting_lock = threading.Lock()
+        self._busy_s = 0.0
+        self.load_error: ItemError | None = None
+        started = time.perf_counter()
+        try:
+            self.runner = make_runner()
+            self.runner.load()
+        except Exception as exc:  # noqa: BLE001 - reported by `info`; the driver retires it
+            self.load_error = item_error(exc, stage="load")
+        self.load_s = time.perf_counter() - started
+        self.host = socket.gethostname()
+        self.node_id = _node_id()
+        self.device = device_name()
+        self.versions = versions()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "worker": self.settings.worker_id,
+            "pid": os.getpid(),
+            "host": self.host,
+            "node_id": self.node_id,
+            "device": self.device,
+            "load_s": self.load_s,
+            "error": self.load_error,
+        }
+
+    def progress(self) -> dict[str, Any]:
+        item, step, steps = self._progress
+        return {"item": item, "step": step, "steps": steps, "busy_s": self._busy_s}
+
+    def run(self, task: Task) -> Result:
+        """Prepare, sample, decode, encode and commit one item; never raises for item errors."""
+        item = task.item
+        timings: dict[str, float] = {}
+        stage = "prepare"
+        try:
+            with self._prepare_lock:
+                timings["queue"] = max(0.0, time.time() - task.queued_at)
+                t0 = time.perf_counter()
+                prepared = self.runner.prepare(item)
+                timings["prepare"] = time.perf_counter() - t0
+            stage = "sample"
+            latents, batch = self._sample_batched(item.id, prepared, timings)
+            del prepared
+            stage = "finish"
+            with self._finish_lock:
+                t0 = time.perf_counter()
+                video, meta = self.runner.finish(item, latents)
+                del latents
+                timings.update(meta.pop("timings", {}))
+                timings.setdefault("finish", time.perf_counter() - t0)
+                stage = "write"
+                meta = self._metadata(task, {**meta, "sample_batch": batch}, timings)
+                t0 = time.perf_counter()
+                self._check_lease()
+                self.store.commit(item.id, video, meta)
+                timings["write"] = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - an item error is data, not a worker crash
+            _release_gpu_memory(exc)
+            return self._result(task, Outcome.FAILED, timings, item_error(exc, stage, self.host))
+        return self._result(task, Outcome.DONE, timings)
+
+    def _result(
+        self,
+        task: Task,
+        outcome: Outcome,
+        timings: dict[str, float],
+        error: ItemError | None = None,
+    ) -> Result:
+        return Result(
+            id=task.item.id,
+            outcome=outcome,
+            attempt=task.attempt,
+            worker=self.settings.worker_id,
+            node=self.host,
+            timings=timings,
+            error=error,
+        )
+
+    def _check_lease(self) -> None:
+        """Fence: a worker orphaned by a dead driver must not commit over a newer run."""
+        if self.settings.lease_token is None:
+            return
+        current = self.store.root.read_json(LEASE_FILE) or {}
+        if current.get("token") != self.settings.lease_token:
+            raise LeaseError(
+                f"worker {self.settings.worker_id}: the run that started it no longer holds "
+                f"{self.store.url}/{LEASE_FILE}; not committing"
+            )
+
+    def _sample_batched(
+        self, item_id: str, prepared: Any, timings: dict[str, float]
+    ) -> tuple[Any, int]:
+        """Sample alone, or with the items waiting under the same batch key (up to batch_size).
+
+        Whoever holds the sample lock takes its own entry and up to batch_size - 1 waiting
+        entries with its key; an entry taken by another thread's batch just collects its result.
+        A failed batch is retried item by item, so one bad item never fails the others.
+        """
+        batch_key = getattr(self.runner, "batch_key", None)
+        if self.settings.batch_size <= 1 or batch_key is None:
+            return self._sample(item_id, prepared, timings), 1
+        entry = _Waiting(item_id, prepared, timings, batch_key(prepared))
+        with self._waiting_lock:
+            self._waiting.append(entry)
+        with self._sample_lock:
+            if not entry.done.is_set():
+                with self._waiting_lock:
+                    same = [e for e in self._waiting if e.key == entry.key and e is not entry]
+                    group = [entry, *same[: self.settings.batch_size - 1]]
+                    for e in group:
+                        self._waiting.remove(e)
+                self._run_group(group)
+        entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.result, entry.batch
+
+    def _run_group(self, group: list[_Waiting]) -> None:
+        """Called with the sample lock held: one forward per step for the whole group."""
+        label = group[0].item_id + (f" +{len(group) - 1}" if len(group) > 1 else "")
+        self._progress = (label, 0, 0)
+        t0, started = time.perf_counter(), time.time()
+        try:
+            if len(group) == 1:
+                results = [self.runner.sample(group[0].prepared, self._on_step(label))]
+            else:
+                prepared = [e.prepared for e in group]
+                results = self.runner.sample_batch(prepared, self._on_step(label))
+            for e, latents in zip(group, results, strict=True):
+                e.result, e.batch = latents, len(group)
+        except Exception as exc:  # noqa: BLE001 - a lone item's error; a batch retries alone
+            if len(group) == 1:
+                group[0].error = exc
+            else:
+                for e in group:
+                    self._sample_alone(e)
+        finally:
+            elapsed = time.perf_counter() - t0
+            self._busy_s += elapsed
+            self._progress = (None, 0, 0)
+            for e in group:
+                e.timings["sample_start_unix"] = started
+                e.timings["sample"] = elapsed
+                e.done.set()
+
+    def _sample_alone(self, entry: _Waiting) -> None:
+        try:
+            entry.result = self.runner.sample(entry.prepared, self._on_step(entry.item_id))
+            entry.batch = 1
+        except Exception as exc:  # noqa: BLE001 - the item's own error, reported for it
+            entry.error = exc
+
+    def _on_step(self, label: str) -> OnStep:
+        def on_step(step: int, steps: int) -> None:
+            self._progress = (label, step, steps)
+
+        return on_step
+
+    def _sample(self, item_id: str, prepared: Any, timings: dict[str, float]) -> Any:
+        with self._sample_lock:
+            self._progress = (item_id, 0, 0)
+            timings["sample_start_unix"] = time.time()
+            t0 = time.perf_counter()
+            try:
+
+                def on_step(step: int, steps: int) -> None:
+                    self._progress = (item_id, step, steps)
+
+                return self.runner.sample(prepared, on_step)
+            finally:
+                timings["sample"] = time.perf_counter() - t0
+                self._busy_s += timings["sample"]
+                self._progress = (None, 0, 0)
+
+    def _metadata(
+        self, task: Task, meta: dict[str, Any], timings: dict[str, float]
+    ) -> dict[str, Any]:
+        return {
+            "item": task.item.to_dict(),
+            "fingerprint": task.fingerprint,
+            **meta,
+            "status": Outcome.DONE.value,
+            "attempts": task.attempt,
+            "worker": self.settings.worker_id,
+            "node": self.host,
+            "node_id": self.node_id,
+            "device": self.device,
+            "versions": self.versions,
+            "timings": {k: round(v, 4) for k, v in timings.items() if not k.endswith("_unix")},
+        }
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A prepared item queued for the sampler, and where its result lands."""
+
+    item_id: str
+    prepared: Any
+    timings: dict[str, float]
+    key: Any
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: Exception | None = None
+    batch: int = 1
+
+
+def _node_id() -> str | None:
+    if not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(concurrency_groups={"control": 2})
+class Worker(WorkerCore):
+    """`WorkerCore` as an actor; `info`, `progress` and `pid` answer while items run."""
+
+    @ray.method(concurrency_group="control")
+    def info(self) -> dict[str, Any]:
+        return WorkerCore.info(self)
+
+    @ray.method(concurrency_group="control")
+    def progress(self) -> dict[str, Any]:
+        return WorkerCore.progress(self)
+
+    @ray.method(concurrency_group="control")
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,67 @@
+"""`Item`: one resolved manifest row, the unit of work from the plan to a worker and its record."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pusa_batch.errors import ManifestError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One resolved manifest row: paths absolute (or URLs), every default filled in."""
+
+    id: str
+    row: int
+    task: str
+    prompt: str
+    negative_prompt: str
+    image: str | None
+    images: tuple[str, ...]
+    video: str | None
+    video_b: str | None
+    cond_frames: tuple[int, ...] | None
+    noise_multipliers: tuple[float, ...] | None
+    num_frames: int
+    height: int
+    width: int
+    fps: int
+    seed: int
+    steps: int
+    guidance_scale: float
+    shift: float
+
+    def cost(self) -> int:
+        """Relative work (frames x pixels x steps): schedule the largest first."""
+        return self.num_frames * self.height * self.width * self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples become lists)."""
+        out = asdict(self)
+        for name in ("images", "cond_frames", "noise_multipliers"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Item:
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data]
+        unknown = [k for k in data if k not in names]
+        if missing or unknown:
+            raise ManifestError(
+                f"Cannot rebuild an Item: missing keys {missing}, unknown keys {unknown}. "
+                "Was it written by a different pusa-batch version?"
+            )
+        values = dict(data)
+        values["images"] = tuple(values["images"] or ())
+        for name, cast in (("cond_frames", int), ("noise_multipliers", float)):
+            if values[name] is not None:
+                values[name] = tuple(cast(v) for v in values[name])
+        for name in ("row", "num_frames", "height", "width", "fps", "seed", "steps"):
+            values[name] = int(values[name])
+        for name in ("guidance_scale", "shift"):
+            values[name] = float(values[name])
+        return cls(**values)

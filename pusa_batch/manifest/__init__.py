@@ -1,0 +1,1 @@
+"""Manifests: reading and checking rows into `Item`s, writing, building from folders."""

@@ -1,0 +1,438 @@
+"""Column-wise checks of one manifest chunk; only rows with conditioning meet the task planner."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from pusa_batch import tasks as task_rules
+from pusa_batch import video as media
+from pusa_batch.errors import InputMediaError, RowProblem, TaskError
+from pusa_batch.item import Item
+from pusa_batch.manifest.schema import (
+    COLUMNS,
+    ID_PATTERN,
+    ID_PATTERN_TEXT,
+    PATH_COLUMNS,
+    REQUIRED_COLUMNS,
+    SEED_MAX,
+    IdSet,
+    Rules,
+    canonical_value,
+    derived_ids,
+    hash_ids,
+    is_empty,
+    number_column,
+    parse_path_list,
+    resolve_path,
+    text_column,
+)
+
+# --------------------------------------------------------------------------- row checks
+
+# Without check_files a video's length is unknown: plan as if it were long enough.
+UNPROBED_VIDEO_FRAMES = 10**9
+ID_TEXTS = "id (as text)"  # key in the parsed columns: the id column as a string Series
+PLAN_COLUMNS = frozenset({"task", "num_frames", "cond_frames", "noise_multipliers", *PATH_COLUMNS})
+
+
+@dataclass
+class CheckedChunk:
+    """One chunk's normalised cells, ids, resolved paths and problems."""
+
+    first_row: int
+    n: int
+    rules: Rules
+    cols: dict[str, Any]
+    ids: np.ndarray
+    images: list[tuple[str, ...]]
+    paths: dict[str, list[str | None]]
+    problems: list[RowProblem]
+    bad: np.ndarray
+
+    def task_counts(self) -> dict[str, int]:
+        tasks = self.cols.get("task")
+        if tasks is None:
+            return {}
+        known = pd.Series(tasks, dtype=object).dropna()
+        return {
+            str(k): int(v) for k, v in known[known.isin(task_rules.TASKS)].value_counts().items()
+        }
+
+    def items(self) -> Iterator[Item]:
+        for i in range(self.n):
+            yield self._item(i)
+
+    def _item(self, i: int) -> Item:
+        def value(name: str, cast: Callable) -> Any:
+            col = self.cols.get(name)
+            cell = None if col is None else col[i]
+            if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+                return cast(self.rules.defaults[name])
+            return cast(cell)
+
+        image = self.paths["image"][i]
+        return Item(
+            id=str(self.ids[i]),
+            row=self.first_row + i,
+            task=str(self.cols["task"][i]),
+            prompt=str(self.cols["prompt"][i]),
+            negative_prompt=value("negative_prompt", str),
+            image=image,
+            images=self.images[i],
+            video=self.paths["video"][i],
+            video_b=self.paths["video_b"][i],
+            cond_frames=self._list("cond_frames", i),
+            noise_multipliers=self._list("noise_multipliers", i),
+            **{k: value(k, int) for k in ("num_frames", "height", "width", "fps", "seed", "steps")},
+            guidance_scale=value("guidance_scale", float),
+            shift=value("shift", float),
+        )
+
+    def _list(self, name: str, i: int) -> tuple | None:
+        col = self.cols.get(name)
+        return None if col is None or col[i] is None else tuple(col[i])
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.found: list[tuple[int, str, str]] = []
+        self.cells: set[tuple[int, str]] = set()
+
+    def add(self, i: int, column: str, message: str) -> None:
+        self.found.append((i, column, message))
+        self.cells.add((i, column))
+
+    def add_where(
+        self, mask: np.ndarray, column: str, message: Callable[[Any], str], cells: Any
+    ) -> None:
+        """Add `message(cells[i])` for every row i where `mask` is set."""
+        for i in np.flatnonzero(mask):
+            self.add(int(i), column, message(cells[i]))
+
+    def touches(self, i: int, columns: frozenset[str]) -> bool:
+        return any((i, c) in self.cells for c in columns)
+
+
+class ChunkChecker:
+    """Checks chunks column-wise; only rows with conditioning go through the task planner.
+
+    Keeps state across chunks: the ids seen so far and a cache of input-file probes.
+    """
+
+    def __init__(
+        self, rules: Rules, base: str, *, check_files: bool, storage_options: dict | None = None
+    ) -> None:
+        self.rules = rules
+        self.base = base
+        self.check_files = check_files
+        self.storage_options = storage_options or {}
+        self.seen = IdSet()
+        self._probes: dict[tuple[str, str], tuple[Any, str | None]] = {}
+
+    def check(self, df: pd.DataFrame, first_row: int) -> CheckedChunk:
+        n, found = len(df), _Problems()
+        cols = self._parse_columns(df, found)
+        self._check_values(cols, found, n)
+        images, paths = self._resolve_paths(cols, found, n)
+        ids = self._ids(cols, found, n, first_row)
+        self._plan_rows(cols, images, paths, found, n)
+        found.found.sort(key=lambda p: (p[0], COLUMN_ORDER.get(p[1], 99)))
+        problems = [RowProblem(first_row + i, ids[i], c, m) for i, c, m in found.found]
+        bad = np.zeros(n, dtype=bool)
+        bad[[i for i, _, _ in found.found]] = True
+        return CheckedChunk(first_row, n, self.rules, cols, ids, images, paths, problems, bad)
+
+    # -- cells
+    def _parse_columns(self, df: pd.DataFrame, found: _Problems) -> dict[str, Any]:
+        cols: dict[str, Any] = {}
+        for name, kind in COLUMNS.items():
+            if name not in df.columns:
+                continue
+            s = df[name]
+            if kind in ("text", "path"):
+                col = text_column(s, lower=name == "task", allow_numbers=name == "id")
+                found.add_where(col.bad, name, _expected("text"), s.to_numpy(object))
+                cols[name] = col.values
+                if name == "id":
+                    cols[ID_TEXTS] = col.series
+            elif kind in ("int", "float"):
+                num = number_column(s, integer=kind == "int")
+                what = _expected("a whole number" if kind == "int" else "a number")
+                found.add_where(num.bad, name, what, s.to_numpy(object))
+                cols[name] = num.values
+            else:
+                cols[name] = self._parse_lists(name, kind, s, found)
+        return cols
+
+    def _parse_lists(self, name: str, kind: str, s: pd.Series, found: _Problems) -> list:
+        parse = {
+            "ints": task_rules.parse_int_list,
+            "floats": task_rules.parse_float_list,
+            "paths": parse_path_list,
+        }
+        out: list = [None] * len(s)
+        raw = s.to_numpy(dtype=object)
+        for i in np.flatnonzero(~s.map(is_empty).to_numpy(dtype=bool)):
+            try:
+                out[i] = tuple(parse[kind](raw[i]))
+            except (ValueError, TypeError, TaskError) as e:
+                found.add(int(i), name, f"cannot read {raw[i]!r}: {getattr(e, 'message', e)}")
+        return out
+
+    def _check_values(self, cols: dict[str, Any], found: _Problems, n: int) -> None:
+        for name in REQUIRED_COLUMNS:
+            if name in cols:
+                found.add_where(~_present(cols[name]), name, _is_empty(name), cols[name])
+        if "task" in cols:
+            tasks = pd.Series(cols["task"], dtype=object)
+            unknown = tasks.notna().to_numpy() & ~tasks.isin(task_rules.TASKS).to_numpy()
+            valid = ", ".join(task_rules.TASKS)
+            found.add_where(
+                unknown, "task", lambda v: f"unknown task {v!r}; use one of: {valid}.", tasks
+            )
+        r, m = self.rules.temporal_factor, self.rules.spatial_multiple
+        for name, is_bad, message in _range_rules(r, m):
+            if name in cols:
+                values = cols[name]
+                with np.errstate(invalid="ignore"):
+                    mask = ~np.isnan(values) & is_bad(values)
+                found.add_where(mask, name, message, values)
+        if "images" in cols and "image" in cols:
+            both = _present(cols["image"]) & np.array([v is not None for v in cols["images"]])
+            found.add_where(
+                both,
+                "images",
+                lambda _: "give either 'image' or 'images', not both.",
+                cols["images"],
+            )
+
+    # -- paths and files
+    def _resolve_paths(self, cols: dict[str, Any], found: _Problems, n: int) -> tuple[list, dict]:
+        paths: dict[str, list[str | None]] = {}
+        for name in ("image", "video", "video_b"):
+            raw = cols.get(name)
+            paths[name] = [None] * n
+            if raw is None:
+                continue
+            for i in np.flatnonzero(_present(raw)):
+                paths[name][i] = resolve_path(self.base, raw[i])
+                self._check_file(int(i), name, paths[name][i], found)
+        images: list[tuple[str, ...]] = [()] * n
+        lists = cols.get("images") or [None] * n
+        for i in range(n) if ("images" in cols or "image" in cols) else ():
+            if lists[i] is not None:
+                images[i] = tuple(resolve_path(self.base, p) for p in lists[i])
+                for p in images[i]:
+                    self._check_file(i, "images", p, found)
+            elif paths["image"][i] is not None:
+                images[i] = (paths["image"][i],)
+        return images, paths
+
+    def _probe(self, column: str, path: str) -> tuple[Any, str | None]:
+        key = ("video" if column.startswith("video") else "image", path)
+        if key not in self._probes:
+            if len(self._probes) > 100_000:
+                self._probes.clear()
+            self._probes[key] = self._probe_uncached(key[0], path)
+        return self._probes[key]
+
+    def _probe_uncached(self, kind: str, path: str) -> tuple[Any, str | None]:
+        try:
+            fs, fs_path = fsspec.core.url_to_fs(path, **self.storage_options)
+            if not fs.exists(fs_path):
+                return None, f"input file not found: {path}"
+            probe = media.probe_video if kind == "video" else media.probe_image
+            return probe(path, storage_options=self.storage_options or None), None
+        except InputMediaError as e:
+            return None, f"cannot read the {kind}: {e}"
+        except (OSError, ValueError) as e:
+            return None, f"cannot open {path}: {e}"
+
+    def _check_file(self, i: int, column: str, path: str, found: _Problems) -> None:
+        if self.check_files:
+            _, error = self._probe(column, path)
+            if error:
+                found.add(i, column, error)
+
+    def _video_frames(self, path: str | None) -> int | None:
+        """The video's frame count from its header; None for no video."""
+        if path is None:
+            return None
+        if not self.check_files:
+            return UNPROBED_VIDEO_FRAMES
+        info, _ = self._probe("video", path)
+        return UNPROBED_VIDEO_FRAMES if info is None else int(info.frames)
+
+    # -- ids
+    def _ids(self, cols: dict[str, Any], found: _Problems, n: int, first_row: int) -> np.ndarray:
+        given = cols.get("id")
+        ids = np.full(n, None, dtype=object) if given is None else given.copy()
+        if given is not None:
+            usable = cols[ID_TEXTS].str.fullmatch(ID_PATTERN.pattern)  # Arrow regex when it can
+            unsafe = _present(given) & ~usable.fillna(False).to_numpy(dtype=bool)
+            found.add_where(
+                unsafe,
+                "id",
+                lambda v: f"id {v!r} cannot name a file; use {ID_PATTERN_TEXT}.",
+                given,
+            )
+        need = np.flatnonzero(~_present(ids))
+        if len(need):
+            ids[need] = derived_ids(
+                [str(t) for t in _take(cols.get("task"), need)], _canonical(cols, need)
+            )
+        self._find_duplicates(ids, given, found, first_row)
+        return ids
+
+    def _find_duplicates(
+        self, ids: np.ndarray, given: np.ndarray | None, found: _Problems, first_row: int
+    ) -> None:
+        hashes = hash_ids(ids)
+        rows = np.arange(first_row, first_row + len(ids), dtype=np.int64)
+        earlier = self.seen.rows_of(hashes)
+        in_chunk = pd.Series(hashes).duplicated().to_numpy()
+        if in_chunk.any():
+            first_of = dict(zip(hashes[::-1], rows[::-1], strict=True))
+            dup_rows = np.array([first_of[h] for h in hashes[in_chunk]])
+            earlier[in_chunk] = np.where(earlier[in_chunk] == 0, dup_rows, earlier[in_chunk])
+        for i in np.flatnonzero(earlier):
+            derived = given is None or given[i] is None
+            hint = (
+                "the rows are identical; give them ids or different seeds."
+                if derived
+                else "ids must be unique; rename one."
+            )
+            found.add(int(i), "id", f"duplicate id {ids[i]!r}, also on row {earlier[i]}: {hint}")
+        fresh = earlier == 0
+        self.seen.add(hashes[fresh], rows[fresh])
+
+    # -- conditioning
+    def _plan_rows(
+        self, cols: dict[str, Any], images: list, paths: dict, found: _Problems, n: int
+    ) -> None:
+        if "task" not in cols:
+            return
+        tasks = cols["task"]
+        needs = _present(tasks) & (tasks != "t2v")
+        for name in ("cond_frames", "noise_multipliers", "images", "image", "video", "video_b"):
+            if name in cols:
+                needs |= np.array([v is not None for v in cols[name]], dtype=bool)
+        num_frames = cols.get("num_frames")
+        for i in np.flatnonzero(needs):
+            if found.touches(int(i), PLAN_COLUMNS):
+                continue
+            nf = self.rules.defaults["num_frames"] if num_frames is None else num_frames[i]
+            try:
+                task_rules.plan_conditioning(
+                    str(tasks[i]),
+                    num_frames=int(self.rules.defaults["num_frames"] if np.isnan(nf) else nf),
+                    temporal_factor=self.rules.temporal_factor,
+                    cond_frames=_cell(cols, "cond_frames", i),
+                    noise_multipliers=_cell(cols, "noise_multipliers", i),
+                    n_images=len(images[i]),
+                    video_frames=self._video_frames(paths["video"][i]),
+                    video_b_frames=self._video_frames(paths["video_b"][i]),
+                )
+            except TaskError as e:
+                found.add(int(i), e.column, e.message)
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """Elementwise `is not None` over an object array."""
+    return np.not_equal(values, None)
+
+
+def _expected(what: str) -> Callable[[Any], str]:
+    return lambda v: f"expected {what}, got {v!r}."
+
+
+def _is_empty(name: str) -> Callable[[Any], str]:
+    return lambda _: f"{name} is empty; every row needs one."
+
+
+def _cell(cols: dict[str, Any], name: str, i: int) -> Any:
+    col = cols.get(name)
+    return None if col is None else col[i]
+
+
+def _take(col: Any, idx: np.ndarray) -> list:
+    return [None] * len(idx) if col is None else [col[i] for i in idx]
+
+
+def _canonical(cols: dict[str, Any], idx: np.ndarray) -> list[str]:
+    """`name=value\x1f` for every non-empty cell but the id, in schema order."""
+    out = np.full(len(idx), "", dtype=object)
+    for name, kind in COLUMNS.items():
+        if name == "id" or name not in cols:
+            continue
+        cells = cols[name]
+        if kind in ("int", "float"):
+            values = cells[idx]
+            present = ~np.isnan(values)
+            kept = values[present]
+            text = (kept.astype(np.int64) if kind == "int" else kept).astype(str).astype(object)
+        elif kind in ("text", "path"):
+            values = cells[idx]
+            present = _present(values)
+            text = values[present]
+        else:
+            values = np.empty(len(idx), dtype=object)
+            values[:] = [cells[i] for i in idx]
+            present = _present(values)
+            text = np.array([canonical_value(kind, v) for v in values[present]], dtype=object)
+        if present.any():
+            out[present] = out[present] + (name + "=") + text + "\x1f"
+    return list(out)
+
+
+def _map_unique(values: np.ndarray, check: Callable[[int], bool]) -> np.ndarray:
+    """Apply a per-value rule once per distinct value (whole, non-NaN values only)."""
+    uniq = np.unique(values[~np.isnan(values)])
+    good = [u for u in uniq if u == math.floor(u) and check(int(u))]
+    return np.isin(values, good)
+
+
+def _range_rules(r: int, m: int) -> list[tuple[str, Callable, Callable]]:
+    def frames_msg(v: float) -> str:
+        low = max(1, (int(v) - 1) // r * r + 1)
+        return f"num_frames {int(v)} is not {r}*k+1; use {low} or {low + r}."
+
+    def size_msg(name: str) -> Callable:
+        def msg(v: float) -> str:
+            low = max(m, int(v) // m * m)
+            return f"{name} {int(v)} is not a positive multiple of {m}; use {low} or {low + m}."
+
+        return msg
+
+    return [
+        (
+            "num_frames",
+            lambda v: ~_map_unique(v, lambda n: task_rules.valid_num_frames(n, r)),
+            frames_msg,
+        ),
+        ("height", lambda v: (v <= 0) | (v % m != 0), size_msg("height")),
+        ("width", lambda v: (v <= 0) | (v % m != 0), size_msg("width")),
+        ("fps", lambda v: v < 1, lambda v: f"fps must be at least 1, got {v:g}."),
+        (
+            "seed",
+            lambda v: (v < 0) | (v > SEED_MAX),
+            lambda v: f"seed {v:.0f} is outside 0..{SEED_MAX} (uint32).",
+        ),
+        ("steps", lambda v: v < 1, lambda v: f"steps must be at least 1, got {int(v)}."),
+        (
+            "guidance_scale",
+            lambda v: ~np.isfinite(v) | (v < 1),
+            lambda v: f"guidance_scale must be >= 1 (1 turns guidance off), got {v:g}.",
+        ),
+        ("shift", lambda v: ~np.isfinite(v) | (v <= 0), lambda v: f"shift must be > 0, got {v:g}."),
+    ]
+
+
+COLUMN_ORDER = {name: k for k, name in enumerate(COLUMNS)}

@@ -1,0 +1,359 @@
+"""Manifests: streaming loader, whole-file validator, resolved `Item`s and their fingerprints.
+
+The schema (columns, defaults, `Item`) is in `manifest_schema`; `manifests/README.md` is the
+user-facing description of both.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pusa_batch import tasks as task_rules
+from pusa_batch.errors import InputMediaError, ManifestError, RowProblem
+from pusa_batch.item import Item
+from pusa_batch.manifest.check import UNPROBED_VIDEO_FRAMES, CheckedChunk, ChunkChecker
+from pusa_batch.manifest.schema import COLUMNS, REQUIRED_COLUMNS, manifest_folder, rules_from_spec
+
+SAMPLER_VERSION = "1"
+MAX_PROBLEMS_KEPT = 1000
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+class ManifestWarning(UserWarning):
+    """Something in the manifest is ignored (for example an unknown column)."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def manifest_format(path: str) -> str:
+    name = path.lower().split("?", 1)[0]
+    for comp in COMPRESSIONS:
+        name = name.removesuffix(comp)
+    for ext, kind in FORMATS.items():
+        if name.endswith(ext):
+            return kind
+    raise ManifestError(
+        f"{path}: unknown manifest format. Use a .csv, .tsv, .parquet or .jsonl file "
+        "(optionally .gz-compressed for CSV and JSONL)."
+    )
+
+
+def iter_raw_chunks(
+    path: str, chunk_rows: int = 65536, *, storage_options: dict | None = None
+) -> Iterator[pd.DataFrame]:
+    """Yield the manifest as DataFrames of at most `chunk_rows` rows, cells as stored.
+
+    CSV cells come as text (empty cell = NaN); Parquet and JSONL keep their types (lists stay
+    lists). Local paths and fsspec URLs both work; the file is never read whole.
+    """
+    kind = manifest_format(path)
+    opts = storage_options or {}
+    try:
+        with fsspec.open(path, "rb", compression="infer", **opts) as f:
+            if kind == "parquet":
+                yield from _parquet_chunks(f, chunk_rows)
+            elif kind == "jsonl":
+                yield from _jsonl_chunks(f, chunk_rows, path)
+            else:
+                yield from _csv_chunks(f, chunk_rows, "\t" if kind == "tsv" else ",")
+    except FileNotFoundError as e:
+        raise ManifestError(f"{path}: manifest not found.") from e
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        if isinstance(e, ManifestError):
+            raise
+        raise ManifestError(f"{path}: cannot read the manifest as {kind}: {e}") from e
+
+
+def _csv_chunks(f: Any, chunk_rows: int, sep: str) -> Iterator[pd.DataFrame]:
+    reader = pd.read_csv(
+        f,
+        sep=sep,
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+        index_col=False,
+        chunksize=chunk_rows,
+    )
+    while True:
+        with warnings.catch_warnings():  # pandas only warns when a row has too many cells
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            try:
+                chunk = next(reader)
+            except (StopIteration, pd.errors.EmptyDataError):
+                return
+            except pd.errors.ParserWarning as e:
+                raise pd.errors.ParserError(
+                    "a row has more cells than the header; quote cells that contain commas"
+                ) from e
+        yield chunk
+
+
+def _parquet_chunks(f: Any, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    parquet = pq.ParquetFile(f)
+    empty = True
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        empty = False
+        yield batch.to_pandas()
+    if empty:
+        yield parquet.schema_arrow.empty_table().to_pandas()
+
+
+def _jsonl_chunks(f: Any, chunk_rows: int, path: str) -> Iterator[pd.DataFrame]:
+    records: list[dict] = []
+    columns: dict[str, None] = {}
+    for line_no, raw in enumerate(f, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}, line {line_no}: not valid JSON ({e.msg}).") from e
+        if not isinstance(record, dict):
+            raise ManifestError(f"{path}, line {line_no}: each line must be a JSON object.")
+        columns.update(dict.fromkeys(record))
+        records.append(record)
+        if len(records) == chunk_rows:
+            yield pd.DataFrame.from_records(records, columns=list(columns))
+            records = []
+    if records or not columns:
+        yield pd.DataFrame.from_records(records, columns=list(columns))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class ValidationReport:
+    rows: int
+    problems: list[RowProblem]  # the first MAX_PROBLEMS_KEPT, in row order
+    task_counts: dict[str, int]
+    problem_count: int = 0  # all problems found, kept or not
+    bad_rows: int = 0
+    unknown_columns: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def summary(self, path: str, shown: int = 20) -> str:
+        lines = [f"{path}: {self.problem_count} problem(s) in {self.bad_rows} of {self.rows} rows."]
+        lines += [f"  {p}" for p in self.problems[:shown]]
+        if self.problem_count > shown:
+            lines.append(f"  ... and {self.problem_count - shown} more.")
+        return "\n".join(lines)
+
+    def raise_for_problems(self, path: str) -> None:
+        if not self.ok:
+            raise ManifestError(self.summary(path), self.problems)
+
+
+def _check_header(columns: list[str]) -> tuple[list[RowProblem], list[str]]:
+    problems = [
+        RowProblem(0, None, name, f"the manifest has no '{name}' column; add it.")
+        for name in REQUIRED_COLUMNS
+        if name not in columns
+    ]
+    unknown = [c for c in columns if c not in COLUMNS]
+    return problems, unknown
+
+
+def _unknown_columns_message(unknown: list[str]) -> str:
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(COLUMNS), n=1)
+        parts.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return f"ignoring unknown column(s) {', '.join(parts)}; known columns: {', '.join(COLUMNS)}."
+
+
+def _checked_chunks(
+    path: str,
+    spec: Any | None,
+    *,
+    check_files: bool,
+    chunk_rows: int,
+    storage_options: dict | None,
+) -> Iterator[tuple[CheckedChunk, list[RowProblem], list[str]]]:
+    checker = ChunkChecker(
+        rules_from_spec(spec),
+        manifest_folder(path),
+        check_files=check_files,
+        storage_options=storage_options,
+    )
+    first_row = 1
+    header: tuple[list[RowProblem], list[str]] | None = None
+    for df in iter_raw_chunks(path, chunk_rows, storage_options=storage_options):
+        df.columns = [str(c).strip() for c in df.columns]
+        first = header is None
+        if header is None:
+            header = _check_header(list(df.columns))
+        chunk = checker.check(df, first_row)
+        first_row += len(df)
+        yield chunk, (header[0] if first else []), header[1]
+
+
+def validate_manifest(
+    path: str,
+    spec: Any | None = None,
+    *,
+    check_files: bool = True,
+    chunk_rows: int = 65536,
+    storage_options: dict | None = None,
+) -> ValidationReport:
+    """Check every row and report every problem (the first MAX_PROBLEMS_KEPT are kept).
+
+    `spec` is a pipeline spec (duck-typed); None means Pusa-Wan rules and built-in defaults.
+    `check_files` probes every input file's headers (images and videos are never decoded).
+    """
+    report = ValidationReport(rows=0, problems=[], task_counts={})
+    counts: Counter[str] = Counter()
+    for chunk, header_problems, unknown in _checked_chunks(
+        path, spec, check_files=check_files, chunk_rows=chunk_rows, storage_options=storage_options
+    ):
+        report.unknown_columns = unknown
+        for problem in header_problems + chunk.problems:
+            report.problem_count += 1
+            if len(report.problems) < MAX_PROBLEMS_KEPT:
+                report.problems.append(problem)
+        report.rows += chunk.n
+        report.bad_rows += int(chunk.bad.sum())
+        counts.update(chunk.task_counts())
+    report.task_counts = dict(sorted(counts.items()))
+    return report
+
+
+def iter_items(
+    path: str,
+    spec: Any | None = None,
+    *,
+    check_files: bool = False,
+    chunk_rows: int = 65536,
+    storage_options: dict | None = None,
+) -> Iterator[Item]:
+    """Resolved, frozen `Item`s in manifest order, defaults filled in from `spec`.
+
+    Raises `ManifestError` at the first chunk holding a bad row, before yielding any item of that
+    chunk. Call `validate_manifest` first to see every problem at once and to probe input files.
+    """
+    for chunk, header_problems, unknown in _checked_chunks(
+        path, spec, check_files=check_files, chunk_rows=chunk_rows, storage_options=storage_options
+    ):
+        if header_problems or chunk.problems:
+            report = ValidationReport(
+                rows=chunk.first_row + chunk.n - 1,
+                problems=(header_problems + chunk.problems)[:MAX_PROBLEMS_KEPT],
+                task_counts={},
+                problem_count=len(header_problems) + len(chunk.problems),
+                bad_rows=int(chunk.bad.sum()),
+            )
+            report.raise_for_problems(path)
+        if unknown and chunk.first_row == 1:
+            warnings.warn(f"{path}: {_unknown_columns_message(unknown)}", ManifestWarning, 2)
+        yield from chunk.items()
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+_HASH_CACHE: dict[tuple, str] = {}
+
+
+def content_hash(url: str, *, storage_options: dict | None = None) -> str:
+    """sha256 of the file's bytes, streamed; cached per (url, size, mtime or etag) in-process."""
+    fs, fs_path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    try:
+        info = fs.info(fs_path)
+    except FileNotFoundError as e:
+        raise InputMediaError(f"{url}: input file not found.") from e
+    stamp = next(
+        (info[k] for k in ("mtime", "LastModified", "last_modified", "ETag", "etag") if k in info),
+        None,
+    )
+    key = (url, info.get("size"), str(stamp))
+    if stamp is not None and key in _HASH_CACHE:
+        return _HASH_CACHE[key]
+    digest = hashlib.sha256()
+    with fs.open(fs_path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    value = digest.hexdigest()
+    if stamp is not None:
+        _HASH_CACHE[key] = value
+    return value
+
+
+def resolved_conditioning(item: Item, temporal_factor: int) -> list | None:
+    """Per conditioned latent: index, multiplier, output pixel frames, source (None for t2v).
+
+    The input videos' frame counts are not needed: their content hashes already cover them.
+    """
+    if item.task == "t2v" and not item.images and not item.video and not item.video_b:
+        return None
+    plan = task_rules.plan_conditioning(
+        item.task,
+        num_frames=item.num_frames,
+        temporal_factor=temporal_factor,
+        cond_frames=item.cond_frames,
+        noise_multipliers=item.noise_multipliers,
+        n_images=len(item.images),
+        video_frames=UNPROBED_VIDEO_FRAMES if item.video else None,
+        video_b_frames=UNPROBED_VIDEO_FRAMES if item.video_b else None,
+    )
+    return [
+        [s.latent_index, s.multiplier, list(s.pixel_frames), s.source, s.image_index]
+        for s in plan.slots
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _jsonable(getattr(value, k)) for k in value.__dataclass_fields__}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def item_fingerprint(
+    item: Item,
+    pipeline_identity: Any,
+    *,
+    hash_file: Callable[[str], str] = content_hash,
+    temporal_factor: int = 4,
+) -> str:
+    """sha256 over everything that changes the output video (never the row number or the id)."""
+    payload = {
+        "sampler_version": SAMPLER_VERSION,
+        "pipeline": _jsonable(pipeline_identity),
+        "task": item.task,
+        "prompt": item.prompt,
+        "negative_prompt": item.negative_prompt,
+        "images": [hash_file(p) for p in item.images],
+        "video": hash_file(item.video) if item.video else None,
+        "video_b": hash_file(item.video_b) if item.video_b else None,
+        "conditioning": resolved_conditioning(item, temporal_factor),
+        "size": [item.num_frames, item.height, item.width],
+        "fps": item.fps,
+        "seed": item.seed,
+        "steps": item.steps,
+        "guidance_scale": float(item.guidance_scale),
+        "shift": float(item.shift),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,1 @@
+"""The output root, the only state of a run: commits, the index, the lease, fsspec I/O."""

@@ -1,0 +1,276 @@
+"""What the output root says is done: compacted Parquet parts plus markers written since.
+
+A commit writes `recent/{id}@{token}` first (token = time-sortable commit id), then the video,
+then `items/{id}.json` carrying the same `commit_token`. Reading the state therefore costs one
+listing of `index/`, one read per part, one listing of `recent/` and two calls per recent id,
+whatever the number of done items. A recent id is done only if its marker carries the newest
+token and its video has the recorded size; it then overrides the index. Compaction folds done
+recent ids into a new part and deletes only the pointers it folded (tokens up to the marker's),
+so a commit racing the compaction keeps its own, newer pointer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pusa_batch.store.io import Root
+
+INDEX_DIR = "index"
+RECENT_DIR = "recent"
+ITEMS_DIR = "items"
+VIDEOS_DIR = "videos"
+FAILURES_DIR = "failures"
+_READ_THREADS = 16
+
+PART_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("fingerprint", pa.string()),
+        ("video", pa.string()),
+        ("video_bytes", pa.int64()),
+        ("video_sha256", pa.string()),
+        ("committed_at", pa.string()),
+        ("commit_token", pa.string()),
+        ("marker_json", pa.string()),
+    ]
+)
+FLAT_FIRST = ["id", "fingerprint", "video", "video_bytes", "video_sha256", "committed_at"]
+
+
+def marker_path(item_id: str) -> str:
+    return f"{ITEMS_DIR}/{item_id}.json"
+
+
+def video_path(item_id: str) -> str:
+    return f"{VIDEOS_DIR}/{item_id}.mp4"
+
+
+def failure_path(item_id: str) -> str:
+    return f"{FAILURES_DIR}/{item_id}.json"
+
+
+def pointer_path(item_id: str, token: str) -> str:
+    return f"{RECENT_DIR}/{item_id}@{token}"
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:06d}.parquet"
+
+
+def part_number(name: str) -> int | None:
+    if not (name.startswith("part-") and name.endswith(".parquet")):
+        return None
+    digits = name[len("part-") : -len(".parquet")]
+    return int(digits) if digits.isdigit() else None
+
+
+def encode_part(markers: list[dict]) -> bytes:
+    columns = {name: [m.get(name) for m in markers] for name in PART_SCHEMA.names[:-1]}
+    columns["marker_json"] = [json.dumps(m, sort_keys=True) for m in markers]
+    return table_bytes(pa.table(columns, schema=PART_SCHEMA))
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def decode_part(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(data), columns=columns)
+
+
+@dataclass
+class RootState:
+    """Done-ness of every item the root knows about, read without touching each item."""
+
+    indexed: dict[str, str | None] = field(default_factory=dict)
+    recent_done: dict[str, dict] = field(default_factory=dict)
+    recent_open: set[str] = field(default_factory=set)
+    orphans: set[str] = field(default_factory=set)
+    failures: set[str] = field(default_factory=set)
+    pointers: dict[str, list[str]] = field(default_factory=dict)
+
+    def done_fingerprint(self, item_id: str) -> tuple[bool, str | None]:
+        if item_id in self.recent_done:
+            return True, self.recent_done[item_id].get("fingerprint")
+        if item_id in self.recent_open or item_id not in self.indexed:
+            return False, None
+        return True, self.indexed[item_id]
+
+    def done_ids(self) -> set[str]:
+        return (set(self.indexed) - self.recent_open) | set(self.recent_done)
+
+
+def list_parts(root: Root) -> list[tuple[int, str]]:
+    numbered = ((part_number(n), n) for n in root.list_names(INDEX_DIR))
+    return sorted((num, f"{INDEX_DIR}/{name}") for num, name in numbered if num is not None)
+
+
+def iter_parts(root: Root, columns: list[str] | None) -> Iterator[tuple[int, pa.Table]]:
+    """Each part in order; a part merged away under us restarts nothing: callers re-read."""
+    for number, rel in list_parts(root):
+        yield number, decode_part(root.read_bytes(rel), columns)
+
+
+def read_indexed(root: Root) -> dict[str, str | None]:
+    """id -> fingerprint over every part; a later part wins over an earlier one."""
+    for _ in range(3):
+        try:
+            indexed: dict[str, str | None] = {}
+            for _, table in iter_parts(root, ["id", "fingerprint"]):
+                indexed.update(zip(table["id"].to_pylist(), table["fingerprint"].to_pylist()))
+            return indexed
+        except FileNotFoundError:  # a compaction merged parts while we read: read again
+            continue
+    raise FileNotFoundError(root.where(INDEX_DIR))
+
+
+def read_pointers(root: Root) -> dict[str, list[str]]:
+    """id -> its pointer tokens, oldest first."""
+    pointers: dict[str, list[str]] = {}
+    for name in root.list_names(RECENT_DIR):
+        item_id, sep, token = name.rpartition("@")
+        if sep and item_id:
+            pointers.setdefault(item_id, []).append(token)
+    return {k: sorted(v) for k, v in pointers.items()}
+
+
+def verify_recent(root: Root, item_id: str, newest_token: str) -> tuple[dict | None, bool]:
+    """(marker if the item is done, whether its video exists)."""
+    marker = root.read_json(marker_path(item_id))
+    size = root.size(video_path(item_id))
+    done = (
+        marker is not None
+        and marker.get("commit_token") == newest_token
+        and size is not None
+        and size == marker.get("video_bytes")
+    )
+    return (marker if done else None), size is not None
+
+
+def read_state(root: Root) -> RootState:
+    state = RootState(indexed=read_indexed(root), pointers=read_pointers(root))
+    ids = list(state.pointers)
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        results = pool.map(lambda i: verify_recent(root, i, state.pointers[i][-1]), ids)
+        for item_id, (marker, has_video) in zip(ids, results):
+            if marker is not None:
+                state.recent_done[item_id] = marker
+            else:
+                state.recent_open.add(item_id)
+                if has_video:
+                    state.orphans.add(item_id)
+    names = root.list_names(FAILURES_DIR)
+    state.failures = {n[: -len(".json")] for n in names if n.endswith(".json")}
+    return state
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    folded: int
+    part: str | None
+    merged_parts: int = 0
+
+
+def compact(root: Root, min_items: int, max_parts: int) -> CompactionResult:
+    """Fold verified recent markers into a new part, then drop the pointers it covers."""
+    state = RootState(pointers=read_pointers(root))
+    ids = list(state.pointers)
+    if len(ids) < max(1, min_items):
+        return CompactionResult(0, None)
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        checked = list(pool.map(lambda i: verify_recent(root, i, state.pointers[i][-1]), ids))
+    done = [marker for marker, _ in checked if marker is not None]
+    if not done:
+        return CompactionResult(0, None)
+    parts = list_parts(root)
+    rel = f"{INDEX_DIR}/{part_name((parts[-1][0] if parts else 0) + 1)}"
+    root.create_exclusive(rel, encode_part(done))
+    covered = [
+        pointer_path(m["id"], t)
+        for m in done
+        for t in state.pointers[m["id"]]
+        if t <= m["commit_token"]
+    ]
+    root.delete_many(covered)
+    merged = merge_parts(root, max_parts) if len(parts) + 1 > max_parts else 0
+    return CompactionResult(len(done), rel, merged)
+
+
+def merge_parts(root: Root, max_parts: int) -> int:
+    """Rewrite every part into one (latest row per id wins); return how many were merged."""
+    parts = list_parts(root)
+    if len(parts) <= max_parts:
+        return 0
+    tables = [decode_part(root.read_bytes(rel)) for _, rel in parts]
+    table = pa.concat_tables(tables)
+    latest: dict[str, int] = {item_id: row for row, item_id in enumerate(table["id"].to_pylist())}
+    merged = table.take(sorted(latest.values()))
+    root.create_exclusive(f"{INDEX_DIR}/{part_name(parts[-1][0] + 1)}", table_bytes(merged))
+    root.delete_many([rel for _, rel in parts])
+    return len(parts)
+
+
+def iter_indexed_markers(root: Root, skip: set[str]) -> Iterator[dict]:
+    """Markers stored in the parts, latest per id, leaving out the ids in `skip`."""
+    winner: dict[str, int] = {}
+    for number, table in iter_parts(root, ["id"]):
+        winner.update(dict.fromkeys(table["id"].to_pylist(), number))
+    for number, table in iter_parts(root, ["id", "marker_json"]):
+        for item_id, text in zip(table["id"].to_pylist(), table["marker_json"].to_pylist()):
+            if winner.get(item_id) == number and item_id not in skip:
+                winner.pop(item_id)
+                yield json.loads(text)
+
+
+def _column_array(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+
+
+def final_index_table(markers: Iterable[dict]) -> pa.Table:
+    """One row per marker: scalar fields as columns, nested ones in a `nested_json` column."""
+    rows = [_with_item_columns(m) for m in sorted(markers, key=lambda m: m["id"])]
+    scalar_keys: set[str] = set()
+    nested_keys: set[str] = set()  # a key nested in any row stays out of the flat columns
+    for marker in rows:
+        for key, value in marker.items():
+            (nested_keys if isinstance(value, (dict, list)) else scalar_keys).add(key)
+        item = marker.get("item") or {}
+        nested_keys.update(k for k, v in item.items() if isinstance(v, (dict, list)))
+    scalar_keys -= nested_keys
+    order = [k for k in FLAT_FIRST if k in scalar_keys or k == "id"]
+    order += sorted(scalar_keys - set(order) - {"commit_token"})
+    columns = {k: _column_array([_scalar(m.get(k)) for m in rows]) for k in order}
+    nested = [{k: v for k, v in m.items() if isinstance(v, (dict, list))} for m in rows]
+    columns["nested_json"] = pa.array([json.dumps(n, sort_keys=True) for n in nested], pa.string())
+    return pa.table(columns)
+
+
+def _with_item_columns(marker: dict) -> dict:
+    """The item's own scalar fields (prompt, task, seed, sizes...) and the pipeline's name and
+    identity as top-level columns, so the index can be filtered without parsing JSON."""
+    extra = {
+        k: v
+        for k, v in (marker.get("item") or {}).items()
+        if k not in marker and not isinstance(v, (dict, list))
+    }
+    pipeline = marker.get("pipeline") or {}
+    for key in ("name", "identity"):
+        if isinstance(pipeline, dict) and key in pipeline:
+            extra[f"pipeline_{key}"] = pipeline[key]
+    return {**extra, **marker}
+
+
+def _scalar(value: object) -> object:
+    return None if isinstance(value, (dict, list)) else value

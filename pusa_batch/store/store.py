@@ -1,0 +1,242 @@
+"""The output root: exactly-once commits, resume plans, index compaction and the run lease.
+
+Layout (every path relative to the root URL):
+    videos/{id}.mp4          the video, written before its marker
+    items/{id}.json          the commit marker, written LAST; records size, sha256, fingerprint
+    recent/{id}@{token}      empty pointer written FIRST; compaction deletes it
+    failures/{id}.json       the last failure of an item; cleared by a later success
+    index/part-NNNNNN.parquet  compacted, verified markers (a later part wins)
+    index.parquet            one row per done item, written at the end of a run
+    run.json, lease.json     run-level info; the single-writer lease
+
+Design: an item is done when its marker exists and its video has the recorded size. Markers
+written since the last compaction are found by listing the small `recent/` prefix, so `plan`
+and `status_counts` read the index parts plus only those markers: their storage calls do not
+grow with the number of done items. See store_index.py for the state rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import IO, Any
+
+import fsspec
+
+from pusa_batch.errors import StoreError
+from pusa_batch.store.index import (
+    CompactionResult,
+    RootState,
+    compact,
+    failure_path,
+    final_index_table,
+    iter_indexed_markers,
+    marker_path,
+    pointer_path,
+    read_state,
+    table_bytes,
+    video_path,
+)
+from pusa_batch.store.io import RetryPolicy, Root, redact_url
+from pusa_batch.store.lease import Lease, acquire_lease
+
+RUN_FILE = "run.json"
+FINAL_INDEX = "index.parquet"
+DEFAULT_RETRY = RetryPolicy()
+_BAD_ID_CHARS = set('/\\@:*?"<>|')
+
+
+def check_item_id(item_id: str) -> str:
+    """An id becomes a file name: refuse ones that would escape or break the layout."""
+    if (
+        not isinstance(item_id, str)
+        or not item_id
+        or len(item_id) > 200
+        or item_id.startswith(".")
+        or any(c in _BAD_ID_CHARS or ord(c) < 32 for c in item_id)
+    ):
+        raise StoreError(
+            f"item id {item_id!r} cannot be used as a file name: use 1-200 characters, "
+            "no leading '.', and none of / \\ @ : * ? \" < > | or control characters"
+        )
+    return item_id
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _commit_token() -> str:
+    """Sorts by time across hosts (to the clock's accuracy), unique by its random tail."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    item_id: str
+    video: str
+    video_bytes: int
+    video_sha256: str
+    committed_at: str
+
+
+class Store:
+    """One output root: a URL plus fsspec storage options. Secrets never leave this object."""
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict | None = None,
+        *,
+        filesystem: Any | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ):
+        self._url = str(url)
+        self._storage_options = dict(storage_options or {})
+        self._filesystem = filesystem
+        if filesystem is None:
+            fs, root = fsspec.core.url_to_fs(self._url, **self._storage_options)
+        else:
+            fs, root = filesystem, filesystem._strip_protocol(self._url)
+        self.url = redact_url(self._url)
+        self._root = Root(fs, root, self.url, retry)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __reduce__(self) -> tuple:  # Ray ships stores to workers; rebuild from the URL there
+        return (_rebuild, (self._url, self._storage_options, self._filesystem, self._root.retry))
+
+    @property
+    def root(self) -> Root:
+        return self._root
+
+    # writing
+    def commit(self, item_id: str, video: bytes, metadata: dict) -> CommitResult:
+        """Write the video, then the marker; the item is done once this returns."""
+        check_item_id(item_id)
+        _json_bytes(metadata, f"item {item_id}")  # refuse bad metadata before writing anything
+        token = _commit_token()
+        self._root.write_bytes(pointer_path(item_id, token), b"")
+        self._root.write_bytes(video_path(item_id), video)
+        result = CommitResult(
+            item_id=item_id,
+            video=video_path(item_id),
+            video_bytes=len(video),
+            video_sha256=hashlib.sha256(video).hexdigest(),
+            committed_at=_now_iso(),
+        )
+        marker = {
+            **metadata,
+            "id": item_id,
+            "video": result.video,
+            "video_bytes": result.video_bytes,
+            "video_sha256": result.video_sha256,
+            "fingerprint": metadata.get("fingerprint"),
+            "committed_at": result.committed_at,
+            "commit_token": token,
+        }
+        self._root.write_bytes(marker_path(item_id), _json_bytes(marker, f"item {item_id}"))
+        self._root.delete(failure_path(item_id))
+        return result
+
+    def record_failure(self, item_id: str, info: dict) -> None:
+        """Write failures/{id}.json (error type, message, traceback, attempts, worker, node)."""
+        check_item_id(item_id)
+        record = {**info, "id": item_id, "failed_at": info.get("failed_at") or _now_iso()}
+        self._root.write_bytes(
+            failure_path(item_id), _json_bytes(record, f"failure of item {item_id}")
+        )
+
+    def write_run_info(self, info: dict) -> None:
+        self._root.write_bytes(RUN_FILE, _json_bytes(info, RUN_FILE))
+
+    def read_run_info(self) -> dict | None:
+        return self._root.read_json(RUN_FILE)
+
+    # planning and status
+    def state(self) -> RootState:
+        return read_state(self._root)
+
+    def status_counts(self) -> dict[str, int]:
+        """Counts from the root alone (no manifest): done, failed, orphans, uncompacted."""
+        state = self.state()
+        done = state.done_ids()
+        return {
+            "done": len(done),
+            "failed": len(state.failures - done),
+            "orphans": len(state.orphans),
+            "uncompacted": len(state.pointers),
+        }
+
+    def is_done(self, item_id: str) -> bool:
+        """One item, checked directly: marker present and video of the recorded size."""
+        marker = self.read_item(item_id)
+        if marker is None:
+            return False
+        return self._root.size(video_path(item_id)) == marker.get("video_bytes")
+
+    # index
+    def compact_index(self, min_items: int = 1, max_parts: int = 32) -> CompactionResult:
+        """Fold markers written since the last compaction into a new index part.
+
+        Run it from the lease holder only. Parts beyond `max_parts` are merged into one.
+        """
+        return compact(self._root, min_items, max_parts)
+
+    def write_final_index(self) -> int:
+        """Write index.parquet, one row per done item; return the number of rows."""
+        table = final_index_table(self.iter_done_metadata())
+        self._root.write_bytes(FINAL_INDEX, table_bytes(table))
+        return table.num_rows
+
+    # readers
+    def iter_done_metadata(self) -> Iterator[dict]:
+        """The marker of every done item: compacted ones, then those written since."""
+        state = self.state()
+        yield from iter_indexed_markers(self._root, skip=state.recent_open | set(state.recent_done))
+        yield from (state.recent_done[k] for k in sorted(state.recent_done))
+
+    def iter_failures(self) -> Iterator[dict]:
+        """Failure records of items that are not done (a success clears its record)."""
+        state = self.state()
+        for item_id in sorted(state.failures - state.done_ids()):
+            record = self._root.read_json(failure_path(item_id))
+            if record is not None:
+                yield record
+
+    def read_item(self, item_id: str) -> dict | None:
+        return self._root.read_json(marker_path(check_item_id(item_id)))
+
+    def read_failure(self, item_id: str) -> dict | None:
+        return self._root.read_json(failure_path(check_item_id(item_id)))
+
+    def video_url(self, item_id: str) -> str:
+        """Full URL of the video (for object stores, reading it needs the storage options)."""
+        return self._root.url(video_path(check_item_id(item_id)))
+
+    def open_video(self, item_id: str) -> IO[bytes]:
+        return self._root.open_read(video_path(check_item_id(item_id)))
+
+    # lease
+    def acquire_lease(self, owner: dict, stale_after_s: float = 120.0) -> Lease:
+        return acquire_lease(self._root, owner, stale_after_s)
+
+
+def _rebuild(url: str, options: dict, filesystem: Any, retry: RetryPolicy) -> Store:
+    return Store(url, options, filesystem=filesystem, retry=retry)
+
+
+def _json_bytes(record: dict, what: str) -> bytes:
+    try:
+        return json.dumps(record, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"metadata for {what} is not plain JSON ({exc}); pass strings, numbers, "
+            "booleans, lists and dicts only"
+        ) from exc
