@@ -1,6 +1,7 @@
 """Manifest cell parsers: frame lists ('0,20', '[0, 20]', '0..12') and number lists.
 
 `tasks` re-exports `parse_int_list` and `parse_float_list`, which the manifest code reads there.
+`is_empty` is the one rule for an empty cell, in every manifest format.
 """
 
 from __future__ import annotations
@@ -16,19 +17,26 @@ _RANGE = re.compile(r"^\s*([+-]?\d+)\s*\.\.\s*([+-]?\d+)\s*$")
 _INT = re.compile(r"^\s*[+-]?\d+\s*$")
 
 
-def _is_empty(value: Any) -> bool:
+def is_empty(value: Any) -> bool:
+    """The one empty-cell rule: None, NaN, pandas' NA / NaT, blank text, or an empty list."""
     if value is None:
         return True
     if isinstance(value, str):
         return not value.strip()
     if isinstance(value, float):
         return math.isnan(value)
-    return type(value).__name__ in ("NAType", "NaTType")
+    if type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    if hasattr(value, "__len__") and getattr(value, "ndim", 1) != 0:
+        return len(value) == 0
+    if getattr(value, "ndim", None) == 0:  # a numpy scalar
+        return is_empty(value.item())
+    return False
 
 
 def _cell_items(value: Any, column: str, example: str) -> list[Any]:
     """Split a cell (text, JSON array, list, tuple, numpy array or scalar) into its entries."""
-    if _is_empty(value):
+    if is_empty(value):
         return []
     if isinstance(value, str):
         text = value.strip()

@@ -107,3 +107,9 @@ class ManyChangedItemsError(ChangedItemsError):
             f"{total} item(s) already done have changed since they were generated, among them: "
             f"{shown} ... Rerun with --regenerate-changed to replace them, or give them new ids.",
         )
+
+
+class UsageError(PusaBatchError):
+    """A command's options cannot work together or with the environment; the message says why."""
+
+    exit_code = 2

@@ -18,8 +18,7 @@ class Item:
     task: str
     prompt: str
     negative_prompt: str
-    image: str | None
-    images: tuple[str, ...]
+    images: tuple[str, ...]  # every input image, in order (the `image` column is one of them)
     video: str | None
     video_b: str | None
     cond_frames: tuple[int, ...] | None
@@ -47,6 +46,12 @@ class Item:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Item:
+        """An Item from `to_dict`'s form; records written before 0.2 also carry `image`, which
+        is always `images[0]` there and is dropped."""
+        data = dict(data)
+        legacy_image = data.pop("image", None)
+        if legacy_image and not data.get("images"):
+            data["images"] = [legacy_image]
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in data]
         unknown = [k for k in data if k not in names]

@@ -247,20 +247,6 @@ def expert_switch(high_fn: ModelFn, low_fn: ModelFn, boundary: float = 0.875) ->
     return model_fn
 
 
-def flip_to_mochi(mochi_call: ModelFn, *, takes_time: bool = False) -> ModelFn:
-    """Adapt a Mochi-convention DiT (predicts ``x0 - noise``) to ``model_fn``: v = -pred.
-
-    genmo's DiT takes sigma and embeds ``1 - sigma`` itself; pass ``takes_time=True`` for a
-    DiT whose input is already Mochi's time ``t = 1 - sigma`` (1 = clean). Either way Pusa
-    V0.5's update ``z += (sigma - sigma_next) * pred`` is ``sample``'s Euler step.
-    """
-
-    def model_fn(x: Tensor, sigma: Tensor) -> Tensor:
-        return -mochi_call(x, 1.0 - sigma if takes_time else sigma)
-
-    return model_fn
-
-
 # ---------------------------------------------------------------------------------------------
 # Noise
 
@@ -269,16 +255,3 @@ def make_noise(shape: Sequence[int], seed: int) -> Tensor:
     """float32 noise from a fresh CPU generator: the same seed gives the same tensor anywhere."""
     generator = torch.Generator("cpu").manual_seed(int(seed))
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
-
-
-def stack_noise(shapes_and_seeds: Sequence[tuple[Sequence[int], int]]) -> Tensor:
-    """Concatenate each item's own noise along batch: item i never depends on its batch mates.
-
-    Each shape includes its batch axis (usually 1); all shapes must agree past it.
-    """
-    if not shapes_and_seeds:
-        raise ValueError("stack_noise needs at least one (shape, seed)")
-    tails = {tuple(shape[1:]) for shape, _ in shapes_and_seeds}
-    if len(tails) != 1:
-        raise ValueError(f"items in one micro-batch must share a latent shape, got {sorted(tails)}")
-    return torch.cat([make_noise(shape, seed) for shape, seed in shapes_and_seeds], dim=0)

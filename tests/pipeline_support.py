@@ -43,7 +43,7 @@ def clip(tmp_path_factory) -> str:
 
 
 def make_item(spec, **changes) -> Item:
-    """A t2v item at the spec's defaults, with `changes` applied."""
+    """A t2v item at the spec's defaults, with `changes` applied (`image=p` gives `images=(p,)`)."""
     d = spec.defaults
     fields = {
         "id": "item",
@@ -51,7 +51,6 @@ def make_item(spec, **changes) -> Item:
         "task": "t2v",
         "prompt": "a red car on a road",
         "negative_prompt": d.negative_prompt,
-        "image": None,
         "images": (),
         "video": None,
         "video_b": None,
@@ -66,4 +65,7 @@ def make_item(spec, **changes) -> Item:
         "guidance_scale": d.guidance_scale,
         "shift": d.shift,
     }
+    image = changes.pop("image", None)  # the manifest's one-image column, as `images`
+    if image is not None:
+        changes["images"] = (image,)
     return Item(**{**fields, **changes})

@@ -28,7 +28,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "models": {"errors"},
     "store": {"errors"},
     "pipelines": {"errors", "item", "models", "sampler", "tasks", "video"},
-    "manifest": {"errors", "item", "pipelines", "tasks", "video"},
+    "manifest": {"cells", "errors", "item", "pipelines", "tasks", "video"},
     "doctor": {"errors", "models", "pipelines"},
     "outputs": {"errors", "item", "manifest", "store", "video"},
     "engine": {"(face)", "doctor", "errors", "item", "manifest", "pipelines", "store", "video"},

@@ -157,7 +157,7 @@ def test_image_paths_are_relative_when_under_the_manifest_folder(folder):
     df = read(out)
     assert "a/b/dog.PNG" in df["image"].tolist()
     items = {item.id: item for item in iter_items(str(out))}
-    assert items["a__b__dog"].image == str(folder / "a/b/dog.PNG")
+    assert items["a__b__dog"].images == (str(folder / "a/b/dog.PNG"),)
 
 
 def test_hidden_files_are_skipped(folder, tmp_path):

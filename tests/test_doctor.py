@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_support import diffusers_to_wan
 from safetensors.torch import load_file, save_file
 
 from pusa_batch.cli import main as cli
 from pusa_batch.doctor.preflight import diagnose, estimate_memory
 from pusa_batch.models.tiny import ensure_tiny_model
-from pusa_batch.models.wan_keys import diffusers_to_wan
 from pusa_batch.pipelines.spec import load_pipeline_spec
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"

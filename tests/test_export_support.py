@@ -35,7 +35,6 @@ def item_dict(item_id: str, prompt: str, seed: int, task: str = "t2v", **fields)
         "task": task,
         "prompt": prompt,
         "negative_prompt": "blurry",
-        "image": None,
         "images": (),
         "video": None,
         "video_b": None,
@@ -50,6 +49,9 @@ def item_dict(item_id: str, prompt: str, seed: int, task: str = "t2v", **fields)
         "guidance_scale": 3.0,
         "shift": 5.0,
     }
+    image = fields.pop("image", None)  # the manifest's one-image column, as `images`
+    if image is not None:
+        values["images"] = (image,)
     values.update(fields)
     return Item(**values).to_dict()
 
@@ -58,7 +60,7 @@ def commit_item(store: Store, item: dict, video: bytes | None = None) -> bytes:
     """Commit one item as the worker does (marker fields included); return the mp4 bytes."""
     if video is None:
         video = encode_mp4(frames(item["seed"], item["num_frames"], item["height"]), item["fps"])
-    n_images = int(item["image"] is not None) + len(item["images"])
+    n_images = len(item["images"])
     plan = plan_conditioning(
         item["task"],
         num_frames=item["num_frames"],

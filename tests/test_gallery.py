@@ -119,6 +119,24 @@ def test_local_conditioning_images_get_thumbnails(gallery):
     assert "frames [0] × 0.2" in card["text"]  # the conditioning that was applied
 
 
+def test_an_i2v_input_image_is_shown_once(gallery):
+    _, _, parsed = gallery
+    card = next(c for c in parsed.cards if card_id(c) == "clip.v2")
+    inputs = [a for t, a in card["tags"] if t == "img" and a.get("alt") == "input"]
+    assert len(inputs) == 1
+
+
+def test_a_record_from_before_0_2_naming_its_image_twice_shows_it_once(tmp_path):
+    image = tmp_path / "pic.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    store = Store(str(tmp_path / "out"))
+    item = item_dict("old", "an old record", 1, task="i2v", image=str(image))
+    commit_item(store, {**item, "image": str(image)})  # both fields, as 0.1 wrote them
+    write_gallery(store)
+    card = Cards((tmp_path / "out" / "gallery.html").read_text()).cards[0]
+    assert len([a for t, a in card["tags"] if t == "img" and a.get("alt") == "input"]) == 1
+
+
 def test_filter_buttons_cover_every_task_and_status(gallery):
     _, _, parsed = gallery
     values = {(b["data-kind"], b["data-value"]) for b in parsed.buttons}

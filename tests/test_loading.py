@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from model_support import diffusers_to_wan, inspect_safetensors
 from safetensors.torch import save_file
 
 from pusa_batch.errors import CheckpointError
 from pusa_batch.models.loading import (
-    inspect_safetensors,
     load_wan_transformer,
     read_state_dict,
 )
-from pusa_batch.models.wan_keys import diffusers_to_wan
 
 TINY = {
     "num_attention_heads": 2,

@@ -50,7 +50,7 @@ def test_a_noisier_loop_still_closes_far_better_than_text_to_video(loaded):
     pipeline, loop = loaded
     noisy = dataclasses.replace(loop, noise_multipliers=(0.3, 0.3))
     free = dataclasses.replace(
-        loop, task="t2v", image=None, images=(), video=None, cond_frames=None,
+        loop, task="t2v", images=(), video=None, cond_frames=None,
         noise_multipliers=None,
     )  # fmt: skip
     looped = loop_seam(pipeline.generate(noisy))["first_last_mae"]

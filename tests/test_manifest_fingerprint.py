@@ -95,7 +95,7 @@ def test_moving_the_inputs_does_not_change_it(item, tmp_path):
         target = moved / Path(path).name
         target.write_bytes(Path(path).read_bytes())
         paths.append(str(target))
-    relocated = replace(item, images=tuple(paths), image=None)
+    relocated = replace(item, images=tuple(paths))
     assert item_fingerprint(relocated, IDENTITY) == item_fingerprint(item, IDENTITY)
 
 

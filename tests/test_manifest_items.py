@@ -144,7 +144,7 @@ def test_derived_id_does_not_depend_on_the_pipeline_defaults(tmp_path):
 def test_relative_paths_resolve_against_the_manifest_folder(tmp_path, pics, monkeypatch):
     monkeypatch.chdir("/")
     items = list(iter_items(write(tmp_path, "parquet")))
-    assert items[1].image == str(pics / "dog.png") and items[1].images == (str(pics / "dog.png"),)
+    assert items[1].images == (str(pics / "dog.png"),)
     assert items[2].images == (str(pics / "a.png"), str(pics / "dog.png"))
 
 
@@ -153,7 +153,7 @@ def test_urls_and_absolute_paths_are_kept(tmp_path):
         "task,prompt,image\ni2v,x,s3://bucket/a.png\ni2v,y,/data/b.png\n"
     )
     first, second = iter_items(str(tmp_path / "m.csv"))
-    assert (first.image, second.image) == ("s3://bucket/a.png", "/data/b.png")
+    assert (first.images, second.images) == (("s3://bucket/a.png",), ("/data/b.png",))
 
 
 def test_items_keep_manifest_order_and_row_numbers(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
+from model_support import mochi_condition_latents
 from transformers import AutoTokenizer, T5EncoderModel
 
 from pusa_batch.models.mochi import load_mochi_transformer
@@ -12,7 +13,6 @@ from pusa_batch.models.mochi_conventions import (
     decode_mochi_latents,
     dit_latents_to_vae_latents,
     encode_mochi_text,
-    mochi_condition_latents,
     mochi_text_inputs,
     mochi_velocity,
     vae_latents_to_dit_latents,

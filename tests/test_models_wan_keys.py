@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+from model_support import diffusers_to_wan
 
 from pusa_batch.errors import CheckpointError
 from pusa_batch.models.wan_keys import (
-    diffusers_to_wan,
     is_wan_format,
     wan_config_to_diffusers,
     wan_name_to_diffusers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_support import stack_noise
 
 from pusa_batch.sampler import (
     ConditioningSpec,
@@ -11,7 +12,6 @@ from pusa_batch.sampler import (
     make_noise,
     sample,
     shifted_sigmas,
-    stack_noise,
 )
 
 SHAPE = (1, 4, 6, 3, 5)  # B, C, F, H, W

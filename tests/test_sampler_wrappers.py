@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_support import flip_to_mochi
 
 from pusa_batch.sampler import (
     ConditioningSpec,
     expert_switch,
-    flip_to_mochi,
     guided,
     linear_quadratic_sigmas,
     make_noise,

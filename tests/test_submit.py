@@ -10,8 +10,16 @@ from types import SimpleNamespace
 import pytest
 
 import pusa_batch
-from pusa_batch.engine.submit import JobRequest, job_exit_code, plan_job
-from pusa_batch.errors import PusaBatchError
+from pusa_batch.engine.config import RunConfig
+from pusa_batch.engine.submit import (
+    RUN_FLAGS,
+    JobRequest,
+    dashboard_address,
+    job_exit_code,
+    plan_job,
+    submit_job,
+)
+from pusa_batch.errors import PusaBatchError, UsageError
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 HEADER = "id,task,prompt,num_frames,height,width,steps,seed"
@@ -26,18 +34,18 @@ def project(tmp_path):
     return tmp_path
 
 
-def request(project: Path, **overrides) -> JobRequest:
-    fields = {
-        "manifest": "manifests/run.csv",
-        "output": "s3://bucket/run1",
-        "pipeline": "tiny.toml",
-        "address": "http://head:8265",
-        "workers": None,
-        "working_dir": str(project),
-        "pip": (),
-        "storage_options": (),
-    }
-    return JobRequest(**{**fields, **overrides})
+def request(project: Path, working_dir: str | None = None, **overrides) -> JobRequest:
+    """A request as `submit` builds it; run settings (workers, batch_size, ...) go to RunConfig."""
+    config_fields = {"manifest": "manifests/run.csv", "output": "s3://bucket/run1"}
+    config_fields["pipeline"] = "tiny.toml"
+    request_fields = {"address": "http://head:8265", "working_dir": working_dir or str(project)}
+    for name in ("manifest", "output", "pipeline"):
+        if name in overrides:
+            config_fields[name] = overrides.pop(name)
+    for name in ("address", "pip", "storage_options"):
+        if name in overrides:
+            request_fields[name] = overrides.pop(name)
+    return JobRequest(config=RunConfig(**config_fields, **overrides), **request_fields)
 
 
 def test_the_entrypoint_is_the_same_run_joining_the_cluster(project):
@@ -58,6 +66,69 @@ def test_the_entrypoint_flags_exist_in_the_run_command(project):
     flags = {opt for param in run.params for opt in param.opts + param.secondary_opts}
     plan = plan_job(request(project, workers=2, storage_options=("a=b",)))
     assert {arg for arg in plan.argv if arg.startswith("-")} <= flags | {"-m"}
+
+
+def run_command_flags() -> set[str]:
+    from typer.main import get_command
+
+    from pusa_batch.cli.main import app
+
+    run = get_command(app).commands["run"]
+    return {param.opts[-1] for param in run.params if param.opts[-1].startswith("--")}
+
+
+def test_every_run_option_a_user_can_set_has_a_way_to_the_job():
+    where_the_job_says = {"--output", "--pipeline", "--storage-option", "--address", "--progress"}
+    assert run_command_flags() - where_the_job_says == set(RUN_FLAGS.values())
+
+
+def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(project):
+    settings = {
+        "workers": 3,
+        "gpus_per_worker": 0.5,
+        "max_retries": 5,
+        "retry_failed": True,
+        "regenerate_changed": True,
+        "longest_first": True,
+        "batch_size": 4,
+        "lease_stale_s": 30.0,
+    }
+    assert set(settings) == set(RUN_FLAGS)
+    argv = list(plan_job(request(project, **settings)).argv)
+    tail = argv[argv.index("tiny.toml") + 1 : argv.index("--address")]
+    assert tail == [
+        "--workers", "3", "--gpus-per-worker", "0.5", "--max-retries", "5", "--retry-failed",
+        "--regenerate-changed", "--longest-first", "--batch-size", "4", "--lease-stale-s", "30.0",
+    ]  # fmt: skip
+
+
+def test_default_run_settings_add_no_flags(project):
+    argv = list(plan_job(request(project)).argv)
+    assert argv[argv.index("tiny.toml") + 1 :] == ["--address", "auto", "--no-progress"]
+
+
+def test_the_address_comes_from_the_environment_when_not_given():
+    env = {"RAY_ADDRESS": "http://b:8265", "RAY_API_SERVER_ADDRESS": "http://a:8265"}
+    assert dashboard_address(None, env) == ("http://a:8265", None)
+    assert dashboard_address(None, {"RAY_ADDRESS": "http://b:8265"}) == ("http://b:8265", None)
+    assert dashboard_address("http://c:8265", env) == ("http://c:8265", None)
+
+
+def test_a_bare_host_and_port_is_taken_as_http_with_a_note():
+    address, note = dashboard_address("head:8265", {})
+    assert address == "http://head:8265" and "http://head:8265" in note
+
+
+@pytest.mark.parametrize("given", ["head:6379", "http://head:6379", "ray://head:10001"])
+def test_a_gcs_or_client_address_is_refused_at_once(given):
+    with pytest.raises(UsageError, match="dashboard") as refused:
+        dashboard_address(given, {})
+    assert refused.value.exit_code == 2
+
+
+def test_no_address_anywhere_says_how_to_give_one():
+    with pytest.raises(UsageError, match="--address http://HEAD:8265.*RAY_API_SERVER_ADDRESS"):
+        dashboard_address(None, {})
 
 
 def test_without_pip_this_package_is_shipped_as_a_py_module(project):
@@ -156,3 +227,29 @@ def test_the_exit_status_follows_the_job(info, code):
     lines: list[str] = []
     assert job_exit_code(info, lines.append) == code
     assert lines
+
+
+class RecordingClient:
+    """Stands in for Ray's JobSubmissionClient to see what submit sends (the real round trip is
+    in test_submit_cluster.py)."""
+
+    def __init__(self):
+        self.sent: dict = {}
+
+    def submit_job(self, **kwargs):
+        self.sent = kwargs
+        return "raysubmit_1"
+
+
+def test_job_metadata_and_printed_lines_hide_url_secrets(project, monkeypatch):
+    client = RecordingClient()
+    monkeypatch.setattr("pusa_batch.engine.submit.connect", lambda address: client)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    lines: list[str] = []
+    output = "s3://KEY:SECRET@bucket/run1?X-Amz-Signature=SIGNED"
+    assert submit_job(request(project, output=output), wait=False, echo=lines.append) == 0
+    metadata = str(client.sent["metadata"])
+    assert "SECRET" not in metadata and "SIGNED" not in metadata
+    assert not [line for line in lines if "SECRET" in line or "SIGNED" in line]
+    follow = [line for line in lines if "job logs" in line or "job stop" in line]
+    assert follow and all("RAY_AUTH_MODE=token ray job" in line for line in follow)

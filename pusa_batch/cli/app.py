@@ -20,6 +20,18 @@ StorageOpt = typer.Option(
     help="KEY=VALUE passed to fsspec for the output root (repeatable). Never logged.",
 )
 
+# The run options, shared by `run` and `submit` (which sends them to the cluster's run).
+WorkersOpt = typer.Option(None, help="Actors to start (default: one per GPU, else 1).")
+GpusPerWorkerOpt = typer.Option(None, help="GPUs per actor (default 1 with GPUs).")
+MaxRetriesOpt = typer.Option(2, help="Retries of a failing item before it is recorded.")
+RetryFailedOpt = typer.Option(False, help="Run again the items that failed before.")
+RegenerateChangedOpt = typer.Option(False, help="Replace done items whose inputs changed.")
+LongestFirstOpt = typer.Option(False, help="Dispatch the costliest items first.")
+BatchSizeOpt = typer.Option(1, help="Items sharing one forward when shapes match.")
+LeaseStaleOpt = typer.Option(
+    120.0, help="Seconds without a heartbeat after which another run's lease is taken over."
+)
+
 
 def parse_storage_options(pairs: list[str] | None) -> dict:
     """`KEY=VALUE` pairs to a dict; values that parse as JSON (numbers, booleans, objects) do."""

@@ -11,8 +11,16 @@ import typer
 from rich.table import Table
 
 from pusa_batch.cli.app import (
+    BatchSizeOpt,
+    GpusPerWorkerOpt,
+    LeaseStaleOpt,
+    LongestFirstOpt,
+    MaxRetriesOpt,
     PipelineOpt,
+    RegenerateChangedOpt,
+    RetryFailedOpt,
     StorageOpt,
+    WorkersOpt,
     err,
     load_spec_or_none,
     out,
@@ -121,24 +129,18 @@ def run(
     manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
     output: str = typer.Option(..., "-o", "--output", help="Output root: a path or fsspec URL."),
     pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML (see pipelines/)."),
-    workers: int | None = typer.Option(
-        None, help="Actors to start (default: one per GPU, else 1)."
-    ),
+    workers: int | None = WorkersOpt,
     address: str | None = typer.Option(
         None, help="Ray cluster to join (auto, ray://..., host:port)."
     ),
     storage_option: list[str] | None = StorageOpt,
-    gpus_per_worker: float | None = typer.Option(
-        None, help="GPUs per actor (default 1 with GPUs)."
-    ),
-    max_retries: int = typer.Option(2, help="Retries of a failing item before it is recorded."),
-    retry_failed: bool = typer.Option(False, help="Run again the items that failed before."),
-    regenerate_changed: bool = typer.Option(False, help="Replace done items whose inputs changed."),
-    longest_first: bool = typer.Option(False, help="Dispatch the costliest items first."),
-    batch_size: int = typer.Option(1, help="Items sharing one forward when shapes match."),
-    lease_stale_s: float = typer.Option(
-        120.0, help="Seconds without a heartbeat after which another run's lease is taken over."
-    ),
+    gpus_per_worker: float | None = GpusPerWorkerOpt,
+    max_retries: int = MaxRetriesOpt,
+    retry_failed: bool = RetryFailedOpt,
+    regenerate_changed: bool = RegenerateChangedOpt,
+    longest_first: bool = LongestFirstOpt,
+    batch_size: int = BatchSizeOpt,
+    lease_stale_s: float = LeaseStaleOpt,
     progress: bool = typer.Option(True, help="Show the live progress view."),
 ) -> int:
     """Generate every pending item of MANIFEST into OUTPUT; rerun to resume."""
@@ -197,9 +199,13 @@ def submit(
         ..., "-o", "--output", help="Output root reachable from the cluster."
     ),
     pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML."),
-    address: str = typer.Option(..., help="Ray dashboard address, e.g. http://HEAD:8265."),
+    address: str | None = typer.Option(
+        None,
+        help="Ray dashboard address, e.g. http://HEAD:8265 "
+        "(default: RAY_API_SERVER_ADDRESS, then RAY_ADDRESS).",
+    ),
     wait: bool = typer.Option(False, help="Stream the job's logs and return its exit status."),
-    workers: int | None = typer.Option(None, help="Actors to start on the cluster."),
+    workers: int | None = WorkersOpt,
     working_dir: Path = typer.Option(
         Path("."), help="Folder shipped to the cluster as the job's cwd."
     ),
@@ -207,16 +213,34 @@ def submit(
         None, help="pip spec(s) for the job's environment (default: ship this pusa_batch package)."
     ),
     storage_option: list[str] | None = StorageOpt,
+    gpus_per_worker: float | None = GpusPerWorkerOpt,
+    max_retries: int = MaxRetriesOpt,
+    retry_failed: bool = RetryFailedOpt,
+    regenerate_changed: bool = RegenerateChangedOpt,
+    longest_first: bool = LongestFirstOpt,
+    batch_size: int = BatchSizeOpt,
+    lease_stale_s: float = LeaseStaleOpt,
 ) -> int:
-    """Send the same run to a Ray cluster as a Ray Job."""
+    """Send the same run to a Ray cluster as a Ray Job: every `run` option goes with it."""
     from pusa_batch.engine.submit import JobRequest, submit_job
 
-    request = JobRequest(
-        manifest=str(manifest),
-        output=output,
-        pipeline=str(pipeline),
-        address=address,
+    config = run_config(
+        manifest,
+        output,
+        pipeline,
+        storage_option,
         workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        max_retries=max_retries,
+        retry_failed=retry_failed,
+        regenerate_changed=regenerate_changed,
+        longest_first=longest_first,
+        batch_size=batch_size,
+        lease_stale_s=lease_stale_s,
+    )
+    request = JobRequest(
+        config=config,
+        address=address,
         working_dir=str(working_dir),
         pip=tuple(pip or ()),
         storage_options=tuple(storage_option or ()),

@@ -31,13 +31,16 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pusa_batch
-from pusa_batch.errors import PusaBatchError
+from pusa_batch.engine.config import RunConfig
+from pusa_batch.errors import PusaBatchError, UsageError
+from pusa_batch.store.io import redact_url
 
 Echo = Callable[[str], None]
 
@@ -63,16 +66,47 @@ SECRET_WORDS = ("secret", "token", "password", "key", "credential")
 POLL_S = 1.0
 
 
+# RunConfig field -> the `run` flag that sets it; every one a user can give `run` reaches the job.
+RUN_FLAGS: dict[str, str] = {
+    "workers": "--workers",
+    "gpus_per_worker": "--gpus-per-worker",
+    "max_retries": "--max-retries",
+    "retry_failed": "--retry-failed",
+    "regenerate_changed": "--regenerate-changed",
+    "longest_first": "--longest-first",
+    "batch_size": "--batch-size",
+    "lease_stale_s": "--lease-stale-s",
+}
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+
+
 @dataclass(frozen=True)
 class JobRequest:
-    manifest: str
-    output: str
-    pipeline: str
-    address: str
-    workers: int | None = None
+    """The run to send (`config`, built and checked as `run` builds it) and where to send it.
+
+    `address` is the dashboard's; None reads RAY_API_SERVER_ADDRESS, then RAY_ADDRESS.
+    `storage_options` are the "KEY=VALUE" pairs as given on the command line.
+    """
+
+    config: RunConfig
+    address: str | None = None
     working_dir: str = "."
     pip: tuple[str, ...] = ()
-    storage_options: tuple[str, ...] = ()  # "KEY=VALUE", as given on the command line
+    storage_options: tuple[str, ...] = ()
+
+    @property
+    def manifest(self) -> str:
+        return self.config.manifest
+
+    @property
+    def output(self) -> str:
+        return self.config.output
+
+    @property
+    def pipeline(self) -> str:
+        return self.config.pipeline
 
 
 @dataclass(frozen=True)
@@ -96,22 +130,24 @@ class JobPlan:
 def submit_job(request: JobRequest, wait: bool, echo: Echo) -> int:
     """Submit the run; with `wait`, stream its logs and return the job's exit status."""
     plan = plan_job(request)
-    for note in plan.notes:
+    address, address_note = dashboard_address(request.address, os.environ)
+    for note in (*plan.notes, *([address_note] if address_note else [])):
         echo(f"note: {note}")
-    client = connect(request.address)
+    client = connect(address)
     try:
         job_id = client.submit_job(
             entrypoint=plan.entrypoint,
             runtime_env=plan.runtime_env,
-            metadata={"tool": "pusa-batch", "output": _redact_url(request.output)},
+            metadata={"tool": "pusa-batch", "output": redact_url(request.output)},
         )
     except Exception as exc:  # noqa: BLE001 - Ray raises RuntimeError / AuthenticationError
-        raise _client_error(exc, request.address) from exc
-    echo(f"Submitted job {job_id} to {request.address}")
+        raise _client_error(exc, address) from exc
+    ray_cli = "RAY_AUTH_MODE=token ray" if os.environ.get("RAY_AUTH_MODE") == "token" else "ray"
+    echo(f"Submitted job {job_id} to {address}")
     echo(f"  entrypoint: {plan.shown_entrypoint}")
-    echo(f"  follow its logs: ray job logs --follow {job_id} --address {request.address}")
-    echo(f"  progress of the run: pusa-batch status {request.output}")
-    echo(f"  stop it: ray job stop {job_id} --address {request.address}")
+    echo(f"  follow its logs: {ray_cli} job logs --follow {job_id} --address {address}")
+    echo(f"  progress of the run: pusa-batch status {redact_url(request.output)}")
+    echo(f"  stop it: {ray_cli} job stop {job_id} --address {address}")
     if not wait:
         return 0
     try:
@@ -157,12 +193,50 @@ def plan_job(request: JobRequest) -> JobPlan:
 
 def build_argv(request: JobRequest, manifest: str, pipeline: str) -> list[str]:
     argv = ["python", "-m", "pusa_batch", "run", manifest, "-o", request.output]
-    argv += ["--pipeline", pipeline]
-    if request.workers is not None:
-        argv += ["--workers", str(request.workers)]
+    argv += ["--pipeline", pipeline, *run_flags(request.config)]
     for pair in request.storage_options:
         argv += ["--storage-option", pair]
     return argv + ["--address", "auto", "--no-progress"]
+
+
+def run_flags(config: RunConfig) -> list[str]:
+    """The `run` flags for every setting of `config` that differs from `run`'s default."""
+    defaults = RunConfig(config.manifest, config.output, config.pipeline)
+    flags: list[str] = []
+    for name, flag in RUN_FLAGS.items():
+        value = getattr(config, name)
+        if value == getattr(defaults, name):
+            continue
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags
+
+
+def dashboard_address(given: str | None, environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """(the dashboard's http address, a note or None) from `--address` or the environment.
+
+    A bare `host:port` is taken as `http://host:port`; the GCS port (6379) or a `ray://` client
+    address is refused at once, since waiting on it only ends in a long timeout.
+    """
+    address, source = given, "--address"
+    for name in ADDRESS_VARIABLES:
+        if address is None and environ.get(name):
+            address, source = environ[name], name
+    if address is None:
+        raise UsageError(
+            "submit needs the Ray dashboard's address: give --address http://HEAD:8265, or set "
+            "RAY_API_SERVER_ADDRESS (or RAY_ADDRESS) to it"
+        )
+    note = None
+    if "://" not in address:
+        address, note = f"http://{address}", f"{source} has no scheme: using http://{address}"
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https") or parts.port == GCS_PORT:
+        raise UsageError(
+            f"{source}={given or address!s} is not a Ray dashboard address: submit talks to the "
+            f"dashboard's Jobs API (http://HEAD:{DASHBOARD_PORT}), not to the GCS port "
+            f"{GCS_PORT} or a ray:// client port"
+        )
+    return address, note
 
 
 def job_path(path: str, working_dir: Path, what: str, notes: list[str]) -> str:
@@ -248,7 +322,8 @@ def manifest_uses_videos(manifest: Path) -> bool:
 
 
 def redact_argv(argv: tuple[str, ...] | list[str]) -> list[str]:
-    out = list(argv)
+    """Storage option values and URL credentials or query values become `***`."""
+    out = [redact_url(arg) if "://" in arg else arg for arg in argv]
     for i, arg in enumerate(out[:-1]):
         if arg == "--storage-option":
             key = out[i + 1].partition("=")[0]
@@ -265,10 +340,6 @@ def _local(path: str, working_dir: Path) -> Path | None:
 
 def _looks_secret(pair: str) -> bool:
     return any(word in pair.partition("=")[0].lower() for word in SECRET_WORDS)
-
-
-def _redact_url(url: str) -> str:
-    return re.sub(r"//[^/@]*@", "//***@", url)
 
 
 # ---------------------------------------------------------------------------- the cluster

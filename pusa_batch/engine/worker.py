@@ -206,9 +206,19 @@ class WorkerCore:
         A failed batch is retried item by item, so one bad item never fails the others.
         """
         batch_key = getattr(self.runner, "batch_key", None)
-        if self.settings.batch_size <= 1 or batch_key is None:
-            return self._sample(item_id, prepared, timings), 1
-        entry = _Waiting(item_id, prepared, timings, batch_key(prepared))
+        alone = self.settings.batch_size <= 1 or batch_key is None
+        entry = _Waiting(item_id, prepared, timings, None if alone else batch_key(prepared))
+        if alone:
+            with self._sample_lock:
+                self._run_group([entry])
+        else:
+            self._join_batch(entry)
+        if entry.error is not None:
+            raise entry.error
+        return entry.result, entry.batch
+
+    def _join_batch(self, entry: _Waiting) -> None:
+        """Queue `entry`; whoever gets the sample lock first samples it, alone or batched."""
         with self._waiting_lock:
             self._waiting.append(entry)
         with self._sample_lock:
@@ -220,9 +230,6 @@ class WorkerCore:
                         self._waiting.remove(e)
                 self._run_group(group)
         entry.done.wait()
-        if entry.error is not None:
-            raise entry.error
-        return entry.result, entry.batch
 
     def _run_group(self, group: list[_Waiting]) -> None:
         """Called with the sample lock held: one forward per step for the whole group."""
@@ -264,22 +271,6 @@ class WorkerCore:
             self._progress = (label, step, steps)
 
         return on_step
-
-    def _sample(self, item_id: str, prepared: Any, timings: dict[str, float]) -> Any:
-        with self._sample_lock:
-            self._progress = (item_id, 0, 0)
-            timings["sample_start_unix"] = time.time()
-            t0 = time.perf_counter()
-            try:
-
-                def on_step(step: int, steps: int) -> None:
-                    self._progress = (item_id, step, steps)
-
-                return self.runner.sample(prepared, on_step)
-            finally:
-                timings["sample"] = time.perf_counter() - t0
-                self._busy_s += timings["sample"]
-                self._progress = (None, 0, 0)
 
     def _metadata(
         self, task: Task, meta: dict[str, Any], timings: dict[str, float]

@@ -32,9 +32,10 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
+from pusa_batch.cells import is_empty
 from pusa_batch.errors import ManifestError
 from pusa_batch.manifest.read import iter_raw_chunks, manifest_format, validate_manifest
-from pusa_batch.manifest.write import as_int, is_missing, plain_value, write_rows
+from pusa_batch.manifest.write import as_int, plain_value, write_rows
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CHUNK_ROWS = 20_000
@@ -119,7 +120,7 @@ def iter_rows(path: str) -> Iterator[tuple[int, dict]]:
         for record in df.to_dict("records"):
             number += 1
             plain = {str(k): plain_value(v) for k, v in record.items()}
-            yield number, {k: v for k, v in plain.items() if not is_missing(v)}
+            yield number, {k: v for k, v in plain.items() if not is_empty(v)}
 
 
 def _columns_of(path: str) -> list[str]:
@@ -309,7 +310,7 @@ def _prompt_hashes(path: str) -> tuple[list[np.ndarray], set[int]]:
 def _first_seed(record: dict, default: int, where: str) -> int:
     seed = record.get("seed")
     try:
-        return default if is_missing(seed) else as_int(seed)
+        return default if is_empty(seed) else as_int(seed)
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{where}: seed {seed!r} is not an integer") from e
 
@@ -477,7 +478,7 @@ def sweep(
             base_id = row.get("id")
             for point, suffix in points:
                 new = {**row, **dict(zip(names, point, strict=True))}
-                new["id"] = None if is_missing(base_id) else cap_id(f"{base_id}--{suffix}")
+                new["id"] = None if is_empty(base_id) else cap_id(f"{base_id}--{suffix}")
                 yield new
 
     return _finish(out, rows(), columns, (), (), validate, spec)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from pusa_batch import tasks as task_rules
 from pusa_batch import video as media
+from pusa_batch.cells import is_empty
 from pusa_batch.errors import InputMediaError, RowProblem, TaskError
 from pusa_batch.item import Item
 from pusa_batch.manifest.schema import (
@@ -27,7 +28,6 @@ from pusa_batch.manifest.schema import (
     canonical_value,
     derived_ids,
     hash_ids,
-    is_empty,
     number_column,
     parse_path_list,
     resolve_path,
@@ -73,18 +73,16 @@ class CheckedChunk:
         def value(name: str, cast: Callable) -> Any:
             col = self.cols.get(name)
             cell = None if col is None else col[i]
-            if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+            if is_empty(cell):
                 return cast(self.rules.defaults[name])
             return cast(cell)
 
-        image = self.paths["image"][i]
         return Item(
             id=str(self.ids[i]),
             row=self.first_row + i,
             task=str(self.cols["task"][i]),
             prompt=str(self.cols["prompt"][i]),
             negative_prompt=value("negative_prompt", str),
-            image=image,
             images=self.images[i],
             video=self.paths["video"][i],
             video_b=self.paths["video_b"][i],
@@ -189,7 +187,7 @@ class ChunkChecker:
     def _check_values(self, cols: dict[str, Any], found: _Problems, n: int) -> None:
         for name in REQUIRED_COLUMNS:
             if name in cols:
-                found.add_where(~_present(cols[name]), name, _is_empty(name), cols[name])
+                found.add_where(~_present(cols[name]), name, _missing_message(name), cols[name])
         if "task" in cols:
             tasks = pd.Series(cols["task"], dtype=object)
             unknown = tasks.notna().to_numpy() & ~tasks.isin(task_rules.TASKS).to_numpy()
@@ -353,7 +351,7 @@ def _expected(what: str) -> Callable[[Any], str]:
     return lambda v: f"expected {what}, got {v!r}."
 
 
-def _is_empty(name: str) -> Callable[[Any], str]:
+def _missing_message(name: str) -> Callable[[Any], str]:
     return lambda _: f"{name} is empty; every row needs one."
 
 

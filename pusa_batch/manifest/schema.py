@@ -11,11 +11,14 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pusa_batch.cells import is_empty
+from pusa_batch.pipelines.spec import TEMPORAL_FACTORS, Defaults
 
 # Column name -> kind. Order matters: it is the order of the derived-id hash.
 COLUMNS: dict[str, str] = {
@@ -55,20 +58,10 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ID_PATTERN_TEXT = "1-128 characters from A-Z a-z 0-9 . _ -"
 SEED_MAX = 2**32 - 1
 
-# Used when no pipeline spec is given (`validate` without `--pipeline`): Pusa-Wan at 720p, the
-# same values as `pipeline_spec.Defaults()` (not imported: it would pull in torch).
-WAN_DEFAULTS: dict[str, Any] = {
-    "negative_prompt": "",
-    "num_frames": 81,
-    "height": 720,
-    "width": 1280,
-    "fps": 25,
-    "seed": 0,
-    "steps": 30,
-    "guidance_scale": 3.0,
-    "shift": 5.0,
-}
-WAN_TEMPORAL_FACTOR = 4
+# Used when no pipeline spec is given (`validate` without `--pipeline`): the spec's own defaults,
+# Pusa-Wan at 720p.
+WAN_DEFAULTS: dict[str, Any] = asdict(Defaults())
+WAN_TEMPORAL_FACTOR = TEMPORAL_FACTORS["wan2.1"]
 WAN_SPATIAL_MULTIPLE = 16
 
 
@@ -94,20 +87,6 @@ def rules_from_spec(spec: Any | None) -> Rules:
 
 
 # --------------------------------------------------------------------------- cells
-
-
-def is_empty(value: Any) -> bool:
-    """Empty cell: None, NaN, "" (after stripping), or an empty list/array."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return value.strip() == ""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return len(value) == 0
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def parse_path_list(value: Any) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pusa_batch.cells import is_empty
 from pusa_batch.errors import ManifestError, RowProblem
 from pusa_batch.manifest.schema import COLUMNS
 
@@ -41,14 +42,6 @@ def _write_format(path: str) -> str:
     if suffix not in FORMATS:
         raise ManifestError(f"{path}: cannot write this format; name it .parquet, .csv or .jsonl")
     return FORMATS[suffix]
-
-
-def is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip() == ""
 
 
 def plain_value(value: Any) -> Any:
@@ -85,7 +78,7 @@ def normalise_cell(kind: str | None, value: Any) -> Any:
     value = plain_value(value)
     if kind is None:
         return value
-    if is_missing(value) or (isinstance(value, list) and not value):
+    if is_empty(value) or (isinstance(value, list) and not value):
         return None
     if kind in ("text", "path"):
         return str(value)

@@ -116,16 +116,6 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def inspect_safetensors(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """{key: (dtype, shape)} from the safetensors headers only; no tensor data is read."""
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for file in weight_files(path):
-        for key, info in read_safetensors_header(file).items():
-            if key != "__metadata__":
-                out[key] = (info["dtype"], tuple(info["shape"]))
-    return out
-
-
 def read_safetensors_header(file: str | Path) -> dict:
     file = Path(file)
     with file.open("rb") as fh:

@@ -59,22 +59,6 @@ def dit_latents_to_vae_latents(latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mochi_condition_latents(
-    vae, pixels: torch.Tensor, *, generator: torch.Generator, normalize: bool = False
-) -> torch.Tensor:
-    """Conditioning latents as Pusa V0.5 makes them: a seeded *sample* of the VAE posterior.
-
-    pixels: (B, 3, F, H, W) in [-1, 1] -> (B, 12, 1 + (F - 1) // 6, H / 8, W / 8). The release
-    writes the raw sample into the DiT-space latent without `vae_latents_to_dit_latents`
-    (`normalize=False`, the default, reproduces that; `normalize=True` is the consistent choice).
-    """
-    param = next(vae.parameters())
-    dist = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
-    latents = dist.sample(generator=generator)
-    return vae_latents_to_dit_latents(latents) if normalize else latents
-
-
-@torch.no_grad()
 def decode_mochi_latents(vae, dit_latents: torch.Tensor) -> torch.Tensor:
     """Sampler output (B, 12, T, h, w) -> uint8 frames (B, 1 + 6 (T - 1), 8 h, 8 w, 3)."""
     param = next(vae.parameters())

@@ -16,7 +16,6 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from pusa_batch.errors import PipelineError
@@ -87,22 +86,6 @@ compression artifacts ugly incomplete extra fingers poorly drawn hands faces def
 disfigured misshapen limbs fused motionless cluttered background three legs many walking
 backwards fire smoke glass metal wood stone snowflakes leaves falling rising moving turning
 """
-
-
-@dataclass(frozen=True)
-class TinyModelInfo:
-    """What a tiny twin looks like; tests and pipelines read the sizes from here."""
-
-    kind: str
-    text_dim: int = TEXT_ENCODER_CONFIG["d_model"]
-    z_dim: int = VAE_CONFIG["z_dim"]
-    experts: tuple[str, ...] = ("transformer",)
-
-
-def tiny_info(kind: str) -> TinyModelInfo:
-    _check_kind(kind)
-    experts = ("transformer", "transformer_2") if kind == "wan2.2" else ("transformer",)
-    return TinyModelInfo(kind=kind, experts=experts)
 
 
 def _check_kind(kind: str) -> None:

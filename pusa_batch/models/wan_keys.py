@@ -108,10 +108,6 @@ def wan_to_diffusers(state_dict: Mapping[str, V], *, source: str = "checkpoint")
     return _convert_all(strip_prefix(state_dict), wan_name_to_diffusers, source, "Wan")
 
 
-def diffusers_to_wan(state_dict: Mapping[str, V], *, source: str = "checkpoint") -> dict[str, V]:
-    return _convert_all(state_dict, diffusers_name_to_wan, source, "diffusers Wan")
-
-
 def wan_config_to_diffusers(raw: Mapping[str, Any], *, source: str = "config.json") -> dict:
     """An original Wan `config.json` (dim, num_heads, ...) as a diffusers transformer config."""
     model_type = raw.get("model_type", "t2v")

@@ -113,8 +113,9 @@ def item_record(marker: dict) -> dict:
     record.update({k: item.get(k) for k in _ITEM_FIELDS})
     record["frames"] = marker.get("frames")
     # `video` is the videofolder's own column (the decoded file): inputs get an `input_` prefix
-    record["input_image"] = redact_text(item.get("image"))
-    record["input_images"] = [redact_text(p) for p in item.get("images") or []]
+    images = input_images(item)
+    record["input_image"] = redact_text(images[0]) if len(images) == 1 else None
+    record["input_images"] = [redact_text(p) for p in images]
     record["input_video"] = redact_text(item.get("video"))
     record["input_video_b"] = redact_text(item.get("video_b"))
     record["cond_latent_indices"] = cond.get("latent_indices")
@@ -217,3 +218,9 @@ def copy_all(store: Store, dest: Destination, pairs: list[tuple[dict, str]]) -> 
 
 def jsonl_bytes(rows: Iterable[dict]) -> bytes:
     return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows)
+
+
+def input_images(item: dict) -> list[str]:
+    """The item's input images; a record from before 0.2 may name its one image as `image`."""
+    images = list(item.get("images") or [])
+    return images or ([item["image"]] if item.get("image") else [])

@@ -30,6 +30,7 @@ from pusa_batch.errors import InputMediaError
 from pusa_batch.outputs.common import (
     Destination,
     done_markers,
+    input_images,
     item_fields,
     open_destination,
     ordered_map,
@@ -188,7 +189,7 @@ def _thumbnail(path: str) -> bytes | None:
 
 
 def _input_thumbnails(page: _Page, item_id: str, item: dict) -> tuple[tuple[str | None, str], ...]:
-    paths = [item.get("image"), *(item.get("images") or ()), item.get("video"), item.get("video_b")]
+    paths = [*input_images(item), item.get("video"), item.get("video_b")]
     out = []
     for n, path in enumerate(p for p in paths if p):
         src = None

@@ -350,7 +350,7 @@ def _to_device(context: sampler.Context, device: torch.device) -> sampler.Contex
 
 
 def _images(item: Any) -> tuple[str, ...]:
-    return (item.image,) if item.image else tuple(item.images or ())
+    return tuple(item.images)
 
 
 def _source_path(item: Any, source: str) -> str:
