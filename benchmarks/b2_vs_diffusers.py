@@ -87,7 +87,6 @@ def make_item(spec, size: Size, n: int) -> Item:
         task="t2v",
         prompt=f"{PROMPTS[n % len(PROMPTS)]} {n}",
         negative_prompt=d.negative_prompt,
-        image=None,
         images=(),
         video=None,
         video_b=None,

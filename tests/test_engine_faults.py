@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ray
 
-from pusa_batch.engine.config import ActorFailed, ActorLoaded, RunConfig, WorkerStatus
+from pusa_batch.engine.config import ActorFailed, ActorLoaded, Notice, RunConfig, WorkerStatus
 from pusa_batch.engine.run import run
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
@@ -165,8 +165,12 @@ def test_a_killed_driver_is_resumed_without_duplicates(local_ray, tmp_path):
     progress = json.loads((out / "run.json").read_text())  # what `status` reads mid-run
     assert progress["state"] == "running" and progress["pipeline"] == str(TINY)
     assert set(progress["workers"]) == {"w0"}
-    time.sleep(1.1)  # the dead driver's lease goes stale for a rerun that waits 1 s
-    summary = run(RunConfig(str(manifest), str(out), str(TINY), workers=1, lease_stale_s=1.0))
+    events: list = []
+    resumed_at = time.monotonic()
+    summary = run(RunConfig(str(manifest), str(out), str(TINY), workers=1), events.append)
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert any("run that is gone" in n for n in notices), notices  # taken over, not waited for
+    assert time.monotonic() - resumed_at < 120  # the default lease_stale_s was never waited out
     assert summary.done_before == len(before)
     assert summary.generated == len(IDS) - len(before)
     assert_complete_and_whole(out)

@@ -74,11 +74,12 @@ def run_command_flags() -> set[str]:
     from pusa_batch.cli.main import app
 
     run = get_command(app).commands["run"]
-    return {param.opts[-1] for param in run.params if param.opts[-1].startswith("--")}
+    return {opt for param in run.params for opt in param.opts if opt.startswith("--")}
 
 
 def test_every_run_option_a_user_can_set_has_a_way_to_the_job():
     where_the_job_says = {"--output", "--pipeline", "--storage-option", "--address", "--progress"}
+    where_the_job_says |= {"--help"}
     assert run_command_flags() - where_the_job_says == set(RUN_FLAGS.values())
 
 
@@ -92,6 +93,7 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
         "longest_first": True,
         "batch_size": 4,
         "lease_stale_s": 30.0,
+        "lease_wait": False,
     }
     assert set(settings) == set(RUN_FLAGS)
     argv = list(plan_job(request(project, **settings)).argv)
@@ -99,6 +101,7 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
     assert tail == [
         "--workers", "3", "--gpus-per-worker", "0.5", "--max-retries", "5", "--retry-failed",
         "--regenerate-changed", "--longest-first", "--batch-size", "4", "--lease-stale-s", "30.0",
+        "--no-wait",
     ]  # fmt: skip
 
 

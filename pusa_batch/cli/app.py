@@ -28,6 +28,11 @@ RetryFailedOpt = typer.Option(False, help="Run again the items that failed befor
 RegenerateChangedOpt = typer.Option(False, help="Replace done items whose inputs changed.")
 LongestFirstOpt = typer.Option(False, help="Dispatch the costliest items first.")
 BatchSizeOpt = typer.Option(1, help="Items sharing one forward when shapes match.")
+NoWaitOpt = typer.Option(
+    False,
+    "--no-wait",
+    help="Exit 3 at once when another run's lease has missed heartbeats, instead of waiting.",
+)
 LeaseStaleOpt = typer.Option(
     120.0, help="Seconds without a heartbeat after which another run's lease is taken over."
 )

@@ -16,6 +16,7 @@ from pusa_batch.cli.app import (
     LeaseStaleOpt,
     LongestFirstOpt,
     MaxRetriesOpt,
+    NoWaitOpt,
     PipelineOpt,
     RegenerateChangedOpt,
     RetryFailedOpt,
@@ -141,6 +142,7 @@ def run(
     longest_first: bool = LongestFirstOpt,
     batch_size: int = BatchSizeOpt,
     lease_stale_s: float = LeaseStaleOpt,
+    no_wait: bool = NoWaitOpt,
     progress: bool = typer.Option(True, help="Show the live progress view."),
 ) -> int:
     """Generate every pending item of MANIFEST into OUTPUT; rerun to resume."""
@@ -161,6 +163,7 @@ def run(
         longest_first=longest_first,
         batch_size=batch_size,
         lease_stale_s=lease_stale_s,
+        lease_wait=not no_wait,
     )
     with LiveRunView(err, enabled=progress) as view:
         summary = run_engine(config, view)
@@ -220,6 +223,7 @@ def submit(
     longest_first: bool = LongestFirstOpt,
     batch_size: int = BatchSizeOpt,
     lease_stale_s: float = LeaseStaleOpt,
+    no_wait: bool = NoWaitOpt,
 ) -> int:
     """Send the same run to a Ray cluster as a Ray Job: every `run` option goes with it."""
     from pusa_batch.engine.submit import JobRequest, submit_job
@@ -237,6 +241,7 @@ def submit(
         longest_first=longest_first,
         batch_size=batch_size,
         lease_stale_s=lease_stale_s,
+        lease_wait=not no_wait,
     )
     request = JobRequest(
         config=config,

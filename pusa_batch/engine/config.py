@@ -30,6 +30,7 @@ class RunConfig:
     compact_every_items: int = 200
     compact_every_s: float = 300.0
     lease_stale_s: float = 120.0
+    lease_wait: bool = True  # wait for a holder that missed heartbeats (False: refuse at once)
     status_every_s: float = 1.0
     worker_start_timeout_s: float = 900.0
 

@@ -54,7 +54,12 @@ def run(
     validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
     store = Store(config.output, dict(config.storage_options))
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"}
-    lease = store.acquire_lease(owner, stale_after_s=config.lease_stale_s)
+    lease = store.acquire_lease(
+        owner,
+        stale_after_s=config.lease_stale_s,
+        wait=config.lease_wait,
+        on_wait=_countdown(emit),
+    )
     lease.start_heartbeat(max(1.0, config.lease_stale_s / 4))
     if lease.note:
         emit(Notice(lease.note))
@@ -116,3 +121,18 @@ def _ray_session(config: RunConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _countdown(emit: OnEvent) -> Callable[[str, float], None]:
+    """Lease waits as notices, one every 5 s of the countdown."""
+    last: list[int] = []
+
+    def on_wait(holder: str, left_s: float) -> None:
+        step = int(left_s // 5)
+        if not last or step < last[-1]:
+            last.append(step)
+            emit(
+                Notice(f"waiting for the lease held by {holder}: taking it over in {left_s:.0f} s")
+            )
+
+    return on_wait

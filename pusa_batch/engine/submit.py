@@ -76,6 +76,7 @@ RUN_FLAGS: dict[str, str] = {
     "longest_first": "--longest-first",
     "batch_size": "--batch-size",
     "lease_stale_s": "--lease-stale-s",
+    "lease_wait": "--no-wait",
 }
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 GCS_PORT = 6379
@@ -207,7 +208,7 @@ def run_flags(config: RunConfig) -> list[str]:
         value = getattr(config, name)
         if value == getattr(defaults, name):
             continue
-        flags += [flag] if value is True else [flag, str(value)]
+        flags += [flag] if isinstance(value, bool) else [flag, str(value)]
     return flags
 
 

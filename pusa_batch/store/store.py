@@ -43,7 +43,7 @@ from pusa_batch.store.index import (
     video_path,
 )
 from pusa_batch.store.io import RetryPolicy, Root, redact_url
-from pusa_batch.store.lease import Lease, acquire_lease
+from pusa_batch.store.lease import Lease, OnWait, acquire_lease
 
 RUN_FILE = "run.json"
 FINAL_INDEX = "index.parquet"
@@ -224,8 +224,15 @@ class Store:
         return self._root.open_read(video_path(check_item_id(item_id)))
 
     # lease
-    def acquire_lease(self, owner: dict, stale_after_s: float = 120.0) -> Lease:
-        return acquire_lease(self._root, owner, stale_after_s)
+    def acquire_lease(
+        self,
+        owner: dict,
+        stale_after_s: float = 120.0,
+        *,
+        wait: bool = True,
+        on_wait: OnWait | None = None,
+    ) -> Lease:
+        return acquire_lease(self._root, owner, stale_after_s, wait=wait, on_wait=on_wait)
 
 
 def _rebuild(url: str, options: dict, filesystem: Any, retry: RetryPolicy) -> Store:
