@@ -28,6 +28,7 @@ PUBLIC_COMMANDS = [
     "manifest",
     "export",
     "gallery",
+    "verify",
 ]
 
 

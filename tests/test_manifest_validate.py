@@ -248,3 +248,12 @@ def test_unknown_extension_is_a_clear_error(tmp_path):
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(ManifestError, match="not found"):
         validate_manifest(str(tmp_path / "absent.csv"))
+
+
+@pytest.mark.parametrize("bad_id", [".", "..", ".hidden"])
+def test_ids_that_name_hidden_or_parent_paths_are_refused(tmp_path, bad_id):
+    path = tmp_path / "m.csv"
+    path.write_text(f"id,task,prompt\n{bad_id},t2v,a cat\nok,t2v,a dog\n")
+    report = validate_manifest(str(path), check_files=False)
+    assert [(p.row, p.column) for p in report.problems] == [(1, "id")]
+    assert "the first not a '.'" in report.problems[0].message

@@ -126,7 +126,13 @@ def test_status_counts_come_from_the_root_alone(open_store):
     store.compact_index()
     store.commit("d", b"v", {"fingerprint": "f"})
     store.record_failure("e", {"error_type": "X"})
-    assert store.status_counts() == {"done": 4, "failed": 1, "orphans": 0, "uncompacted": 1}
+    assert store.status_counts() == {
+        "done": 4,
+        "failed": 1,
+        "damaged": 0,
+        "orphans": 0,
+        "uncompacted": 1,
+    }
 
 
 def test_a_live_lease_refuses_a_second_run_and_names_the_holder(open_store):

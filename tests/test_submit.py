@@ -94,6 +94,7 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
         "batch_size": 4,
         "lease_stale_s": 30.0,
         "lease_wait": False,
+        "trust_index": True,
     }
     assert set(settings) == set(RUN_FLAGS)
     argv = list(plan_job(request(project, **settings)).argv)
@@ -101,7 +102,7 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
     assert tail == [
         "--workers", "3", "--gpus-per-worker", "0.5", "--max-retries", "5", "--retry-failed",
         "--regenerate-changed", "--longest-first", "--batch-size", "4", "--lease-stale-s", "30.0",
-        "--no-wait",
+        "--no-wait", "--trust-index",
     ]  # fmt: skip
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from pusa_batch.errors import ManifestError
-
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -28,6 +26,11 @@ RetryFailedOpt = typer.Option(False, help="Run again the items that failed befor
 RegenerateChangedOpt = typer.Option(False, help="Replace done items whose inputs changed.")
 LongestFirstOpt = typer.Option(False, help="Dispatch the costliest items first.")
 BatchSizeOpt = typer.Option(1, help="Items sharing one forward when shapes match.")
+TrustIndexOpt = typer.Option(
+    False,
+    "--trust-index",
+    help="Skip checking done items' videos and markers against the index (two listings).",
+)
 NoWaitOpt = typer.Option(
     False,
     "--no-wait",
@@ -62,9 +65,9 @@ def load_spec_or_none(pipeline: Path | None):
     return load_pipeline_spec(pipeline)
 
 
-def print_problems(error: ManifestError, limit: int = 200) -> None:
-    for problem in error.problems[:limit]:
-        err.print(f"  {problem}", markup=False, highlight=False)
-    hidden = len(error.problems) - limit
-    if hidden > 0:
-        err.print(f"  ... and {hidden} more", markup=False)
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c not in (9, 10)}
+
+
+def safe_text(text: object) -> str:
+    """Text from a manifest or a root, printable: control characters (ESC...) escaped."""
+    return str(text).translate(_CONTROL)

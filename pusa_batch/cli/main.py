@@ -13,8 +13,8 @@ import typer
 
 from pusa_batch import __version__
 from pusa_batch.cli import output_commands, run_commands
-from pusa_batch.cli.app import err, out, print_problems
-from pusa_batch.errors import ManifestError, PusaBatchError
+from pusa_batch.cli.app import err, out, safe_text
+from pusa_batch.errors import PusaBatchError
 
 # Typer >= 0.20 raises its vendored click's usage errors, all `typer.TyperException`s with `show`;
 # older Typers raise click's own.
@@ -31,6 +31,7 @@ COMMANDS: tuple[tuple[str, Callable[..., int]], ...] = (
     ("make-tiny-model", run_commands.make_tiny_model),
     ("run", run_commands.run),
     ("status", run_commands.status),
+    ("verify", run_commands.verify),
     ("submit", run_commands.submit),
     ("export", output_commands.export),
     ("gallery", output_commands.gallery),
@@ -82,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="pusa-batch", standalone_mode=False)
     except PusaBatchError as error:
-        err.print(f"Error: {error}", markup=False, highlight=False)
-        if isinstance(error, ManifestError):
-            print_problems(error)
+        err.print(f"Error: {safe_text(error)}", markup=False, highlight=False)
         return error.exit_code
     except typer.Exit as done:
         return done.exit_code

@@ -21,11 +21,13 @@ from pusa_batch.cli.app import (
     RegenerateChangedOpt,
     RetryFailedOpt,
     StorageOpt,
+    TrustIndexOpt,
     WorkersOpt,
     err,
     load_spec_or_none,
     out,
     parse_storage_options,
+    safe_text,
 )
 
 # ---------------------------------------------------------------- checking inputs
@@ -143,6 +145,7 @@ def run(
     batch_size: int = BatchSizeOpt,
     lease_stale_s: float = LeaseStaleOpt,
     no_wait: bool = NoWaitOpt,
+    trust_index: bool = TrustIndexOpt,
     progress: bool = typer.Option(True, help="Show the live progress view."),
 ) -> int:
     """Generate every pending item of MANIFEST into OUTPUT; rerun to resume."""
@@ -164,6 +167,7 @@ def run(
         batch_size=batch_size,
         lease_stale_s=lease_stale_s,
         lease_wait=not no_wait,
+        trust_index=trust_index,
     )
     with LiveRunView(err, enabled=progress) as view:
         summary = run_engine(config, view)
@@ -196,6 +200,33 @@ def status(
     return 0
 
 
+def verify(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    repair: bool = typer.Option(
+        False, help="Restore markers from the index where the video is whole; remove the rest."
+    ),
+    storage_option: list[str] | None = StorageOpt,
+) -> int:
+    """Check every done item's video and marker against the index (exit 1 if any is damaged)."""
+    from pusa_batch.store.store import Store
+
+    store = Store(output, parse_storage_options(storage_option))
+    state = store.state()
+    done = len(state.done_ids())
+    if not state.damaged:
+        out.print(f"{store.url}: {done} done item(s), none damaged", highlight=False)
+        return 0
+    err.print(f"{store.url}: {len(state.damaged)} damaged item(s), {done} whole:", highlight=False)
+    outcome = store.repair(state) if repair else {}
+    for item_id, why in sorted(state.damaged.items()):
+        done_about_it = f" -> {outcome[item_id]}" if item_id in outcome else ""
+        err.print(f"  {safe_text(item_id)}: {why}{done_about_it}", markup=False, highlight=False)
+    if not repair:
+        err.print("A run of the same manifest makes them again; --repair mends what it can now.")
+    restored = sum(1 for v in outcome.values() if v.startswith("marker restored"))
+    return 0 if repair and restored == len(state.damaged) else 1
+
+
 def submit(
     manifest: Path = typer.Argument(..., help="Manifest, relative to the working dir shipped."),
     output: str = typer.Option(
@@ -224,6 +255,7 @@ def submit(
     batch_size: int = BatchSizeOpt,
     lease_stale_s: float = LeaseStaleOpt,
     no_wait: bool = NoWaitOpt,
+    trust_index: bool = TrustIndexOpt,
 ) -> int:
     """Send the same run to a Ray cluster as a Ray Job: every `run` option goes with it."""
     from pusa_batch.engine.submit import JobRequest, submit_job
@@ -242,6 +274,7 @@ def submit(
         batch_size=batch_size,
         lease_stale_s=lease_stale_s,
         lease_wait=not no_wait,
+        trust_index=trust_index,
     )
     request = JobRequest(
         config=config,

@@ -30,6 +30,7 @@ class RunConfig:
     compact_every_items: int = 200
     compact_every_s: float = 300.0
     lease_stale_s: float = 120.0
+    trust_index: bool = False  # skip checking done items' files against the index
     lease_wait: bool = True  # wait for a holder that missed heartbeats (False: refuse at once)
     status_every_s: float = 1.0
     worker_start_timeout_s: float = 900.0
@@ -65,6 +66,7 @@ class RunSummary:
     failed_before: int = 0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     active_s: float = 0.0  # wall time from the last worker loaded to the last result
+    damaged: int = 0  # recorded done, found missing or truncated, and generated again
 
     @property
     def exit_code(self) -> int:

@@ -233,7 +233,11 @@ class Driver:
             "fingerprint": pending.fingerprint,
             "item": pending.item.to_dict(),
         }
-        self.store.record_failure(pending.id, info)
+        try:
+            self.store.record_failure(pending.id, info)
+        except Exception as exc:  # noqa: BLE001 - one item's record must not stop the batch
+            log.error("could not record the failure of %s: %s", pending.id, exc)
+            info["message"] += f" (and its failure record could not be written: {exc})"
         self.failures.append({k: info[k] for k in ("id", "error_type", "message", "attempts")})
 
     def _lost(self, slot: Slot, exc: Exception) -> None:

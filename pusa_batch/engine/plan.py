@@ -27,6 +27,7 @@ MAX_CHANGED_IDS = 1000  # changed ids kept for the error message (all are counte
 class ItemKind(str, enum.Enum):
     DONE = "done"
     CHANGED = "changed"  # done, with another fingerprint
+    DAMAGED = "damaged"  # recorded done, but its video or marker is missing or truncated
     FAILED = "failed"  # failed in an earlier run
     PENDING = "pending"
 
@@ -40,7 +41,7 @@ class Rules:
 
     def is_todo(self, kind: ItemKind) -> bool:
         return (
-            kind is ItemKind.PENDING
+            kind in (ItemKind.PENDING, ItemKind.DAMAGED)
             or (kind is ItemKind.FAILED and self.retry_failed)
             or (kind is ItemKind.CHANGED and self.regenerate_changed)
         )
@@ -55,6 +56,7 @@ class PlanCounts:
     changed: int
     failed: int
     pending: int
+    damaged: int  # regenerated: their files no longer match the record
     todo: int  # items to dispatch under the rules
     failed_before: int  # failed in an earlier run and skipped (0 with retry_failed)
     changed_ids: tuple[str, ...]
@@ -65,6 +67,8 @@ def classify(state: RootState, item_id: str, fingerprint: str | None) -> ItemKin
     is_done, recorded = state.done_fingerprint(item_id)
     if is_done:
         return ItemKind.DONE if fingerprint in (None, recorded) else ItemKind.CHANGED
+    if item_id in state.damaged:
+        return ItemKind.DAMAGED
     return ItemKind.FAILED if item_id in state.failures else ItemKind.PENDING
 
 
@@ -103,6 +107,7 @@ def count_plan(
         changed=counts[ItemKind.CHANGED],
         failed=counts[ItemKind.FAILED],
         pending=counts[ItemKind.PENDING],
+        damaged=counts[ItemKind.DAMAGED],
         todo=todo,
         failed_before=0 if rules.retry_failed else counts[ItemKind.FAILED],
         changed_ids=tuple(changed_ids),

@@ -64,12 +64,14 @@ def run(
     if lease.note:
         emit(Notice(lease.note))
     try:
-        state = store.state()
+        state = store.state(verify=not config.trust_index)
         rules = Rules(config.retry_failed, config.regenerate_changed)
         plan = count_plan(config.manifest, spec, state, rules)
         if plan.changed and not config.regenerate_changed:
             raise changed_error(plan)
         emit(Started(total=plan.total, pending=plan.todo, done_before=plan.done))
+        if plan.damaged:
+            emit(Notice(_damaged_notice(plan.damaged, state.damaged, store.url)))
         runner = make_runner or functools.partial(PipelineRunner, config.pipeline)
         driver = Driver(config, store, emit, runner, lease)
         if plan.todo and make_runner is None:
@@ -97,6 +99,7 @@ def run(
             failed_before=plan.failed_before,
             workers=driver.worker_stats(),
             active_s=driver.active_s(),
+            damaged=plan.damaged,
         )
         driver.write_status(state="finished", summary=summary)
     finally:
@@ -136,3 +139,12 @@ def _countdown(emit: OnEvent) -> Callable[[str, float], None]:
             )
 
     return on_wait
+
+
+def _damaged_notice(count: int, damaged: dict[str, str], output: str) -> str:
+    shown = ", ".join(f"{i} ({why})" for i, why in sorted(damaged.items())[:5])
+    more = f" and {count - 5} more" if count > 5 else ""
+    return (
+        f"{count} item(s) recorded as done have missing or truncated files and are generated "
+        f"again: {shown}{more}. `pusa-batch verify {output}` lists them all."
+    )

@@ -143,7 +143,7 @@ def _plan_manifest(store: Store, manifest: str, spec: Any | None, counts: dict) 
     plan; return the first changed ids. Without a spec, done-ness alone is known."""
     plan = count_plan(manifest, spec, store.state())
     counts["total"] = plan.total
-    counts["pending"] = plan.pending + plan.failed
+    counts["pending"] = plan.pending + plan.failed + plan.damaged
     if spec is not None:
         counts["changed"] = plan.changed
         counts["done_in_manifest"] = plan.done
@@ -235,6 +235,11 @@ def _counts_line(counts: Mapping[str, Any]) -> str:
     text = ", ".join(parts)
     if counts.get("total") is not None:
         text += f" (manifest: {counts['total']} items)"
+    if counts.get("damaged"):
+        text += (
+            f"; {counts['damaged']} damaged (recorded done, files missing or truncated): "
+            "the next run makes them again"
+        )
     if counts.get("orphans"):
         text += f"; {counts['orphans']} orphan video(s) without a marker"
     return text

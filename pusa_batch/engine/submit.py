@@ -77,6 +77,7 @@ RUN_FLAGS: dict[str, str] = {
     "batch_size": "--batch-size",
     "lease_stale_s": "--lease-stale-s",
     "lease_wait": "--no-wait",
+    "trust_index": "--trust-index",
 }
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 GCS_PORT = 6379

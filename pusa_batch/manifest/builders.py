@@ -72,6 +72,8 @@ def safe_id(text: str) -> str:
     base = "".join(c for c in decomposed if not unicodedata.combining(c))
     ascii_text = base.encode("ascii", "ignore").decode("ascii")
     safe = _UNSAFE.sub("_", ascii_text)
+    if safe.startswith("."):  # no hidden names, no "." or ".."
+        safe = "_" + safe[1:]
     if len(ascii_text) < len(base) or not safe:
         safe = f"{safe}-{_hash(text)}" if safe else _hash(text)
     return cap_id(safe)

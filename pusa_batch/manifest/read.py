@@ -154,7 +154,9 @@ class ValidationReport:
         lines = [f"{path}: {self.problem_count} problem(s) in {self.bad_rows} of {self.rows} rows."]
         lines += [f"  {p}" for p in self.problems[:shown]]
         if self.problem_count > shown:
-            lines.append(f"  ... and {self.problem_count - shown} more.")
+            lines.append(
+                f"  ... and {self.problem_count - shown} more (`pusa-batch validate` lists all)."
+            )
         return "\n".join(lines)
 
     def raise_for_problems(self, path: str) -> None:

@@ -54,8 +54,8 @@ DEFAULTED_COLUMNS = (
     "guidance_scale",
     "shift",
 )
-ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
-ID_PATTERN_TEXT = "1-128 characters from A-Z a-z 0-9 . _ -"
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # no leading "."
+ID_PATTERN_TEXT = "1-128 characters from A-Z a-z 0-9 . _ -, the first not a '.'"
 SEED_MAX = 2**32 - 1
 
 # Used when no pipeline spec is given (`validate` without `--pipeline`): the spec's own defaults,

@@ -38,6 +38,7 @@ PART_SCHEMA = pa.schema(
         ("video_sha256", pa.string()),
         ("committed_at", pa.string()),
         ("commit_token", pa.string()),
+        ("marker_bytes", pa.int64()),  # the marker file's own size, to spot a truncated one
         ("marker_json", pa.string()),
     ]
 )
@@ -71,8 +72,9 @@ def part_number(name: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def encode_part(markers: list[dict]) -> bytes:
-    columns = {name: [m.get(name) for m in markers] for name in PART_SCHEMA.names[:-1]}
+def encode_part(markers: list[dict], marker_bytes: list[int | None] | None = None) -> bytes:
+    columns = {name: [m.get(name) for m in markers] for name in PART_SCHEMA.names[:-2]}
+    columns["marker_bytes"] = marker_bytes or [None] * len(markers)
     columns["marker_json"] = [json.dumps(m, sort_keys=True) for m in markers]
     return table_bytes(pa.table(columns, schema=PART_SCHEMA))
 
@@ -84,29 +86,51 @@ def table_bytes(table: pa.Table) -> bytes:
 
 
 def decode_part(data: bytes, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(data), columns=columns)
+    """The part's table; a column a part from an older version lacks comes back as nulls."""
+    table = pq.read_table(io.BytesIO(data))
+    for name in columns or []:
+        if name not in table.column_names:
+            table = table.append_column(
+                name, pa.nulls(table.num_rows, PART_SCHEMA.field(name).type)
+            )
+    return table.select(columns) if columns else table
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the index records of a done item, to check the files against."""
+
+    fingerprint: str | None
+    video_bytes: int | None
+    marker_bytes: int | None
 
 
 @dataclass
 class RootState:
-    """Done-ness of every item the root knows about, read without touching each item."""
+    """Done-ness of every item the root knows about, read without touching each item.
 
-    indexed: dict[str, str | None] = field(default_factory=dict)
+    `damaged` holds indexed items whose files no longer match the record (see `verify_files`):
+    they are not done, and a run makes them again.
+    """
+
+    indexed: dict[str, Recorded] = field(default_factory=dict)
     recent_done: dict[str, dict] = field(default_factory=dict)
     recent_open: set[str] = field(default_factory=set)
     orphans: set[str] = field(default_factory=set)
     failures: set[str] = field(default_factory=set)
     pointers: dict[str, list[str]] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)  # id -> what is wrong
+    verified: bool = False
 
     def done_fingerprint(self, item_id: str) -> tuple[bool, str | None]:
         if item_id in self.recent_done:
             return True, self.recent_done[item_id].get("fingerprint")
-        if item_id in self.recent_open or item_id not in self.indexed:
+        if item_id in self.recent_open or item_id in self.damaged or item_id not in self.indexed:
             return False, None
-        return True, self.indexed[item_id]
+        return True, self.indexed[item_id].fingerprint
 
     def done_ids(self) -> set[str]:
-        return (set(self.indexed) - self.recent_open) | set(self.recent_done)
+        return (set(self.indexed) - self.recent_open - set(self.damaged)) | set(self.recent_done)
 
 
 def list_parts(root: Root) -> list[tuple[int, str]]:
@@ -120,13 +144,17 @@ def iter_parts(root: Root, columns: list[str] | None) -> Iterator[tuple[int, pa.
         yield number, decode_part(root.read_bytes(rel), columns)
 
 
-def read_indexed(root: Root) -> dict[str, str | None]:
-    """id -> fingerprint over every part; a later part wins over an earlier one."""
+def read_indexed(root: Root) -> dict[str, Recorded]:
+    """id -> what is recorded, over every part; a later part wins over an earlier one."""
+    names = ["id", "fingerprint", "video_bytes", "marker_bytes"]
     for _ in range(3):
         try:
-            indexed: dict[str, str | None] = {}
-            for _, table in iter_parts(root, ["id", "fingerprint"]):
-                indexed.update(zip(table["id"].to_pylist(), table["fingerprint"].to_pylist()))
+            indexed: dict[str, Recorded] = {}
+            for _, table in iter_parts(root, names):
+                ids, fps, videos, markers = (table[n].to_pylist() for n in names)
+                indexed.update(
+                    (i, Recorded(f, v, m)) for i, f, v, m in zip(ids, fps, videos, markers)
+                )
             return indexed
         except FileNotFoundError:  # a compaction merged parts while we read: read again
             continue
@@ -143,9 +171,24 @@ def read_pointers(root: Root) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in pointers.items()}
 
 
-def verify_recent(root: Root, item_id: str, newest_token: str) -> tuple[dict | None, bool]:
-    """(marker if the item is done, whether its video exists)."""
-    marker = root.read_json(marker_path(item_id))
+def read_marker(root: Root, item_id: str) -> tuple[dict | None, int | None]:
+    """(the parsed marker, its size in bytes); an unreadable marker is (None, its size)."""
+    try:
+        data = root.read_bytes(marker_path(item_id))
+    except FileNotFoundError:
+        return None, None
+    try:
+        marker = json.loads(data)
+    except ValueError:
+        return None, len(data)
+    return (marker if isinstance(marker, dict) else None), len(data)
+
+
+def verify_recent(
+    root: Root, item_id: str, newest_token: str
+) -> tuple[dict | None, bool, int | None]:
+    """(marker if the item is done, whether its video exists, the marker's size)."""
+    marker, marker_bytes = read_marker(root, item_id)
     size = root.size(video_path(item_id))
     done = (
         marker is not None
@@ -153,15 +196,39 @@ def verify_recent(root: Root, item_id: str, newest_token: str) -> tuple[dict | N
         and size is not None
         and size == marker.get("video_bytes")
     )
-    return (marker if done else None), size is not None
+    return (marker if done else None), size is not None, marker_bytes
 
 
-def read_state(root: Root) -> RootState:
+def verify_files(state: RootState, videos: dict[str, int], markers: dict[str, int]) -> None:
+    """Mark indexed items damaged whose video or marker is missing or has another size.
+
+    `videos` and `markers` are one listing each of `videos/` and `items/` (name -> size).
+    Items committed since the last compaction were checked one by one already.
+    """
+    for item_id, recorded in state.indexed.items():
+        if item_id in state.recent_done or item_id in state.recent_open:
+            continue
+        video = videos.get(f"{item_id}.mp4")
+        marker = markers.get(f"{item_id}.json")
+        if video is None:
+            state.damaged[item_id] = "video missing"
+        elif recorded.video_bytes is not None and video != recorded.video_bytes:
+            state.damaged[item_id] = f"video is {video} bytes, {recorded.video_bytes} recorded"
+        elif marker is None:
+            state.damaged[item_id] = "marker missing"
+        elif recorded.marker_bytes is not None and marker != recorded.marker_bytes:
+            state.damaged[item_id] = f"marker is {marker} bytes, {recorded.marker_bytes} recorded"
+    state.verified = True
+
+
+def read_state(root: Root, *, verify: bool = True) -> RootState:
+    """What the root holds. With `verify`, one listing each of `videos/` and `items/` checks
+    every indexed item's files against the index (see `verify_files`)."""
     state = RootState(indexed=read_indexed(root), pointers=read_pointers(root))
     ids = list(state.pointers)
     with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
         results = pool.map(lambda i: verify_recent(root, i, state.pointers[i][-1]), ids)
-        for item_id, (marker, has_video) in zip(ids, results):
+        for item_id, (marker, has_video, _) in zip(ids, results):
             if marker is not None:
                 state.recent_done[item_id] = marker
             else:
@@ -170,6 +237,8 @@ def read_state(root: Root) -> RootState:
                     state.orphans.add(item_id)
     names = root.list_names(FAILURES_DIR)
     state.failures = {n[: -len(".json")] for n in names if n.endswith(".json")}
+    if verify and state.indexed:
+        verify_files(state, root.list_sizes(VIDEOS_DIR), root.list_sizes(ITEMS_DIR))
     return state
 
 
@@ -188,12 +257,13 @@ def compact(root: Root, min_items: int, max_parts: int) -> CompactionResult:
         return CompactionResult(0, None)
     with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
         checked = list(pool.map(lambda i: verify_recent(root, i, state.pointers[i][-1]), ids))
-    done = [marker for marker, _ in checked if marker is not None]
+    done = [marker for marker, _, _ in checked if marker is not None]
+    sizes = [size for marker, _, size in checked if marker is not None]
     if not done:
         return CompactionResult(0, None)
     parts = list_parts(root)
     rel = f"{INDEX_DIR}/{part_name((parts[-1][0] if parts else 0) + 1)}"
-    root.create_exclusive(rel, encode_part(done))
+    root.create_exclusive(rel, encode_part(done, sizes))
     covered = [
         pointer_path(m["id"], t)
         for m in done

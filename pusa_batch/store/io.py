@@ -216,6 +216,24 @@ class Root:
             return []
         return sorted(posixpath.basename(n.rstrip("/")) for n in names)
 
+    def list_sizes(self, rel_dir: str) -> dict[str, int]:
+        """Base name -> size of the files directly under a folder, in one (paginated) listing."""
+        path = self.path(rel_dir)
+
+        def listing() -> list[dict]:
+            self.fs.invalidate_cache(path)
+            return self.fs.ls(path, detail=True)
+
+        try:
+            entries = self.call("list", rel_dir, listing)
+        except FileNotFoundError:
+            return {}
+        return {
+            posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
+            for e in entries
+            if e.get("type") != "directory"
+        }
+
     def open_read(self, rel: str) -> Any:
         return self.call("open", rel, lambda: self.fs.open(self.path(rel), "rb"))
 

@@ -160,8 +160,10 @@ class Store:
         return self._root.read_json(RUN_FILE)
 
     # planning and status
-    def state(self) -> RootState:
-        return read_state(self._root)
+    def state(self, *, verify: bool = True) -> RootState:
+        """What the root holds; `verify` checks each done item's files against the index with one
+        listing of `videos/` and one of `items/` (`verify=False` trusts the index)."""
+        return read_state(self._root, verify=verify)
 
     def status_counts(self) -> dict[str, int]:
         """Counts from the root alone (no manifest): done, failed, orphans, uncompacted."""
@@ -170,6 +172,7 @@ class Store:
         return {
             "done": len(done),
             "failed": len(state.failures - done),
+            "damaged": len(state.damaged),
             "orphans": len(state.orphans),
             "uncompacted": len(state.pointers),
         }
@@ -199,7 +202,8 @@ class Store:
     def iter_done_metadata(self) -> Iterator[dict]:
         """The marker of every done item: compacted ones, then those written since."""
         state = self.state()
-        yield from iter_indexed_markers(self._root, skip=state.recent_open | set(state.recent_done))
+        skip = state.recent_open | set(state.recent_done) | set(state.damaged)
+        yield from iter_indexed_markers(self._root, skip=skip)
         yield from (state.recent_done[k] for k in sorted(state.recent_done))
 
     def iter_failures(self) -> Iterator[dict]:
@@ -209,6 +213,36 @@ class Store:
             record = self._root.read_json(failure_path(item_id))
             if record is not None:
                 yield record
+
+    def repair(self, state: RootState) -> dict[str, str]:
+        """Mend what the index can mend; return id -> what was done, for every damaged item.
+
+        A marker that is missing or truncated while the video is whole (its size and sha256 as
+        recorded) is written again from the index's copy. Otherwise the damaged files are
+        removed, so the item is plainly missing until the next run makes it again.
+        """
+        damaged = dict(state.damaged)
+        indexed = {
+            m["id"]: m for m in iter_indexed_markers(self._root, skip=set()) if m["id"] in damaged
+        }
+        outcome: dict[str, str] = {}
+        for item_id, why in sorted(damaged.items()):
+            marker = indexed.get(item_id)
+            if marker is not None and why.startswith("marker") and self._video_is(marker):
+                self._root.write_bytes(marker_path(item_id), _json_bytes(marker, f"item {item_id}"))
+                outcome[item_id] = "marker restored from the index"
+            else:
+                self._root.delete_many([marker_path(item_id), video_path(item_id)])
+                outcome[item_id] = "removed; the next run makes it again"
+        return outcome
+
+    def _video_is(self, marker: dict) -> bool:
+        try:
+            data = self._root.read_bytes(video_path(marker["id"]))
+        except FileNotFoundError:
+            return False
+        recorded = (marker.get("video_bytes"), marker.get("video_sha256"))
+        return (len(data), hashlib.sha256(data).hexdigest()) == recorded
 
     def read_item(self, item_id: str) -> dict | None:
         return self._root.read_json(marker_path(check_item_id(item_id)))

@@ -1,0 +1,90 @@
+"""Done items are checked against their files: a missing or truncated video or marker is damage,
+found by one listing of `videos/` and `items/`, never trusted as done."""
+
+from __future__ import annotations
+
+import pytest
+
+from pusa_batch.engine.plan import ItemKind, classify
+from pusa_batch.store.store import Store
+
+
+@pytest.fixture
+def root(tmp_path) -> Store:
+    """Three committed items, compacted into the index, and one committed since."""
+    store = Store(str(tmp_path / "out"))
+    for item_id in ("a", "b", "c"):
+        store.commit(item_id, f"video {item_id}".encode() * 10, {"fingerprint": "f"})
+    store.compact_index()
+    store.commit("d", b"video d" * 10, {"fingerprint": "f"})
+    return store
+
+
+def truncate(store: Store, rel: str) -> None:
+    data = store.root.read_bytes(rel)
+    store.root.write_bytes(rel, data[: len(data) // 2])
+
+
+def test_whole_items_are_done_and_nothing_is_damaged(root):
+    state = root.state()
+    assert state.done_ids() == {"a", "b", "c", "d"} and state.damaged == {}
+
+
+def test_a_deleted_video_is_damage_not_done(root):
+    root.root.delete("videos/a.mp4")
+    state = root.state()
+    assert state.damaged == {"a": "video missing"}
+    assert classify(state, "a", "f") is ItemKind.DAMAGED and "a" not in state.done_ids()
+
+
+def test_a_truncated_video_is_damage_with_its_sizes(root):
+    truncate(root, "videos/b.mp4")
+    assert root.state().damaged == {"b": "video is 35 bytes, 70 recorded"}
+
+
+def test_a_truncated_marker_of_an_indexed_item_is_damage(root):
+    truncate(root, "items/c.json")
+    assert root.state().damaged["c"].startswith("marker is ")
+
+
+def test_a_deleted_marker_of_an_indexed_item_is_damage(root):
+    root.root.delete("items/c.json")
+    assert root.state().damaged == {"c": "marker missing"}
+
+
+def test_a_truncated_marker_of_a_recent_item_is_not_done_and_not_a_crash(root):
+    truncate(root, "items/d.json")
+    state = root.state()
+    assert "d" not in state.done_ids() and classify(state, "d", "f") is ItemKind.PENDING
+
+
+def test_trusting_the_index_skips_the_check(root):
+    root.root.delete("videos/a.mp4")
+    state = root.state(verify=False)
+    assert state.damaged == {} and "a" in state.done_ids()
+
+
+def test_checking_costs_one_listing_each_of_videos_and_items(root, monkeypatch):
+    listed: list[str] = []
+    real = root.root.list_sizes
+    monkeypatch.setattr(root.root, "list_sizes", lambda rel: listed.append(rel) or real(rel))
+    root.state()
+    assert sorted(listed) == ["items", "videos"]
+
+
+def test_repair_restores_a_marker_whose_video_is_whole_and_removes_a_broken_video(root):
+    marker = root.root.read_bytes("items/c.json")
+    truncate(root, "items/c.json")
+    truncate(root, "videos/b.mp4")
+    outcome = root.repair(root.state())
+    assert outcome == {
+        "b": "removed; the next run makes it again",
+        "c": "marker restored from the index",
+    }
+    assert root.root.read_bytes("items/c.json") == marker
+    assert root.state().damaged == {"b": "video missing"}
+
+
+def test_damaged_items_are_left_out_of_the_done_metadata(root):
+    root.root.delete("videos/a.mp4")
+    assert sorted(m["id"] for m in root.iter_done_metadata()) == ["b", "c", "d"]
