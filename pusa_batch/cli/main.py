@@ -15,6 +15,7 @@ from pusa_batch import __version__
 from pusa_batch.cli import output_commands, run_commands
 from pusa_batch.cli.app import err, out, safe_text
 from pusa_batch.errors import PusaBatchError
+from pusa_batch.store.io import redact_text
 
 # Typer >= 0.20 raises its vendored click's usage errors, all `typer.TyperException`s with `show`;
 # older Typers raise click's own.
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="pusa-batch", standalone_mode=False)
     except PusaBatchError as error:
-        err.print(f"Error: {safe_text(error)}", markup=False, highlight=False)
+        err.print(f"Error: {safe_text(redact_text(str(error)))}", markup=False, highlight=False)
         return error.exit_code
     except typer.Exit as done:
         return done.exit_code

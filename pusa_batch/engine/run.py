@@ -94,7 +94,7 @@ def run(
             failed=len(driver.failures),
             skipped=plan.done + plan.failed_before,
             wall_s=time.monotonic() - started,
-            output=config.output,
+            output=store.url,
             failures=driver.failures,
             failed_before=plan.failed_before,
             workers=driver.worker_stats(),

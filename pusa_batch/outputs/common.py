@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ import pyarrow as pa
 
 from pusa_batch.errors import ExportError
 from pusa_batch.store.index import video_path
-from pusa_batch.store.io import redact_url
+from pusa_batch.store.io import redact_text, redact_url
 from pusa_batch.store.store import Store
 
 T = TypeVar("T")
@@ -90,14 +89,6 @@ class ExportSummary:
     prompts: int = 0  # distinct VBench file stems
 
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def redact_text(text: str | None) -> str | None:
-    """Free text with every URL in it redacted (user:password and query values)."""
-    return None if text is None else _URL.sub(lambda m: redact_url(m.group(0)), str(text))
-
-
 def item_fields(marker: dict) -> dict:
     """The manifest item of a marker or failure record (flat markers are read as they are)."""
     item = marker.get("item")
@@ -131,14 +122,11 @@ def item_record(marker: dict) -> dict:
 
 
 def done_markers(store: Store) -> tuple[list[dict], tuple[str, ...]]:
-    """Markers of the done items whose video has the recorded size (sorted by id), and the
-    ids the store lists as done whose video is missing or of another size."""
-    markers = sorted(store.iter_done_metadata(), key=lambda m: m["id"])
-    sizes = ordered_map(lambda m: store.root.size(video_path(m["id"])), markers)
-    good, bad = [], []
-    for marker, size in zip(markers, sizes, strict=True):
-        (good if size is not None and size == marker.get("video_bytes") else bad).append(marker)
-    return good, tuple(m["id"] for m in bad)
+    """Markers of the done items (sorted by id), and the ids recorded done whose files are
+    missing or truncated: one read of the root's state, checked by listing (`Store.state`)."""
+    state = store.state()
+    markers = sorted(store.iter_done_metadata(state), key=lambda m: m["id"])
+    return markers, tuple(sorted(state.damaged))
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], window: int = _WINDOW) -> Iterator[R]:

@@ -14,12 +14,13 @@ import json
 import logging
 import posixpath
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pusa_batch.errors import StoreError
 
@@ -128,6 +129,64 @@ class RetryPolicy:
         return with_retries(fn, self.attempts, self.base_delay, self.max_delay)
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_MIN_SECRET_LEN = 4  # shorter option values (true, 1, us) would blank out ordinary words
+
+
+def redact_text(text: str | None, secrets: Iterable[str] = ()) -> str | None:
+    """Free text with every URL in it redacted and every given secret replaced by `***`.
+
+    The one redactor: messages, summaries, logs, run records, metadata and job metadata all
+    pass through it (URL user:password and query values, storage option values).
+    """
+    if text is None:
+        return None
+    out = _URL.sub(lambda m: redact_url(m.group(0)), str(text))
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= _MIN_SECRET_LEN:
+            out = out.replace(secret, "***")
+    return out
+
+
+def secrets_of(url: str, storage_options: dict) -> tuple[str, ...]:
+    """What must never be printed: the URL's userinfo parts and every string option value."""
+    found: list[str] = []
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    found += [unquote(part) for part in userinfo.split(":") if part]
+    stack: list = [storage_options]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif isinstance(value, str):
+            found.append(value)
+    return tuple(found)
+
+
+def storage_hint(exc: BaseException) -> str:
+    """What a failed storage call most likely needs, from the exception's type and errno."""
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the disk is full: free space or choose another output root"
+    if name in ("NoCredentialsError", "PartialCredentialsError") or "credentials" in text.lower():
+        return "no usable credentials: set them in the environment or with --storage-option"
+    if name == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text:
+        return "the bucket does not exist: create it or fix the URL"
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionError") or (
+        isinstance(exc, (ConnectionError, TimeoutError))
+    ):
+        return (
+            "the storage endpoint cannot be reached after retries: check the endpoint URL and "
+            "the network, then retry"
+        )
+    if isinstance(exc, TypeError):
+        return "a storage option is not one this filesystem takes: check --storage-option"
+    return "check the output root's URL, credentials and options"
+
+
 def redact_url(url: str) -> str:
     """The URL with any user:password and query values replaced by `***`."""
     parts = urlsplit(url)
@@ -143,7 +202,15 @@ def redact_url(url: str) -> str:
 class Root:
     """An fsspec filesystem plus a root path; every method takes a path relative to the root."""
 
-    def __init__(self, fs: Any, root: str, display_url: str, retry: RetryPolicy):
+    def __init__(
+        self,
+        fs: Any,
+        root: str,
+        display_url: str,
+        retry: RetryPolicy,
+        secrets: tuple[str, ...] = (),
+    ):
+        self.secrets = secrets
         self.fs = fs
         self.root = root.rstrip("/")
         self.display_url = display_url
@@ -162,7 +229,14 @@ class Root:
         """Run one storage call with retries; missing/existing files pass through unchanged."""
         try:
             return self.retry.run(fn)
-        except (FileNotFoundError, FileExistsError):
+        except FileNotFoundError as exc:
+            if what in ("write", "create") and not self.is_local:  # no parent dirs there
+                raise StoreError(
+                    f"could not {what} {self.where(rel)}: the bucket does not exist: create it "
+                    f"or fix the URL ({redact_text(str(exc), self.secrets)})"
+                ) from None
+            raise
+        except FileExistsError:
             raise
         except PermissionError as exc:
             raise StoreError(
@@ -172,10 +246,10 @@ class Root:
         except Exception as exc:
             if isinstance(exc, StoreError):
                 raise
+            detail = redact_text(f"{type(exc).__name__}: {exc}", self.secrets)
             raise StoreError(
-                f"could not {what} {self.where(rel)} ({type(exc).__name__}: {exc}); "
-                "check that the output root is reachable and retry"
-            ) from exc
+                f"could not {what} {self.where(rel)}: {storage_hint(exc)} ({detail})"
+            ) from None
 
     # reads
     def read_bytes(self, rel: str) -> bytes:

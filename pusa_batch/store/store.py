@@ -42,7 +42,14 @@ from pusa_batch.store.index import (
     table_bytes,
     video_path,
 )
-from pusa_batch.store.io import RetryPolicy, Root, redact_url
+from pusa_batch.store.io import (
+    RetryPolicy,
+    Root,
+    redact_text,
+    redact_url,
+    secrets_of,
+    storage_hint,
+)
 from pusa_batch.store.lease import Lease, OnWait, acquire_lease
 
 RUN_FILE = "run.json"
@@ -99,12 +106,19 @@ class Store:
         self._url = str(url)
         self._storage_options = dict(storage_options or {})
         self._filesystem = filesystem
+        self.url = redact_url(self._url)
+        secrets = secrets_of(self._url, self._storage_options)
         if filesystem is None:
-            fs, root = fsspec.core.url_to_fs(self._url, **self._storage_options)
+            try:
+                fs, root = fsspec.core.url_to_fs(self._url, **self._storage_options)
+            except Exception as exc:  # noqa: BLE001 - ImportError, TypeError, ValueError, ...
+                detail = redact_text(f"{type(exc).__name__}: {exc}", secrets)
+                raise StoreError(
+                    f"cannot open the output root {self.url}: {storage_hint(exc)} ({detail})"
+                ) from None
         else:
             fs, root = filesystem, filesystem._strip_protocol(self._url)
-        self.url = redact_url(self._url)
-        self._root = Root(fs, root, self.url, retry)
+        self._root = Root(fs, root, self.url, retry, secrets)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -199,9 +213,9 @@ class Store:
         return table.num_rows
 
     # readers
-    def iter_done_metadata(self) -> Iterator[dict]:
+    def iter_done_metadata(self, state: RootState | None = None) -> Iterator[dict]:
         """The marker of every done item: compacted ones, then those written since."""
-        state = self.state()
+        state = self.state() if state is None else state
         skip = state.recent_open | set(state.recent_done) | set(state.damaged)
         yield from iter_indexed_markers(self._root, skip=skip)
         yield from (state.recent_done[k] for k in sorted(state.recent_done))
