@@ -113,3 +113,9 @@ class UsageError(PusaBatchError):
     """A command's options cannot work together or with the environment; the message says why."""
 
     exit_code = 2
+
+
+class UnsafeRootError(StoreError):
+    """An output root whose layout would make writes land outside it (a symlinked folder)."""
+
+    exit_code = 2

@@ -28,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pusa_batch.errors import InputMediaError
 
 ALPHA_BACKGROUND = (255, 255, 255)
+BOMB = Image.DecompressionBombError  # Pillow's limit on pixels (a tiny file, gigabytes decoded)
 _ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
 
@@ -64,6 +65,10 @@ def _open_binary(path: PathLike, storage_options: dict | None = None) -> Iterato
     try:
         if _is_local(path):
             text = os.fspath(path).removeprefix("file://")
+            if os.path.exists(text) and not os.path.isdir(text) and not os.path.isfile(text):
+                raise InputMediaError(
+                    f"{path}: not a regular file (a FIFO, socket or device); give a file path."
+                )
             with open(text, "rb") as f:
                 yield f
         else:
@@ -93,7 +98,7 @@ def probe_image(path: PathLike, *, storage_options: dict | None = None) -> Image
                 width, height = img.size
                 orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
                 mode = img.mode
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, BOMB) as e:
             raise _image_error(path, e) from e
     if orientation in _ROTATING_ORIENTATIONS:
         width, height = height, width
@@ -110,12 +115,16 @@ def load_image(
             with Image.open(f) as img:
                 img.load()
                 rgb = to_rgb(ImageOps.exif_transpose(img))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, BOMB) as e:
             raise _image_error(path, e) from e
     return np.asarray(fit_image(rgb, width, height), dtype=np.uint8)
 
 
 def _image_error(path: PathLike, e: Exception) -> InputMediaError:
+    if isinstance(e, BOMB):
+        return InputMediaError(
+            f"{path}: too many pixels to decode safely ({e}); resize it to the video's size first."
+        )
     return InputMediaError(
         f"{path}: cannot read it as an image ({type(e).__name__}: {e}). "
         "Check that it is a complete JPEG, PNG, WebP or BMP file."

@@ -172,10 +172,16 @@ def test_iter_items_refuses_a_bad_manifest(tmp_path):
 
 
 def test_unknown_columns_warn_and_stay_out_of_the_item(tmp_path):
-    (tmp_path / "m.csv").write_text("task,prompt,negativ_prompt\nt2v,x,blurry\n")
-    with pytest.warns(ManifestWarning, match="did you mean 'negative_prompt'"):
+    (tmp_path / "m.csv").write_text("task,prompt,category\nt2v,x,animals\n")
+    with pytest.warns(ManifestWarning, match="ignoring unknown column.*'category'"):
         item = next(iter_items(str(tmp_path / "m.csv")))
-    assert item.negative_prompt == WAN_DEFAULTS["negative_prompt"]
+    assert not hasattr(item, "category")
+
+
+def test_a_misspelt_column_stops_reading_instead_of_using_the_default(tmp_path):
+    (tmp_path / "m.csv").write_text("task,prompt,negativ_prompt\nt2v,x,blurry\n")
+    with pytest.raises(ManifestError, match="did you mean 'negative_prompt'"):
+        next(iter_items(str(tmp_path / "m.csv")))
 
 
 def test_item_dict_round_trip_through_json(tmp_path, pics):

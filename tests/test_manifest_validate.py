@@ -228,9 +228,9 @@ def test_parquet_list_cells_are_checked_too(tmp_path, png):
 
 
 def test_unknown_columns_are_reported_not_fatal(tmp_path):
-    path = write_csv(tmp_path, "a,t2v,x,0", header="id,task,prompt,seeds")
+    path = write_csv(tmp_path, "a,t2v,x,animals", header="id,task,prompt,category")
     report = validate_manifest(path)
-    assert report.ok and report.unknown_columns == ["seeds"]
+    assert report.ok and report.unknown_columns == ["category"]
 
 
 def test_a_row_with_too_many_cells_is_a_clear_error(tmp_path):

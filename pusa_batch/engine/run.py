@@ -31,6 +31,7 @@ from pusa_batch.engine.dispatch import Driver
 from pusa_batch.engine.plan import Rules, changed_error, count_plan, iter_todo
 from pusa_batch.engine.runner import PipelineRunner
 from pusa_batch.engine.worker import ItemRunner
+from pusa_batch.errors import UsageError
 from pusa_batch.manifest.read import validate_manifest
 from pusa_batch.pipelines.spec import load_pipeline_spec
 from pusa_batch.store.store import Store
@@ -53,6 +54,12 @@ def run(
     spec = load_pipeline_spec(config.pipeline)
     validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
     store = Store(config.output, dict(config.storage_options))
+    if "memory" in _protocols(store) and make_runner is None:
+        raise UsageError(
+            f"-o {store.url}: memory:// lives inside one process, and the workers commit from "
+            "their own processes, so nothing would reach this one. Use a local folder, or an "
+            "object store (s3://, gs://) that every worker can reach."
+        )
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"}
     lease = store.acquire_lease(
         owner,
@@ -148,3 +155,8 @@ def _damaged_notice(count: int, damaged: dict[str, str], output: str) -> str:
         f"{count} item(s) recorded as done have missing or truncated files and are generated "
         f"again: {shown}{more}. `pusa-batch verify {output}` lists them all."
     )
+
+
+def _protocols(store: Store) -> set[str]:
+    protocol = store.root.fs.protocol
+    return set(protocol) if isinstance(protocol, (tuple, list)) else {protocol}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pusa_batch import tasks as task_rules
@@ -73,14 +75,20 @@ def iter_raw_chunks(
                 yield from _csv_chunks(f, chunk_rows, "\t" if kind == "tsv" else ",")
     except FileNotFoundError as e:
         raise ManifestError(f"{path}: manifest not found.") from e
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+    except pd.errors.EmptyDataError:
+        raise ManifestError(
+            f"{path}: the manifest is empty; it needs a header row (id,task,prompt,...) and rows"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, pa.ArrowException) as e:
         if isinstance(e, ManifestError):
             raise
-        raise ManifestError(f"{path}: cannot read the manifest as {kind}: {e}") from e
+        raise ManifestError(
+            f"{path}: cannot read the manifest as {kind} ({e}); is it a whole {kind} file?"
+        ) from None
 
 
 def _csv_chunks(f: Any, chunk_rows: int, sep: str) -> Iterator[pd.DataFrame]:
-    reader = pd.read_csv(
+    reader = pd.read_csv(  # raises EmptyDataError for a file with no header at all
         f,
         sep=sep,
         dtype=str,
@@ -94,7 +102,7 @@ def _csv_chunks(f: Any, chunk_rows: int, sep: str) -> Iterator[pd.DataFrame]:
             warnings.simplefilter("error", pd.errors.ParserWarning)
             try:
                 chunk = next(reader)
-            except (StopIteration, pd.errors.EmptyDataError):
+            except StopIteration:
                 return
             except pd.errors.ParserWarning as e:
                 raise pd.errors.ParserError(
@@ -170,8 +178,31 @@ def _check_header(columns: list[str]) -> tuple[list[RowProblem], list[str]]:
         for name in REQUIRED_COLUMNS
         if name not in columns
     ]
-    unknown = [c for c in columns if c not in COLUMNS]
+    unknown = []
+    for name in (c for c in columns if c not in COLUMNS):
+        problem = _near_miss(str(name))
+        if problem is None:
+            unknown.append(name)
+        else:
+            problems.append(RowProblem(0, None, str(name), problem))
     return problems, unknown
+
+
+_MANGLED = re.compile(r"^(?P<name>.+)\.(?P<n>\d+)$")  # how pandas renames a repeated header
+
+
+def _near_miss(name: str) -> str | None:
+    """The problem with a column that is not ours but looks like one of ours, else None."""
+    mangled = _MANGLED.match(name)
+    if mangled and mangled["name"] in COLUMNS:
+        return f"the column '{mangled['name']}' appears more than once; keep one."
+    close = difflib.get_close_matches(name.strip().lower(), list(COLUMNS), n=1, cutoff=0.75)
+    if close:
+        return (
+            f"unknown column '{name}': did you mean '{close[0]}'? Rename it; as it is, its "
+            "values would be ignored and the default used."
+        )
+    return None
 
 
 def _unknown_columns_message(unknown: list[str]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,8 +29,13 @@ from typing import IO, Any
 
 import fsspec
 
-from pusa_batch.errors import StoreError
+from pusa_batch.errors import StoreError, UnsafeRootError
 from pusa_batch.store.index import (
+    FAILURES_DIR,
+    INDEX_DIR,
+    ITEMS_DIR,
+    RECENT_DIR,
+    VIDEOS_DIR,
     CompactionResult,
     RootState,
     compact,
@@ -72,6 +78,28 @@ def check_item_id(item_id: str) -> str:
             "no leading '.', and none of / \\ @ : * ? \" < > | or control characters"
         )
     return item_id
+
+
+LAYOUT_DIRS = (ITEMS_DIR, VIDEOS_DIR, FAILURES_DIR, INDEX_DIR, RECENT_DIR)
+
+
+def check_local_layout(root: str) -> None:
+    """Refuse a local root whose layout folders are symlinks or resolve outside the root."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UnsafeRootError(f"{root} is a file, not a folder: give -o a folder (new or a run's)")
+    top = os.path.realpath(root)
+    for name in LAYOUT_DIRS:
+        path = os.path.join(root, name)
+        if not os.path.lexists(path):
+            continue
+        real = os.path.realpath(path)
+        if os.path.islink(path) or os.path.commonpath([top, real]) != top:
+            raise UnsafeRootError(
+                f"{path} is a symlink (to {real}): pusa-batch writes only inside the output "
+                f"root {root}; replace it with a real folder or choose another -o"
+            )
+        if not os.path.isdir(path):
+            raise UnsafeRootError(f"{path} is not a folder; move it away or choose another -o")
 
 
 def _now_iso() -> str:
@@ -119,6 +147,8 @@ class Store:
         else:
             fs, root = filesystem, filesystem._strip_protocol(self._url)
         self._root = Root(fs, root, self.url, retry, secrets)
+        if self._root.is_local:
+            check_local_layout(root)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"

@@ -1,0 +1,35 @@
+"""A local output root is written inside itself only: symlinked layout folders and files given
+as roots are refused (exit 2) before anything is written."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pusa_batch.errors import UnsafeRootError
+from pusa_batch.store.store import Store
+
+
+@pytest.mark.parametrize("folder", ["items", "videos", "failures", "index", "recent"])
+def test_a_symlinked_layout_folder_is_refused_and_nothing_lands_outside(tmp_path, folder):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "out").mkdir()
+    os.symlink(outside, tmp_path / "out" / folder)
+    with pytest.raises(UnsafeRootError, match=f"{folder} is a symlink") as refused:
+        Store(str(tmp_path / "out")).commit("a", b"video", {"fingerprint": "f"})
+    assert refused.value.exit_code == 2 and list(outside.iterdir()) == []
+
+
+def test_a_file_given_as_the_root_is_refused(tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(UnsafeRootError, match="is a file"):
+        Store(str(tmp_path / "out"))
+
+
+def test_a_symlinked_root_itself_is_the_users_choice(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "out")
+    Store(str(tmp_path / "out")).commit("a", b"video", {"fingerprint": "f"})
+    assert (tmp_path / "real" / "videos" / "a.mp4").read_bytes() == b"video"
