@@ -72,6 +72,11 @@ def run(
         emit(Notice(lease.note))
     try:
         state = store.state(verify=not config.trust_index)
+        healed = store.heal_index(state)
+        if healed:
+            emit(Notice(healed))
+        if store.root.is_local and store.clean_temp():
+            emit(Notice("removed temporary files left by an earlier run"))
         rules = Rules(config.retry_failed, config.regenerate_changed)
         plan = count_plan(config.manifest, spec, state, rules)
         if plan.changed and not config.regenerate_changed:

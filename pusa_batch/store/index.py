@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import posixpath
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +24,10 @@ import pyarrow.parquet as pq
 
 from pusa_batch.store.io import Root
 
+log = logging.getLogger(__name__)
+
 INDEX_DIR = "index"
+QUARANTINE_DIR = "index/quarantine"
 RECENT_DIR = "recent"
 ITEMS_DIR = "items"
 VIDEOS_DIR = "videos"
@@ -121,16 +126,21 @@ class RootState:
     pointers: dict[str, list[str]] = field(default_factory=dict)
     damaged: dict[str, str] = field(default_factory=dict)  # id -> what is wrong
     verified: bool = False
+    corrupt_parts: list[str] = field(default_factory=list)  # index parts that cannot be read
+    rebuilt: dict[str, tuple[dict, int | None]] = field(default_factory=dict)  # from markers
 
     def done_fingerprint(self, item_id: str) -> tuple[bool, str | None]:
         if item_id in self.recent_done:
             return True, self.recent_done[item_id].get("fingerprint")
+        if item_id in self.rebuilt:
+            return True, self.rebuilt[item_id][0].get("fingerprint")
         if item_id in self.recent_open or item_id in self.damaged or item_id not in self.indexed:
             return False, None
         return True, self.indexed[item_id].fingerprint
 
     def done_ids(self) -> set[str]:
-        return (set(self.indexed) - self.recent_open - set(self.damaged)) | set(self.recent_done)
+        done = set(self.indexed) - self.recent_open - set(self.damaged)
+        return done | set(self.recent_done) | set(self.rebuilt)
 
 
 def list_parts(root: Root) -> list[tuple[int, str]]:
@@ -139,26 +149,77 @@ def list_parts(root: Root) -> list[tuple[int, str]]:
 
 
 def iter_parts(root: Root, columns: list[str] | None) -> Iterator[tuple[int, pa.Table]]:
-    """Each part in order; a part merged away under us restarts nothing: callers re-read."""
+    """Each readable part in order (an unreadable one is skipped: `read_indexed` reports it)."""
     for number, rel in list_parts(root):
-        yield number, decode_part(root.read_bytes(rel), columns)
+        try:
+            yield number, decode_part(root.read_bytes(rel), columns)
+        except (pa.ArrowException, ValueError):
+            log.warning("skipping unreadable index part %s", root.where(rel))
 
 
-def read_indexed(root: Root) -> dict[str, Recorded]:
-    """id -> what is recorded, over every part; a later part wins over an earlier one."""
+def read_indexed(root: Root) -> tuple[dict[str, Recorded], list[str]]:
+    """(id -> what is recorded, over every readable part, a later part winning; the parts that
+    cannot be read). An unreadable part is left out, never a crash: see `rebuild_from_markers`."""
     names = ["id", "fingerprint", "video_bytes", "marker_bytes"]
     for _ in range(3):
         try:
             indexed: dict[str, Recorded] = {}
-            for _, table in iter_parts(root, names):
+            corrupt: list[str] = []
+            for _, rel in list_parts(root):
+                try:
+                    table = decode_part(root.read_bytes(rel), names)
+                except (pa.ArrowException, OSError, ValueError) as exc:
+                    if isinstance(exc, FileNotFoundError):
+                        raise
+                    corrupt.append(rel)
+                    continue
                 ids, fps, videos, markers = (table[n].to_pylist() for n in names)
                 indexed.update(
                     (i, Recorded(f, v, m)) for i, f, v, m in zip(ids, fps, videos, markers)
                 )
-            return indexed
+            return indexed, corrupt
         except FileNotFoundError:  # a compaction merged parts while we read: read again
             continue
     raise FileNotFoundError(root.where(INDEX_DIR))
+
+
+def rebuild_from_markers(root: Root, state: RootState) -> None:
+    """With a part unreadable, find done items from their markers instead: every marker not in
+    the readable index and not committed since is read and its video checked (one read and one
+    stat per such item), so a corrupt part costs time, not a mass regeneration."""
+    names = root.list_names(ITEMS_DIR)
+    known = set(state.indexed) | set(state.pointers)
+    ids = [n[: -len(".json")] for n in names if n.endswith(".json")]
+    ids = [i for i in ids if i not in known]
+
+    def check(item_id: str) -> tuple[dict | None, int | None]:
+        marker, size = read_marker(root, item_id)
+        whole = marker is not None and root.size(video_path(item_id)) == marker.get("video_bytes")
+        return (marker if whole else None), size
+
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        for item_id, (marker, size) in zip(ids, pool.map(check, ids)):
+            if marker is not None:
+                state.rebuilt[item_id] = (marker, size)
+
+
+def heal(root: Root, state: RootState) -> str | None:
+    """Run by the lease holder: move unreadable parts to `index/quarantine/` and index the
+    markers rebuilt in their place as a new part. Returns a notice, or None if all was well."""
+    if not state.corrupt_parts:
+        return None
+    for rel in state.corrupt_parts:
+        root.write_bytes(f"{QUARANTINE_DIR}/{posixpath.basename(rel)}", root.read_bytes(rel))
+        root.delete(rel)
+    if state.rebuilt:
+        parts = list_parts(root)
+        rel = f"{INDEX_DIR}/{part_name((parts[-1][0] if parts else 0) + 1)}"
+        markers = [m for m, _ in state.rebuilt.values()]
+        root.create_exclusive(rel, encode_part(markers, [n for _, n in state.rebuilt.values()]))
+    return (
+        f"{len(state.corrupt_parts)} unreadable index part(s) moved to {QUARANTINE_DIR}/; "
+        f"{len(state.rebuilt)} done item(s) found again from their markers"
+    )
 
 
 def read_pointers(root: Root) -> dict[str, list[str]]:
@@ -224,7 +285,8 @@ def verify_files(state: RootState, videos: dict[str, int], markers: dict[str, in
 def read_state(root: Root, *, verify: bool = True) -> RootState:
     """What the root holds. With `verify`, one listing each of `videos/` and `items/` checks
     every indexed item's files against the index (see `verify_files`)."""
-    state = RootState(indexed=read_indexed(root), pointers=read_pointers(root))
+    indexed, corrupt = read_indexed(root)
+    state = RootState(indexed=indexed, pointers=read_pointers(root), corrupt_parts=corrupt)
     ids = list(state.pointers)
     with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
         results = pool.map(lambda i: verify_recent(root, i, state.pointers[i][-1]), ids)
@@ -239,6 +301,8 @@ def read_state(root: Root, *, verify: bool = True) -> RootState:
     state.failures = {n[: -len(".json")] for n in names if n.endswith(".json")}
     if verify and state.indexed:
         verify_files(state, root.list_sizes(VIDEOS_DIR), root.list_sizes(ITEMS_DIR))
+    if corrupt:
+        rebuild_from_markers(root, state)
     return state
 
 

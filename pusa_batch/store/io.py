@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import posixpath
 import random
 import re
@@ -293,6 +294,12 @@ class Root:
     def list_sizes(self, rel_dir: str) -> dict[str, int]:
         """Base name -> size of the files directly under a folder, in one (paginated) listing."""
         path = self.path(rel_dir)
+        if self.is_local:  # os.scandir: one directory read, sizes from its entries
+            try:
+                with os.scandir(path) as entries:
+                    return {e.name: e.stat().st_size for e in entries if e.is_file()}
+            except FileNotFoundError:
+                return {}
 
         def listing() -> list[dict]:
             self.fs.invalidate_cache(path)
@@ -351,6 +358,21 @@ class Root:
             self.call("publish", rel, lambda: publish(tmp))
         finally:
             self._remove_tmp(tmp)
+
+    def clean_temp(self, older_than_s: float = 0.0) -> int:
+        """Delete what dead writers left under TMP_DIR; return how many files went."""
+        if not self.is_local:  # object stores are written with one PUT: no temporary files
+            return 0
+        now, removed = time.time(), 0
+        for name, _ in self.list_sizes(TMP_DIR).items():
+            path = self.path(f"{TMP_DIR}/{name}")
+            try:
+                if now - os.path.getmtime(path) >= older_than_s:
+                    os.remove(path)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def _remove_tmp(self, tmp: str) -> None:
         try:

@@ -41,6 +41,7 @@ from pusa_batch.store.index import (
     compact,
     failure_path,
     final_index_table,
+    heal,
     iter_indexed_markers,
     marker_path,
     pointer_path,
@@ -229,6 +230,15 @@ class Store:
         return self._root.size(video_path(item_id)) == marker.get("video_bytes")
 
     # index
+    def heal_index(self, state: RootState) -> str | None:
+        """Quarantine unreadable index parts and index what their markers show (lease holder
+        only); a notice for the user, or None when every part was readable."""
+        return heal(self._root, state)
+
+    def clean_temp(self, older_than_s: float = 0.0) -> int:
+        """Remove temporary files that dead runs left under `.tmp/` (lease holder only)."""
+        return self._root.clean_temp(older_than_s)
+
     def compact_index(self, min_items: int = 1, max_parts: int = 32) -> CompactionResult:
         """Fold markers written since the last compaction into a new index part.
 
@@ -248,6 +258,7 @@ class Store:
         state = self.state() if state is None else state
         skip = state.recent_open | set(state.recent_done) | set(state.damaged)
         yield from iter_indexed_markers(self._root, skip=skip)
+        yield from (state.rebuilt[k][0] for k in sorted(state.rebuilt))
         yield from (state.recent_done[k] for k in sorted(state.recent_done))
 
     def iter_failures(self) -> Iterator[dict]:
