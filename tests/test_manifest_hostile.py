@@ -67,3 +67,35 @@ def test_a_decompression_bomb_is_a_row_problem(tmp_path):
     path.write_text("id,task,prompt,image\na,i2v,a cat,bomb.png\n")
     [(row, where, message)] = problems(path)
     assert (row, where) == (1, "image") and "too many pixels" in message
+
+
+@pytest.mark.parametrize(
+    ("cells", "column", "limit"),
+    [
+        ("steps=1000000000", "steps", "max_steps"),
+        ("width=1600000000", "width", "max_side"),
+        ("height=100000", "height", "max_side"),
+        ("num_frames=100001", "num_frames", "max_frames"),
+        ("height=1920;width=1920", "width", "max_pixels"),
+    ],
+)
+def test_items_beyond_the_pipelines_limits_are_refused_naming_the_limit(
+    tmp_path, cells, column, limit
+):
+    values = dict(cell.split("=") for cell in cells.split(";"))
+    header = ",".join(["id", "task", "prompt", *values])
+    path = tmp_path / "m.csv"
+    path.write_text(f"{header}\na,t2v,a cat,{','.join(values.values())}\n")
+    found = [(where, message) for _, where, message in problems(path)]
+    assert any(where == column and f"({limit})" in message for where, message in found), found
+
+
+def test_a_pipeline_toml_can_raise_its_limits(tmp_path):
+    from pusa_batch.pipelines.spec import load_pipeline_spec
+
+    toml = tmp_path / "big.toml"
+    toml.write_text('family = "wan2.1"\n[weights]\ntiny = "wan2.1"\n[limits]\nmax_steps = 5000\n')
+    path = tmp_path / "m.csv"
+    path.write_text("id,task,prompt,steps\na,t2v,a cat,4000\n")
+    assert validate_manifest(str(path), load_pipeline_spec(toml)).problems == []
+    assert [c for _, c, _ in problems(path)] == ["steps"]  # the default limit without the TOML

@@ -114,7 +114,14 @@ def print_summary(summary) -> None:
         highlight=False,
     )
     if summary.total and summary.generated == 0 and not summary.failed:
-        out.print("Nothing new to generate: every item is already done.", highlight=False)
+        if summary.failed_before:
+            out.print(
+                f"Nothing new to generate: {summary.failed_before} item(s) failed in an earlier "
+                "run and are skipped; add --retry-failed to try them again.",
+                highlight=False,
+            )
+        else:
+            out.print("Nothing new to generate: every item is already done.", highlight=False)
     if summary.failures:
         table = Table("id", "error", "attempts", "message", title="Failed items")
         for failure in summary.failures[:50]:
@@ -169,8 +176,19 @@ def run(
         lease_wait=not no_wait,
         trust_index=trust_index,
     )
-    with LiveRunView(err, enabled=progress) as view:
-        summary = run_engine(config, view)
+    live = LiveRunView(err, enabled=progress)
+    try:
+        with live:
+            summary = run_engine(config, live)
+    except KeyboardInterrupt:
+        view = live.view
+        pending = max(0, view.pending - view.done - view.failed)
+        err.print(
+            f"Interrupted: {view.done} committed this run, {pending} pending; "
+            "run the same command to resume.",
+            highlight=False,
+        )
+        return 130
     print_summary(summary)
     return summary.exit_code
 

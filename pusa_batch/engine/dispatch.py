@@ -144,6 +144,7 @@ class Driver:
                 torch_threads=None if gpus else max(1, int(self.config.cpus_per_worker)),
                 lease_token=self.lease.token,
                 batch_size=self.config.batch_size,
+                driver=_driver_identity(self.lease),
             )
             handle = Worker.options(
                 num_cpus=self.config.cpus_per_worker,
@@ -408,3 +409,11 @@ def _died(slot: Slot, exc: Exception) -> ItemError:
         "often out of memory: try fewer frames, a smaller size or fewer workers per node",
         node=slot.info.get("host"),
     )
+
+
+def _driver_identity(lease: Any) -> dict | None:
+    record = getattr(lease, "record", None)
+    if not isinstance(record, dict):
+        return None
+    keys = ("host", "boot_id", "pid_ns", "pid", "pid_start")
+    return {k: record.get(k) for k in keys}

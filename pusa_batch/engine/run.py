@@ -22,6 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import ray
 
@@ -84,7 +85,9 @@ def run(
         emit(Started(total=plan.total, pending=plan.todo, done_before=plan.done))
         if plan.damaged:
             emit(Notice(_damaged_notice(plan.damaged, state.damaged, store.url)))
-        runner = make_runner or functools.partial(PipelineRunner, config.pipeline)
+        # resolved here: a worker elsewhere on a cluster has another working directory
+        pipeline_path = str(Path(config.pipeline).expanduser().resolve())
+        runner = make_runner or functools.partial(PipelineRunner, pipeline_path)
         driver = Driver(config, store, emit, runner, lease)
         if plan.todo and make_runner is None:
             preflight(spec, device_checks=config.address is None)

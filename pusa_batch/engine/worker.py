@@ -25,7 +25,7 @@ import ray
 from pusa_batch.engine.contract import ItemError, Outcome, Result, Task
 from pusa_batch.errors import LeaseError
 from pusa_batch.item import Item
-from pusa_batch.store.lease import LEASE_FILE
+from pusa_batch.store.lease import LEASE_FILE, holder_is_gone
 from pusa_batch.store.store import Store
 
 OnStep = Callable[[int, int], None]
@@ -51,6 +51,7 @@ class WorkerSettings:
     torch_threads: int | None
     lease_token: str | None = None  # commits are refused once another run holds the lease
     batch_size: int = 1  # items with one batch key may share the sampler's forward passes
+    driver: dict | None = None  # the driver's lease record: host, boot, pid namespace, pid
 
 
 def versions() -> dict[str, str]:
@@ -101,6 +102,8 @@ class WorkerCore:
             torch.set_num_threads(settings.torch_threads)
         self.settings = settings
         self.store = Store(settings.output, settings.storage_options)
+        if settings.driver is not None:
+            _watch_driver(settings.driver)
         self._prepare_lock = threading.Lock()
         self._sample_lock = threading.Lock()
         self._finish_lock = threading.Lock()
@@ -187,6 +190,10 @@ class WorkerCore:
 
     def _check_lease(self) -> None:
         """Fence: a worker orphaned by a dead driver must not commit over a newer run."""
+        if self.settings.driver is not None and holder_is_gone(self.settings.driver):
+            raise LeaseError(
+                f"worker {self.settings.worker_id}: its driver is gone; not committing"
+            )
         if self.settings.lease_token is None:
             return
         current = self.store.root.read_json(LEASE_FILE) or {}
@@ -302,6 +309,18 @@ class _Waiting:
     result: Any = None
     error: Exception | None = None
     batch: int = 1
+
+
+def _watch_driver(driver: dict, every_s: float = 0.5) -> None:
+    """On the driver's own machine, end this worker as soon as the driver process is gone, so
+    nothing of a killed run keeps sampling or committing. Elsewhere Ray's own cleanup applies."""
+
+    def watch() -> None:
+        while not holder_is_gone(driver):
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pusa-driver-watch", daemon=True).start()
 
 
 def _node_id() -> str | None:

@@ -33,6 +33,7 @@ from pusa_batch.manifest.schema import (
     resolve_path,
     text_column,
 )
+from pusa_batch.pipelines.spec import Limits
 
 # --------------------------------------------------------------------------- row checks
 
@@ -196,12 +197,13 @@ class ChunkChecker:
                 unknown, "task", lambda v: f"unknown task {v!r}; use one of: {valid}.", tasks
             )
         r, m = self.rules.temporal_factor, self.rules.spatial_multiple
-        for name, is_bad, message in _range_rules(r, m):
+        for name, is_bad, message in _range_rules(r, m) + _limit_rules(self.rules.limits):
             if name in cols:
                 values = cols[name]
                 with np.errstate(invalid="ignore"):
                     mask = ~np.isnan(values) & is_bad(values)
                 found.add_where(mask, name, message, values)
+        self._check_pixels(cols, found)
         if "images" in cols and "image" in cols:
             both = _present(cols["image"]) & np.array([v is not None for v in cols["images"]])
             found.add_where(
@@ -212,6 +214,33 @@ class ChunkChecker:
             )
 
     # -- paths and files
+    def _check_pixels(self, cols: dict[str, Any], found: _Problems) -> None:
+        """height x width against the spec's max_pixels (a missing cell takes the default)."""
+        if "height" not in cols and "width" not in cols:
+            return
+        limit = self.rules.limits.max_pixels
+
+        def column(name: str) -> np.ndarray:
+            values = cols.get(name)
+            default = float(self.rules.defaults[name])
+            if values is None:
+                return np.full(len(cols.get("height", cols.get("width"))), default)
+            return np.where(np.isnan(values), default, values)
+
+        height, width = column("height"), column("width")
+        with np.errstate(invalid="ignore", over="ignore"):
+            mask = height * width > limit
+        sizes = np.array([f"{h:.0f}x{w:.0f}" for h, w in zip(height, width)], dtype=object)
+        found.add_where(
+            mask,
+            "width",
+            lambda v: (
+                f"{v} is {_pixels(v):,} pixels, over this pipeline's limit of {limit:,} "
+                "(max_pixels); make it smaller, or raise limits.max_pixels in the pipeline TOML."
+            ),
+            sizes,
+        )
+
     def _resolve_paths(self, cols: dict[str, Any], found: _Problems, n: int) -> tuple[list, dict]:
         paths: dict[str, list[str | None]] = {}
         for name in ("image", "video", "video_b"):
@@ -395,6 +424,32 @@ def _map_unique(values: np.ndarray, check: Callable[[int], bool]) -> np.ndarray:
     uniq = np.unique(values[~np.isnan(values)])
     good = [u for u in uniq if u == math.floor(u) and check(int(u))]
     return np.isin(values, good)
+
+
+def _pixels(size: str) -> int:
+    h, _, w = size.partition("x")
+    return int(h) * int(w)
+
+
+def _limit_rules(limits: Limits) -> list[tuple[str, Callable, Callable]]:
+    """Upper bounds from the pipeline spec (`[limits]`), so nothing huge is ever allocated."""
+
+    def over(name: str, limit: int, key: str) -> tuple[str, Callable, Callable]:
+        return (
+            name,
+            lambda v: v > limit,
+            lambda v: (
+                f"{name} {v:.0f} is over this pipeline's limit of {limit} ({key}); "
+                f"use at most {limit}, or raise limits.{key} in the pipeline TOML."
+            ),
+        )
+
+    return [
+        over("num_frames", limits.max_frames, "max_frames"),
+        over("height", limits.max_side, "max_side"),
+        over("width", limits.max_side, "max_side"),
+        over("steps", limits.max_steps, "max_steps"),
+    ]
 
 
 def _range_rules(r: int, m: int) -> list[tuple[str, Callable, Callable]]:

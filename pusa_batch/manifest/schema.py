@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pusa_batch.cells import is_empty
-from pusa_batch.pipelines.spec import TEMPORAL_FACTORS, Defaults
+from pusa_batch.pipelines.spec import TEMPORAL_FACTORS, Defaults, Limits
 
 # Column name -> kind. Order matters: it is the order of the derived-id hash.
 COLUMNS: dict[str, str] = {
@@ -72,6 +72,7 @@ class Rules:
     defaults: Mapping[str, Any]
     temporal_factor: int
     spatial_multiple: int
+    limits: Limits = Limits()
 
 
 def rules_from_spec(spec: Any | None) -> Rules:
@@ -83,7 +84,8 @@ def rules_from_spec(spec: Any | None) -> Rules:
     for name in DEFAULTED_COLUMNS:
         value = given.get(name) if isinstance(given, Mapping) else getattr(given, name, None)
         defaults[name] = WAN_DEFAULTS[name] if value is None else value
-    return Rules(defaults, int(spec.temporal_factor), int(spec.spatial_multiple))
+    limits = getattr(spec, "limits", None) or Limits()
+    return Rules(defaults, int(spec.temporal_factor), int(spec.spatial_multiple), limits)
 
 
 # --------------------------------------------------------------------------- cells

@@ -44,7 +44,7 @@ ATTENTIONS = ("sdpa", "flash")
 IDLE_EXPERT = ("keep", "offload")
 LORA_KINDS = ("pusa", "lightx2v")
 EXPERTS = ("high", "low")
-TOP_KEYS = ("name", "family", "weights", "lora", "defaults", "options")
+TOP_KEYS = ("name", "family", "weights", "lora", "defaults", "options", "limits")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,23 @@ class Defaults:
 MOCHI_DEFAULTS = Defaults(
     num_frames=163, height=480, width=848, fps=30, seed=1710977262, guidance_scale=4.5
 )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest item a pipeline takes, checked by `validate` before anything is allocated.
+
+    The defaults sit a little above what each family was trained for (Wan: 81 frames at
+    1280x720; Mochi: 163 frames at 848x480); a `[limits]` table in the TOML overrides them.
+    """
+
+    max_frames: int = 321
+    max_side: int = 2048
+    max_pixels: int = 1920 * 1088  # height x width
+    max_steps: int = 1000
+
+
+MOCHI_LIMITS = Limits(max_frames=331, max_side=1536, max_pixels=1280 * 736)
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,7 @@ class PipelineSpec:
     loras: tuple[LoraSpec, ...] = ()
     defaults: Defaults = field(default_factory=Defaults)
     options: Options = field(default_factory=Options)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def temporal_factor(self) -> int:
@@ -273,7 +291,12 @@ def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
             raise where.fail(f"options.{key}", "only mochi pipelines use it; remove it")
     options = _parse_dataclass(where, raw_options, MOCHI_OPTIONS if mochi else Options(), "options")
     _check_options(where, options, family)
-    return PipelineSpec(name, family, source, weights, loras, defaults, options)
+    base_limits = MOCHI_LIMITS if mochi else Limits()
+    limits = _parse_dataclass(where, where.table(raw, "limits"), base_limits, "limits")
+    for key, value in asdict(limits).items():
+        if value < 1:
+            raise where.fail(f"limits.{key}", f"must be at least 1, got {value}")
+    return PipelineSpec(name, family, source, weights, loras, defaults, options, limits)
 
 
 def _resolve(base: Path, value: str) -> Path:
