@@ -33,3 +33,13 @@ def test_a_symlinked_root_itself_is_the_users_choice(tmp_path):
     os.symlink(tmp_path / "real", tmp_path / "out")
     Store(str(tmp_path / "out")).commit("a", b"video", {"fingerprint": "f"})
     assert (tmp_path / "real" / "videos" / "a.mp4").read_bytes() == b"video"
+
+
+def test_an_export_destination_that_is_a_file_is_an_export_error(tmp_path):
+    from pusa_batch.errors import ExportError
+    from pusa_batch.outputs.common import open_destination
+
+    (tmp_path / "dest").write_text("a file")
+    with pytest.raises(ExportError, match="is a file") as refused:
+        open_destination(str(tmp_path / "dest"), None)
+    assert refused.value.exit_code == 2

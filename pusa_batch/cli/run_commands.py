@@ -106,6 +106,25 @@ def run_config(manifest, output, pipeline, storage_option, **options):
         raise typer.BadParameter(str(error)) from None
 
 
+RUN_SETTINGS = (
+    "workers",
+    "gpus_per_worker",
+    "max_retries",
+    "retry_failed",
+    "regenerate_changed",
+    "longest_first",
+    "batch_size",
+    "lease_stale_s",
+    "trust_index",
+)
+
+
+def run_settings(given: dict) -> dict:
+    """The RunConfig settings among a command's parameters (`--no-wait` is lease_wait=False);
+    `run` and `submit` share them, so a submitted run is the same run."""
+    return {**{name: given[name] for name in RUN_SETTINGS}, "lease_wait": not given["no_wait"]}
+
+
 def print_summary(summary) -> None:
     out.print(
         f"{summary.total} items: {summary.generated} generated, "
@@ -160,21 +179,7 @@ def run(
     from pusa_batch.engine.run import run as run_engine
 
     config = run_config(
-        manifest,
-        output,
-        pipeline,
-        storage_option,
-        workers=workers,
-        address=address,
-        gpus_per_worker=gpus_per_worker,
-        max_retries=max_retries,
-        retry_failed=retry_failed,
-        regenerate_changed=regenerate_changed,
-        longest_first=longest_first,
-        batch_size=batch_size,
-        lease_stale_s=lease_stale_s,
-        lease_wait=not no_wait,
-        trust_index=trust_index,
+        manifest, output, pipeline, storage_option, address=address, **run_settings(locals())
     )
     live = LiveRunView(err, enabled=progress)
     try:
@@ -278,22 +283,7 @@ def submit(
     """Send the same run to a Ray cluster as a Ray Job: every `run` option goes with it."""
     from pusa_batch.engine.submit import JobRequest, submit_job
 
-    config = run_config(
-        manifest,
-        output,
-        pipeline,
-        storage_option,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        max_retries=max_retries,
-        retry_failed=retry_failed,
-        regenerate_changed=regenerate_changed,
-        longest_first=longest_first,
-        batch_size=batch_size,
-        lease_stale_s=lease_stale_s,
-        lease_wait=not no_wait,
-        trust_index=trust_index,
-    )
+    config = run_config(manifest, output, pipeline, storage_option, **run_settings(locals()))
     request = JobRequest(
         config=config,
         address=address,

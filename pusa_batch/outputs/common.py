@@ -173,6 +173,8 @@ def open_destination(dest: str | os.PathLike, storage_options: dict | None) -> D
         ) from exc
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     is_local = bool({"file", "local"} & set(protocols))
+    if is_local and os.path.exists(root) and not os.path.isdir(root):
+        raise ExportError(f"--dest {redact_url(url)} is a file: give a folder (new or empty)")
     dest_obj = Destination(fs, root.rstrip("/"), redact_url(url), is_local)
     dest_obj.makedirs("")
     return dest_obj
