@@ -225,12 +225,30 @@ def guided(
     return one_pass if batched else two_pass
 
 
-def wan_timesteps(sigma_frames: Tensor) -> Tensor:
-    """Pusa V1's DiT timesteps: 1000*sigma truncated to an integer, then rounded to bf16.
+def wan_timesteps(sigma_frames: Tensor, *, conditioned: bool = True) -> Tensor:
+    """Pusa V1's DiT timesteps, rounded in the order the official pipelines round them.
 
-    E.g. 993.2 -> 993 -> 992.0. Returned as float32 of the same shape.
+    The step's timestep `1000 * sigma_k` (sigma_k: the item's largest frame sigma, its free
+    frames) is cast to bf16 first. Unconditioned (T2V, `wan_video_pusa.py`, `wan22_video_pusa.py`)
+    that is all. Conditioned (`*_multi_frames.py`, `*_v2v.py`) each frame's bf16 timestep is
+    multiplied by its multiplier in bf16, then truncated to an integer and cast to bf16 again,
+    for every frame. E.g. sigma_k 0.9783: 978.3 -> 980 (both); at multiplier 0.2, 196.
+    Returned as float32 of `sigma_frames`' shape `(B, F)`.
     """
-    return (sigma_frames.float() * 1000.0).long().to(torch.bfloat16).float()
+    sigma = sigma_frames.float()
+    step = sigma.amax(dim=-1, keepdim=True)
+    t = (step * 1000.0).to(torch.bfloat16)
+    if not conditioned:
+        return t.float().expand_as(sigma).contiguous()
+    multiplier = torch.where(step > 0, sigma / step.clamp_min(1e-30), torch.zeros_like(sigma))
+    scaled = (t.float() * multiplier).to(torch.bfloat16)  # bf16 tensor x python float, upstream
+    return scaled.long().to(torch.bfloat16).float()
+
+
+TIMESTEP_RULES = {
+    "t2v": "bf16(1000*sigma_k)",
+    "conditioned": "bf16(long(bf16(bf16(1000*sigma_k) * m)))",
+}
 
 
 def expert_switch(high_fn: ModelFn, low_fn: ModelFn, boundary: float = 0.875) -> ModelFn:

@@ -94,15 +94,29 @@ def test_guidance_above_one_without_a_negative_context_is_refused():
 
 @pytest.mark.parametrize(
     ("sigma", "timestep"),
-    [(0.99322, 992.0), (0.9783, 976.0), (1.0, 1000.0), (0.9375, 936.0), (0.0, 0.0), (0.2, 200.0)],
-)
-def test_wan_timesteps_truncate_then_round_to_bfloat16(sigma, timestep):
+    [(0.97826, 980.0), (0.88235, 884.0), (0.35714, 358.0), (0.99322, 992.0), (1.0, 1000.0),
+     (0.9375, 936.0), (0.0, 0.0), (0.2, 200.0)],
+)  # fmt: skip
+def test_wan_timesteps_round_to_bfloat16_before_truncating_as_upstream(sigma, timestep):
+    """The issue's examples: 978.26 -> 980, 882.35 -> 884, 357.14 -> 358 (not 976, 880, 356)."""
     assert wan_timesteps(torch.tensor([[sigma]])).item() == timestep
 
 
-def test_wan_timesteps_keep_per_frame_multipliers():
-    sigma_frames = 0.9783 * torch.tensor([[1.0, 0.2, 0.0]])
-    assert wan_timesteps(sigma_frames).tolist() == [[976.0, 195.0, 0.0]]
+def test_wan_timesteps_multiply_in_bfloat16_then_truncate_every_frame():
+    sigma_frames = 0.9783 * torch.tensor([[1.0, 0.2, 0.3, 0.0]])
+    assert wan_timesteps(sigma_frames).tolist() == [[980.0, 196.0, 294.0, 0.0]]
+
+
+def test_unconditioned_wan_timesteps_are_bfloat16_without_truncation():
+    sigma = torch.tensor([[0.95238, 0.95238]])  # 952.38 -> bf16 952, no truncation step
+    assert wan_timesteps(sigma, conditioned=False).tolist() == [[952.0, 952.0]]
+    low = torch.tensor([[0.0905]])  # 90.5 is a bf16 value: kept, where conditioned truncates
+    assert (wan_timesteps(low, conditioned=False).item(), wan_timesteps(low).item()) == (90.5, 90.0)
+
+
+def test_each_item_of_a_batch_takes_its_own_step_timestep():
+    sigma = torch.tensor([[0.9783, 0.0], [0.5, 0.5]])
+    assert wan_timesteps(sigma).tolist() == [[980.0, 0.0], [500.0, 500.0]]
 
 
 def test_expert_switch_uses_high_noise_expert_for_the_first_two_of_four_steps():

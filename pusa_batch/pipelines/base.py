@@ -97,8 +97,14 @@ class Pipeline:
         raise NotImplementedError
 
     def _model_fn(
-        self, positive: sampler.Context, negative: sampler.Context | None, scale: float
+        self,
+        positive: sampler.Context,
+        negative: sampler.Context | None,
+        scale: float,
+        conditioned: bool,
     ) -> sampler.ModelFn:
+        """The item's model function; `conditioned` is False for an item with no conditioning
+        (some families round their timesteps differently then)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------ shared stages
@@ -211,7 +217,7 @@ class Pipeline:
     ) -> Tensor:
         pos = _to_device(positive, self.device)
         neg = None if negative is None else _to_device(negative, self.device)
-        model_fn = self._model_fn(pos, neg, scale)
+        model_fn = self._model_fn(pos, neg, scale, conditioned=cond is not None)
         if cond is not None:
             cond = sampler.ConditioningSpec(
                 cond.latent_index, cond.clean.to(self.device), cond.multipliers

@@ -202,7 +202,11 @@ class MochiPipeline(Pipeline):
         return lambda pixels: self.encode_video(pixels, generator)
 
     def _model_fn(
-        self, positive: sampler.Context, negative: sampler.Context | None, scale: float
+        self,
+        positive: sampler.Context,
+        negative: sampler.Context | None,
+        scale: float,
+        conditioned: bool,
     ) -> sampler.ModelFn:
         def call(x: Tensor, sigma: Tensor, context: sampler.Context) -> Tensor:
             feat, mask = context

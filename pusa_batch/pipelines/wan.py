@@ -89,15 +89,19 @@ class WanPipeline(Pipeline):
     def describe(self) -> dict[str, Any]:
         """Also the LoRAs merged into each expert."""
         loras = {name: list(model.merged_weights.loras) for name, model in self.experts.items()}
-        return {**super().describe(), "loras": loras}
+        return {**super().describe(), "loras": loras, "timesteps": dict(sampler.TIMESTEP_RULES)}
 
     def _model_fn(
-        self, positive: sampler.Context, negative: sampler.Context | None, scale: float
+        self,
+        positive: sampler.Context,
+        negative: sampler.Context | None,
+        scale: float,
+        conditioned: bool,
     ) -> sampler.ModelFn:
         opts = self.spec.options
 
         def expert_fn(name: str) -> sampler.ModelFn:
-            call = self._model_call(name)
+            call = self._model_call(name, conditioned)
             return sampler.guided(call, positive, negative, scale, batched=opts.batched_cfg)
 
         if self.spec.family == "wan2.2":
@@ -125,12 +129,12 @@ class WanPipeline(Pipeline):
     def _pixel_encoder(self, item: Any) -> PixelEncoder:
         return self.encode_video
 
-    def _model_call(self, name: str) -> sampler.ModelCall:
+    def _model_call(self, name: str, conditioned: bool) -> sampler.ModelCall:
         model = self.experts[name]
 
         def call(x: Tensor, sigma: Tensor, context: Tensor) -> Tensor:
             self._activate(name)
-            t = sampler.wan_timesteps(sigma).to(self.device)
+            t = sampler.wan_timesteps(sigma, conditioned=conditioned).to(self.device)
             return model(x.to(self.dtype), t, context).float()
 
         return call
