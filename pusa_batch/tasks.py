@@ -201,6 +201,24 @@ def _normalise(p: int, num_frames: int) -> int:
     return q
 
 
+def fit_default_latents(default: tuple[int, ...], count: int) -> list[int]:
+    """A video task's default latents, shrunk to fit a short clip: the opening ones (k >= 0) and
+    the closing ones (k < 0, from the end) lose their innermost latent in turn until they do not
+    overlap and at least one latent is left free to generate. E.g. transition on 5 latents:
+    (0, 1, 2, -3, -2, -1) -> 0, 1, 3, 4."""
+    front = sorted(k for k in default if k >= 0)
+    back = sorted(count + k for k in default if k < 0)
+    while front or back:
+        overlap = bool(front and back and front[-1] >= back[0])
+        if not overlap and len({*front, *back}) <= count - 1:
+            break
+        if len(front) > len(back):
+            front.pop()
+        else:  # a tie keeps the opening latents
+            back.pop(0)
+    return [*front, *back]
+
+
 def _default_positions(rule: TaskRule, num_frames: int, r: int, n_images: int) -> list[int]:
     if rule.default_latents is None:  # evenly spaced, one per image
         if n_images == 1:
@@ -209,7 +227,10 @@ def _default_positions(rule: TaskRule, num_frames: int, r: int, n_images: int) -
             (i * (num_frames - 1) + (n_images - 1) // 2) // (n_images - 1) for i in range(n_images)
         ]
     count = latent_frames(num_frames, r)
-    latents = [k + count if k < 0 else k for k in rule.default_latents]
+    if rule.align in ("image", "first_frame"):
+        latents = [k + count if k < 0 else k for k in rule.default_latents]
+    else:
+        latents = fit_default_latents(rule.default_latents, count)
     if rule.align in ("image", "first_frame"):
         return [r * k for k in latents]  # latent 0 -> frame 0, the last latent -> the last frame
     return [p for k in latents for p in pixel_frames_of_latent(k, r)]

@@ -331,3 +331,36 @@ def test_layout_before_the_first_conditioned_frame_repeats_it():
 
 def test_layout_is_empty_for_image_tasks():
     assert set(conditioning_video_layout(plan("keyframes", n_images=2), 81)) == {None}
+
+
+# --- defaults that fit a short clip ------------------------------------------------------------
+
+
+def free_latents(p, num_frames: int, r: int = 4) -> list[int]:
+    taken = {slot.latent_index for slot in p.slots}
+    return [k for k in range(1 + (num_frames - 1) // r) if k not in taken]
+
+
+def test_a_default_transition_on_a_17_frame_clip_shrinks_and_leaves_a_latent_free():
+    p = plan("transition", num_frames=17, video_frames=40, video_b_frames=40)
+    assert sorted(s.latent_index for s in p.slots) == [0, 1, 3, 4]
+    assert free_latents(p, 17) == [2]
+
+
+@pytest.mark.parametrize("task", ["extend", "complete"])
+@pytest.mark.parametrize("num_frames", [5, 9, 13])
+def test_default_video_conditioning_always_leaves_a_latent_to_generate(task, num_frames):
+    p = plan(task, num_frames=num_frames, video_frames=40)
+    assert p.slots and free_latents(p, num_frames)
+    assert p.slots[0].latent_index == 0  # the opening latent is the last to go
+
+
+def test_an_explicit_request_that_cannot_fit_is_still_an_error():
+    problem = error(
+        "transition",
+        num_frames=17,
+        video_frames=40,
+        video_b_frames=40,
+        cond_frames=tuple(range(17)),
+    )
+    assert problem.column == "cond_frames"
