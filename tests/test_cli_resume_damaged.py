@@ -45,6 +45,19 @@ def done_root(tmp_path_factory):
     return manifest, out
 
 
+def test_a_rerun_with_nothing_to_do_rewrites_no_file(done_root):
+    manifest, out = done_root
+    files = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "run.json"
+    }
+    again = run(manifest, out)
+    assert again.returncode == 0 and "Nothing new to generate" in again.stdout
+    after = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "run.json"
+    }
+    assert after == files
+
+
 def test_a_rerun_remakes_a_deleted_video_and_a_truncated_marker(done_root):
     manifest, out = done_root
     (out / "videos" / "a.mp4").unlink()

@@ -100,8 +100,10 @@ def run(
                     store.compact_index()
                     driver.write_status(state="stopped")
                 raise
-        store.compact_index()
-        store.write_final_index()
+        compacted = store.compact_index()
+        changed_root = driver.generated or compacted.folded or healed or state.damaged
+        if changed_root or not store.has_final_index():  # a no-op rerun rewrites nothing
+            store.write_final_index()
         summary = RunSummary(
             total=plan.total,
             done_before=plan.done,

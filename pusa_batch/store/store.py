@@ -246,6 +246,9 @@ class Store:
         """
         return compact(self._root, min_items, max_parts)
 
+    def has_final_index(self) -> bool:
+        return self._root.size(FINAL_INDEX) is not None
+
     def write_final_index(self) -> int:
         """Write index.parquet, one row per done item; return the number of rows."""
         table = final_index_table(self.iter_done_metadata())
