@@ -104,10 +104,15 @@ def test_item_metadata_records_where_and_how_it_was_made(first_run):
 
 
 def test_every_worker_loads_the_pipeline_once(first_run):
-    _, summary, events, _ = first_run
-    loaded = sorted(e.worker for e in events if isinstance(e, ActorLoaded))
-    assert loaded == ["w0", "w1"]
-    assert all(w["load_s"] > 0 and w["deaths"] == 0 for w in summary.workers.values())
+    # A worker still loading when the others have finished every item never reports (the run
+    # does not wait for it), so on a loaded machine one worker may do all the work.
+    _, summary, events, done = first_run
+    loaded = [e.worker for e in events if isinstance(e, ActorLoaded)]
+    assert len(loaded) == len(set(loaded)) and set(loaded) <= {"w0", "w1"}
+    assert {meta["worker"] for meta in done.values()} <= set(loaded)
+    assert set(summary.workers) == {"w0", "w1"}
+    assert all(summary.workers[w]["load_s"] > 0 for w in loaded)
+    assert all(w["deaths"] == 0 for w in summary.workers.values())
 
 
 def test_an_item_that_always_fails_is_recorded_after_its_retries(first_run):
