@@ -145,3 +145,12 @@ def test_validating_against_a_pipeline_loads_neither_torch_nor_ray():
         "main(['validate', 'manifests/demo.csv', '--pipeline', 'pipelines/tiny.toml'])"
     )
     assert _loaded_after(code) == "[]"
+
+
+def test_status_against_a_pipeline_loads_neither_torch_nor_ray(tmp_path):
+    code = (
+        "from pusa_batch.cli.main import main\n"
+        f"main(['status', {str(tmp_path / 'out')!r}, '--manifest', 'manifests/demo.csv', "
+        "'--pipeline', 'pipelines/tiny.toml'])"
+    )
+    assert _loaded_after(code) == "[]"
