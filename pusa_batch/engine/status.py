@@ -22,6 +22,7 @@ from typing import Any
 
 from pusa_batch.engine.plan import count_plan
 from pusa_batch.errors import PipelineError
+from pusa_batch.store.index import RootState
 from pusa_batch.store.lease import LEASE_FILE
 from pusa_batch.store.store import Store
 
@@ -48,7 +49,8 @@ def read_status(
     store = Store(output, dict(storage_options or {}))
     run_info = store.read_run_info()
     lease = store.root.read_json(LEASE_FILE)
-    counts: dict[str, Any] = {k: v for k, v in store.status_counts().items()}
+    root_state = store.state()  # one read of the root serves the counts, the plan and the errors
+    counts: dict[str, Any] = dict(store.status_counts(root_state))
     counts.update(total=None, pending=None, changed=None)
     notes: list[str] = []
     changed_ids: list[str] = []
@@ -56,7 +58,7 @@ def read_status(
         spec, note = _spec_for_manifest(spec, run_info)
         if note:
             notes.append(note)
-        changed_ids = _plan_manifest(store, manifest, spec, counts)
+        changed_ids = _plan_manifest(root_state, manifest, spec, counts)
     state, reason = run_state(run_info, lease, now)
     return {
         "output": store.url,
@@ -68,7 +70,7 @@ def read_status(
         "run": _run_summary(run_info, state, now),
         "lease": _lease_summary(lease, now),
         "workers": _workers(run_info),
-        "errors": last_errors(store),
+        "errors": last_errors(store, state=root_state),
         "notes": notes,
     }
 
@@ -103,9 +105,11 @@ def run_state(run_info: dict | None, lease: dict | None, now: float) -> tuple[st
     return "running", f"run.json updated {_duration(updated_ago)} ago"
 
 
-def last_errors(store: Store, limit: int = MAX_ERRORS) -> list[dict[str, Any]]:
+def last_errors(
+    store: Store, limit: int = MAX_ERRORS, *, state: RootState | None = None
+) -> list[dict[str, Any]]:
     """The newest `limit` failure records of items not done: id, type, message, attempts."""
-    records = sorted(store.iter_failures(), key=lambda r: str(r.get("failed_at", "")))
+    records = sorted(store.iter_failures(state), key=lambda r: str(r.get("failed_at", "")))
     return [
         {
             "id": r.get("id"),
@@ -138,10 +142,10 @@ def _spec_for_manifest(spec: Any | None, run_info: dict | None) -> tuple[Any | N
         )
 
 
-def _plan_manifest(store: Store, manifest: str, spec: Any | None, counts: dict) -> list[str]:
+def _plan_manifest(state: RootState, manifest: str, spec: Any | None, counts: dict) -> list[str]:
     """Fill counts' total / pending / changed from the manifest, streamed through the run's own
     plan; return the first changed ids. Without a spec, done-ness alone is known."""
-    plan = count_plan(manifest, spec, store.state())
+    plan = count_plan(manifest, spec, state)
     counts["total"] = plan.total
     counts["pending"] = plan.pending + plan.failed + plan.damaged
     if spec is not None:

@@ -210,9 +210,9 @@ class Store:
         listing of `videos/` and one of `items/` (`verify=False` trusts the index)."""
         return read_state(self._root, verify=verify)
 
-    def status_counts(self) -> dict[str, int]:
+    def status_counts(self, state: RootState | None = None) -> dict[str, int]:
         """Counts from the root alone (no manifest): done, failed, orphans, uncompacted."""
-        state = self.state()
+        state = self.state() if state is None else state
         done = state.done_ids()
         return {
             "done": len(done),
@@ -264,9 +264,9 @@ class Store:
         yield from (state.rebuilt[k][0] for k in sorted(state.rebuilt))
         yield from (state.recent_done[k] for k in sorted(state.recent_done))
 
-    def iter_failures(self) -> Iterator[dict]:
+    def iter_failures(self, state: RootState | None = None) -> Iterator[dict]:
         """Failure records of items that are not done (a success clears its record)."""
-        state = self.state()
+        state = self.state() if state is None else state
         for item_id in sorted(state.failures - state.done_ids()):
             record = self._root.read_json(failure_path(item_id))
             if record is not None:
