@@ -99,3 +99,11 @@ def test_a_pipeline_toml_can_raise_its_limits(tmp_path):
     path.write_text("id,task,prompt,steps\na,t2v,a cat,4000\n")
     assert validate_manifest(str(path), load_pipeline_spec(toml)).problems == []
     assert [c for _, c, _ in problems(path)] == ["steps"]  # the default limit without the TOML
+
+
+def test_nan_in_a_json_manifest_is_an_error_not_the_default(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"id": "a", "task": "t2v", "prompt": "a cat", "seed": 1}\n'
+                    '{"id": "b", "task": "t2v", "prompt": "a dog", "seed": NaN}\n')  # fmt: skip
+    with pytest.raises(ManifestError, match="line 2: NaN is not a value"):
+        validate_manifest(str(path))

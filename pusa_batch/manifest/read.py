@@ -121,6 +121,13 @@ def _parquet_chunks(f: Any, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield parquet.schema_arrow.empty_table().to_pandas()
 
 
+def _refuse_constant(name: str) -> None:
+    """JSON's NaN / Infinity would pass for an empty cell and silently take the default."""
+    raise ValueError(
+        f"{name} is not a value a manifest can hold; leave the key out for the default."
+    )
+
+
 def _jsonl_chunks(f: Any, chunk_rows: int, path: str) -> Iterator[pd.DataFrame]:
     records: list[dict] = []
     columns: dict[str, None] = {}
@@ -128,9 +135,11 @@ def _jsonl_chunks(f: Any, chunk_rows: int, path: str) -> Iterator[pd.DataFrame]:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            record = json.loads(raw, parse_constant=_refuse_constant)
         except json.JSONDecodeError as e:
             raise ManifestError(f"{path}, line {line_no}: not valid JSON ({e.msg}).") from e
+        except ValueError as e:
+            raise ManifestError(f"{path}, line {line_no}: {e}") from None
         if not isinstance(record, dict):
             raise ManifestError(f"{path}, line {line_no}: each line must be a JSON object.")
         columns.update(dict.fromkeys(record))
