@@ -6,26 +6,15 @@ Real CLI subprocesses on the tiny pipeline with an embedded local Ray.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_builders_run import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "pipelines" / "tiny.toml"
 ROWS = ["a,t2v,a red cat,1", "b,t2v,a blue dog,2", "c,t2v,the sea,3"]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pusa_batch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 def run(manifest: Path, out: Path) -> subprocess.CompletedProcess:

@@ -43,3 +43,18 @@ def test_an_export_destination_that_is_a_file_is_an_export_error(tmp_path):
     with pytest.raises(ExportError, match="is a file") as refused:
         open_destination(str(tmp_path / "dest"), None)
     assert refused.value.exit_code == 2
+
+
+def test_a_run_to_memory_is_refused_with_the_reason(tmp_path):
+    from pathlib import Path
+
+    from pusa_batch.engine.config import RunConfig
+    from pusa_batch.engine.run import run
+    from pusa_batch.errors import UsageError
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,task,prompt\na,t2v,a cat\n")
+    tiny = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
+    with pytest.raises(UsageError, match="memory:// lives inside one process") as refused:
+        run(RunConfig(str(manifest), "memory://run1", str(tiny)))
+    assert refused.value.exit_code == 2

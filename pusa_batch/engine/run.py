@@ -55,7 +55,7 @@ def run(
     spec = load_pipeline_spec(config.pipeline)
     validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
     store = Store(config.output, dict(config.storage_options))
-    if "memory" in _protocols(store) and make_runner is None:
+    if "memory" in store.root.protocols and make_runner is None:
         raise UsageError(
             f"-o {store.url}: memory:// lives inside one process, and the workers commit from "
             "their own processes, so nothing would reach this one. Use a local folder, or an "
@@ -165,8 +165,3 @@ def _damaged_notice(count: int, damaged: dict[str, str], output: str) -> str:
         f"{count} item(s) recorded as done have missing or truncated files and are generated "
         f"again: {shown}{more}. `pusa-batch verify {output}` lists them all."
     )
-
-
-def _protocols(store: Store) -> set[str]:
-    protocol = store.root.fs.protocol
-    return set(protocol) if isinstance(protocol, (tuple, list)) else {protocol}

@@ -216,8 +216,9 @@ class Root:
         self.root = root.rstrip("/")
         self.display_url = display_url
         self.retry = retry
-        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-        self.is_local = bool({"file", "local"} & set(protocols))
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        self.protocols = frozenset(protocols)
+        self.is_local = bool({"file", "local"} & self.protocols)
         self._made_dirs: set[str] = set()
 
     def path(self, rel: str) -> str:
