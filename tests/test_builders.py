@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tracemalloc
@@ -21,6 +22,7 @@ from pusa_batch.manifest.builders import (
     vbench_name,
 )
 from pusa_batch.manifest.read import iter_items
+from pusa_batch.manifest.schema import ID_PATTERN
 from pusa_batch.manifest.write import write_manifest
 
 ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -207,9 +209,44 @@ def test_prompt_ids_are_stable_when_prompts_are_appended(tmp_path):
 def test_duplicate_prompts_get_distinct_ids(tmp_path):
     text(tmp_path / "p.txt", "same\nsame\n")
     from_prompts(tmp_path / "p.txt", tmp_path / "m.parquet")
-    ids = read(tmp_path / "m.parquet")["id"].tolist()
-    assert len(set(ids)) == 2
-    assert all(i.startswith("p-") and i.endswith("-s0") for i in ids)
+    first, second = read(tmp_path / "m.parquet")["id"].tolist()
+    assert re.fullmatch(r"same-[0-9a-f]{8}-s0", first)
+    assert second == first.replace("-s0", ".1-s0")
+
+
+def test_prompt_ids_read_like_the_prompt_then_its_hash_and_seed(tmp_path):
+    text(tmp_path / "p.txt", "A red fox, in snow!\n")
+    from_prompts(tmp_path / "p.txt", tmp_path / "m.parquet", seeds_per_prompt=2)
+    digest = hashlib.sha1(b"A red fox, in snow!").hexdigest()[:8]
+    assert read(tmp_path / "m.parquet")["id"].tolist() == [
+        f"a-red-fox-in-snow-{digest}-s0",
+        f"a-red-fox-in-snow-{digest}-s1",
+    ]
+
+
+def test_prompt_ids_depend_on_the_prompt_not_its_line(tmp_path):
+    text(tmp_path / "one.txt", "a fox\na tram\n")
+    text(tmp_path / "two.txt", "a boat\na tram\na fox\n")
+    from_prompts(tmp_path / "one.txt", tmp_path / "one.parquet")
+    from_prompts(tmp_path / "two.txt", tmp_path / "two.parquet")
+    one = dict(read(tmp_path / "one.parquet")[["prompt", "id"]].values)
+    two = dict(read(tmp_path / "two.parquet")[["prompt", "id"]].values)
+    assert one == {p: two[p] for p in one}
+
+
+@pytest.mark.parametrize(
+    "prompt, slug",
+    [
+        ("Café au lait, Zürich", "cafe-au-lait-zurich"),
+        ("猫が走る", "p"),
+        (".hidden/../path", "hidden-path"),
+        ("a " + "very " * 20 + "long prompt", "a" + "-very" * 7),  # whole words, <= 40
+        ("x" * 60, "x" * 40),
+    ],
+)
+def test_prompt_slugs_are_short_safe_words(prompt, slug):
+    assert builders.prompt_slug(prompt) == slug
+    assert re.fullmatch(ID_PATTERN, builders.prompt_id(prompt, 0))
 
 
 def test_jsonl_prompts_carry_their_own_columns(tmp_path):

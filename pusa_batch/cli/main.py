@@ -40,6 +40,7 @@ COMMANDS: tuple[tuple[str, Callable[..., int]], ...] = (
 MANIFEST_COMMANDS: tuple[tuple[str, Callable[..., int]], ...] = (
     ("from-folder", output_commands.manifest_from_folder),
     ("from-prompts", output_commands.manifest_from_prompts),
+    ("from-vbench", output_commands.manifest_from_vbench),
     ("sweep", output_commands.manifest_sweep),
 )
 

@@ -126,7 +126,8 @@ def manifest_from_prompts(
     seed_start: int = typer.Option(0, help="First seed."),
     pipeline: Path | None = PipelineOpt,
 ) -> int:
-    """One row per prompt and seed, with ids stable when prompts are added."""
+    """One row per prompt and seed; ids read like the prompt (a-red-fox-3f2a1c9b-s0) and stay
+    the same when prompts are appended."""
     from pusa_batch.manifest.builders import from_prompts
 
     summary = from_prompts(
@@ -135,6 +136,30 @@ def manifest_from_prompts(
         task=task,
         seeds_per_prompt=seeds_per_prompt,
         seed_start=seed_start,
+        spec=load_spec_or_none(pipeline),
+    )
+    return print_build(summary)
+
+
+def manifest_from_vbench(
+    prompts: Path = typer.Argument(
+        ..., help="VBench's prompts/prompts_per_dimension folder (one {dimension}.txt each)."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Manifest to write."),
+    dimension: list[str] | None = typer.Option(
+        None, help="Only this dimension's prompts (repeatable; default: every file)."
+    ),
+    samples: int = typer.Option(5, help="Videos per prompt (seeds 0..N-1); VBench scores 5."),
+    pipeline: Path | None = PipelineOpt,
+) -> int:
+    """VBench's standard prompt suite: t2v rows, each prompt once, seeds 0..samples-1."""
+    from pusa_batch.manifest.builders import from_vbench
+
+    summary = from_vbench(
+        str(prompts),
+        str(output),
+        dimensions=dimension or (),
+        samples=samples,
         spec=load_spec_or_none(pipeline),
     )
     return print_build(summary)

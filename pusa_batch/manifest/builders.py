@@ -1,4 +1,4 @@
-"""Manifest builders: from a folder of images, from a prompt list, and parameter sweeps.
+"""Manifest builders: from a folder of images, a prompt list, VBench's prompt suite, and sweeps.
 
 Every builder streams rows into `manifest_write` (Parquet, CSV or JSONL by suffix), validates
 the result with the validator `run` uses, and returns a `BuildSummary`.
@@ -9,8 +9,11 @@ Ids are deterministic and safe (``[A-Za-z0-9._-]``, at most 128 characters):
   that lost characters (``猫``) gets an 8-hex hash of the original. Two images with the same stem
   (``cat.png`` + ``cat.jpg``) are both kept, each with its extension in the id (``cat.png``,
   ``cat.jpg``), and the summary notes it: adding ``cat.jpg`` later renames ``cat``.
-- prompts: ``p-{sha1(prompt)[:10]}-s{seed}``; the k-th repeat (k >= 1) of the same 10-hex prefix
-  is ``p-{hash}.{k}-s{seed}``. Appending prompts never changes earlier ids.
+- prompts and VBench: ``{slug}-{sha1(prompt)[:8]}-s{seed}``, e.g. ``a-red-fox-in-snow-3f2a1c9b-s0``;
+  the slug is the prompt's first words in lower-case ASCII joined by ``-`` (at most 40 characters,
+  ``p`` when none survive, as for ``猫``). The k-th repeat (k >= 1) of the same hash is
+  ``{slug}-{hash}.{k}-s{seed}``. Ids depend on the prompt alone (and its earlier repeats), so
+  appending prompts never changes earlier ids.
 - sweeps: ``{base_id}--{column}_{value}--...``; rows without an id keep none (the manifest derives
   one from the row's content, which differs per grid point).
 """
@@ -106,6 +109,34 @@ def vbench_name(prompt: str, index: int) -> str:
     budget = 255 - len(tail.encode("utf-8"))
     cut = stem.encode("utf-8")[:budget].decode("utf-8", "ignore")
     return cut + tail
+
+
+SLUG_CHARS = 40
+PROMPT_HASH = 8  # hex digits of sha1(prompt) in a prompt id
+
+
+def prompt_slug(prompt: str) -> str:
+    """The prompt's first words, lower-case ASCII joined by ``-`` (<= 40 characters, else ``p``)."""
+    decomposed = unicodedata.normalize("NFKD", prompt)
+    base = "".join(c for c in decomposed if not unicodedata.combining(c))
+    words = re.findall(r"[a-z0-9]+", base.encode("ascii", "ignore").decode("ascii").lower())
+    slug = words[0][:SLUG_CHARS] if words else "p"
+    for word in words[1:]:
+        if len(slug) + 1 + len(word) > SLUG_CHARS:
+            break
+        slug = f"{slug}-{word}"
+    return slug
+
+
+def prompt_key(prompt: str) -> int:
+    """The prompt's hash as an integer: what repeats are counted by (8 bytes of memory each)."""
+    return int(_hash(prompt, PROMPT_HASH), 16)
+
+
+def prompt_id(prompt: str, seed: int, repeat: int = 0) -> str:
+    """``{slug}-{hash}-s{seed}`` (``{slug}-{hash}.{repeat}-s{seed}`` for a later repeat)."""
+    occurrence = f".{repeat}" if repeat else ""
+    return cap_id(f"{prompt_slug(prompt)}-{prompt_key(prompt):0{PROMPT_HASH}x}{occurrence}-s{seed}")
 
 
 # --------------------------------------------------------------------------- reading
@@ -295,12 +326,12 @@ def _prompt_of(record: dict) -> str | None:
 
 
 def _prompt_hashes(path: str) -> tuple[list[np.ndarray], set[int]]:
-    """Pass 1: each prompt's 40-bit hash (8 bytes of memory per prompt) and the repeated ones."""
+    """Pass 1: each prompt's `prompt_key` (8 bytes of memory per prompt) and the repeated ones."""
     chunks, current = [], []
     for _, record in _iter_prompt_records(path):
         prompt = _prompt_of(record)
         if prompt is not None:
-            current.append(int(_hash(prompt, 10), 16))
+            current.append(prompt_key(prompt))
             if len(current) >= CHUNK_ROWS:
                 chunks.append(np.array(current, dtype=np.uint64))
                 current = []
@@ -357,9 +388,9 @@ def from_prompts(
                 skipped.append(Skipped(f"{path}:{number}", "empty prompt"))
                 continue
             key = next(hashes)
-            occurrence = ""
+            repeat = 0
             if key in repeated:
-                occurrence = f".{seen[key]}" if seen[key] else ""
+                repeat = seen[key]
                 seen[key] += 1
             own_id = record.get("id")
             first_seed = _first_seed(record, seed_start, f"{path}:{number}")
@@ -367,12 +398,125 @@ def from_prompts(
             for k in range(seeds_per_prompt):
                 seed = first_seed + k
                 if own_id is None:
-                    item_id = f"p-{key:010x}{occurrence}-s{seed}"
+                    item_id = prompt_id(prompt, seed, repeat)
                 else:
                     item_id = str(own_id) if seeds_per_prompt == 1 else f"{own_id}-s{seed}"
                 yield {**base, "id": item_id, "seed": seed}
 
     return _finish(out, rows(), columns, skipped, (), validate, spec)
+
+
+# --------------------------------------------------------------------------- from_vbench
+
+VBENCH_SAMPLES = 5  # videos per prompt that VBench's standard mode scores (indices 0-4)
+# VBench's evaluation dimensions that share another one's prompt file (VBench's prompts/README.md)
+VBENCH_SUITE_OF = {
+    "background_consistency": "scene",
+    "aesthetic_quality": "overall_consistency",
+    "imaging_quality": "overall_consistency",
+    "motion_smoothness": "subject_consistency",
+    "dynamic_degree": "subject_consistency",
+}
+
+
+def vbench_prompt_folder(prompts_dir: str) -> str:
+    """The folder of ``{dimension}.txt`` files: ``prompts_dir`` itself, or its
+    ``prompts_per_dimension`` (VBench's ``prompts/``) or ``prompts/prompts_per_dimension``
+    (a VBench checkout)."""
+    fs, base = fsspec.core.url_to_fs(str(prompts_dir))
+    for sub in ("prompts_per_dimension", "prompts/prompts_per_dimension"):
+        if fs.isdir(f"{base.rstrip('/')}/{sub}"):
+            return f"{str(prompts_dir).rstrip('/')}/{sub}"
+    return str(prompts_dir)
+
+
+def read_vbench_suites(prompts_dir: str) -> dict[str, tuple[str, ...]]:
+    """{dimension: its prompts in file order}, one per ``{dimension}.txt`` of VBench's
+    ``prompts_per_dimension`` folder; lines are stripped (as VBench does), blank ones skipped."""
+    folder = vbench_prompt_folder(prompts_dir)
+    files, _ = _list_files(folder, (".txt",))
+    suites = {}
+    for rel, path in sorted(files.items()):
+        if "/" in rel:
+            continue  # the suite is the folder's own .txt files
+        with _open_text(path) as f:
+            prompts = tuple(line.strip() for line in f if line.strip())
+        if prompts:
+            suites[rel[: -len(".txt")]] = prompts
+    if not suites:
+        raise ManifestError(
+            f"{prompts_dir}: no VBench prompt files ({{dimension}}.txt); give VBench's "
+            "prompts/prompts_per_dimension folder"
+        )
+    return suites
+
+
+def vbench_dimensions_of(suites: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """{prompt: the dimensions whose prompt file lists it, sorted}."""
+    found: dict[str, list[str]] = {}
+    for dimension in sorted(suites):
+        for prompt in suites[dimension]:
+            if dimension not in found.setdefault(prompt, []):
+                found[prompt].append(dimension)
+    return {prompt: tuple(dims) for prompt, dims in found.items()}
+
+
+def select_vbench_suites(available: Sequence[str], requested: Sequence[str]) -> list[str]:
+    """The prompt files to build from, sorted: all of them, or the requested dimensions (an
+    evaluation dimension without its own file, e.g. ``dynamic_degree``, names the file it uses)."""
+    if not requested:
+        return sorted(available)
+    chosen, unknown = set(), []
+    for name in requested:
+        suite = name if name in available else VBENCH_SUITE_OF.get(name)
+        if suite in available:
+            chosen.add(suite)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ManifestError(
+            f"no VBench prompt file for dimension(s) {', '.join(unknown)}; "
+            f"the folder has: {', '.join(sorted(available))}"
+        )
+    return sorted(chosen)
+
+
+def from_vbench(
+    prompts_dir: str,
+    out: str,
+    *,
+    dimensions: Sequence[str] = (),
+    samples: int = VBENCH_SAMPLES,
+    validate: bool = True,
+    spec: Any = None,
+    **defaults: Any,
+) -> BuildSummary:
+    """VBench's standard prompt suite: one t2v row per prompt and seed ``0 .. samples - 1``.
+
+    ``prompts_dir`` is VBench's ``prompts/prompts_per_dimension`` folder (one
+    ``{dimension}.txt`` each; VBench's ``prompts/`` or a checkout's root also work), and
+    ``dimensions`` keeps only those files. A prompt listed by several dimensions is one set of
+    rows: VBench scores each video under every dimension of its prompt. Ids as `prompt_id`.
+    """
+    prompts_dir, out = os.fspath(prompts_dir), os.fspath(out)
+    if samples < 1:
+        raise ManifestError(f"samples must be >= 1, got {samples}")
+    _check_defaults(defaults, ("id", "task", "prompt", "seed"))
+    suites = read_vbench_suites(prompts_dir)
+    chosen = select_vbench_suites(list(suites), dimensions)
+    prompts = list(dict.fromkeys(p for dimension in chosen for p in suites[dimension]))
+    counts = ", ".join(f"{d} {len(suites[d])}" for d in chosen)
+    notes = [f"{len(prompts)} prompt(s) from VBench dimension(s): {counts}"]
+    repeats = sum(len(suites[d]) for d in chosen) - len(prompts)
+    if repeats:
+        notes.append(f"{repeats} line(s) repeat a prompt listed before: each prompt is built once")
+    rows = (
+        {"id": prompt_id(prompt, seed), "task": "t2v", "prompt": prompt, "seed": seed, **defaults}
+        for prompt in prompts
+        for seed in range(samples)
+    )
+    columns = ["id", "task", "prompt", "seed", *defaults]
+    return _finish(out, rows, columns, (), notes, validate, spec)
 
 
 # --------------------------------------------------------------------------- sweep
