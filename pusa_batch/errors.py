@@ -115,6 +115,12 @@ class UsageError(PusaBatchError):
     exit_code = 2
 
 
+class RootNotFoundError(StoreError):
+    """A command that reads an output root was pointed at one that does not exist."""
+
+    exit_code = 2
+
+
 class UnsafeRootError(StoreError):
     """An output root whose layout would make writes land outside it (a symlinked folder)."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pusa_batch.engine.status import MAX_ERRORS, STALE_AFTER_S, format_status, read_status
+from pusa_batch.errors import RootNotFoundError
 from pusa_batch.manifest.read import item_fingerprint, iter_items
 from pusa_batch.pipelines.spec import load_pipeline_spec
 from pusa_batch.store.store import Store
@@ -181,9 +182,41 @@ def test_a_final_run_json_without_lease_means_finished(root):
 
 
 def test_an_empty_root_is_not_started(tmp_path):
+    (tmp_path / "empty").mkdir()
     report = read_status(str(tmp_path / "empty"))
     assert report["state"] == "not started"
     assert report["run"] is None and report["workers"] == [] and report["errors"] == []
+
+
+def test_a_root_that_does_not_exist_is_an_error_and_is_not_created(tmp_path):
+    with pytest.raises(RootNotFoundError, match="no output root at .*typo.*check the path"):
+        read_status(str(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_missing_bucket_is_an_error_naming_the_bucket(s3):
+    with pytest.raises(RootNotFoundError, match="check the bucket \\(no-such-bucket\\)"):
+        read_status("s3://no-such-bucket/run1", s3.storage_options)
+
+
+def test_items_held_by_workers_are_in_flight_not_pending(root, spec):
+    tmp_path, store, manifest = root
+    store.write_run_info(engine_run_json(time.time(), in_flight=1))
+    lease = store.acquire_lease({"command": "run"})
+    try:
+        report = read_status(str(tmp_path / "out"), manifest=str(manifest), spec=spec)
+    finally:
+        lease.release()
+    counts = report["counts"]
+    assert (counts["done"], counts["in_flight"], counts["pending"]) == (2, 1, 1)
+    assert "1 in flight" in format_status(report)
+
+
+def test_a_finished_run_has_nothing_in_flight(root, spec):
+    tmp_path, store, manifest = root
+    store.write_run_info(engine_run_json(time.time(), state="finished", in_flight=1))
+    report = read_status(str(tmp_path / "out"), manifest=str(manifest), spec=spec)
+    assert (report["counts"]["in_flight"], report["counts"]["pending"]) == (0, 2)
 
 
 def test_throughput_and_eta_come_from_run_json(root):

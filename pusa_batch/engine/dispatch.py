@@ -39,6 +39,7 @@ from pusa_batch.engine.config import (
     OnEvent,
     RunConfig,
     RunSummary,
+    WorkersStarting,
     WorkerStatus,
 )
 from pusa_batch.engine.contract import ItemError, Outcome, Pending, RefKind, Result, SlotState, Task
@@ -59,6 +60,7 @@ class Slot:
     since: float = field(default_factory=time.monotonic)
     inflight: dict[Any, Pending] = field(default_factory=dict)
     status: tuple[str | None, int, int] = (None, 0, 0)
+    activity: tuple[str | None, str | None] = (None, None)  # (preparing, finishing)
     polling: bool = False
     deaths: int = 0
     reprobe_at: float | None = None
@@ -136,6 +138,7 @@ class Driver:
         if gpus is None:
             gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
         workers = self.config.workers or (int(resources.get("GPU", 0) // gpus) if gpus else 1)
+        self.emit(WorkersStarting(max(1, workers)))
         for n in range(max(1, workers)):
             settings = WorkerSettings(
                 worker_id=f"w{n}",
@@ -278,7 +281,7 @@ class Driver:
             ray.kill(slot.handle, no_restart=True)
             return
         slot.info, slot.state = info, SlotState.READY
-        slot.status = (None, 0, 0)
+        slot.status, slot.activity = (None, 0, 0), (None, None)
         self.emit(ActorLoaded(slot.wid, info["load_s"], info["pid"], info["host"]))
         if (
             all(s.state in (SlotState.READY, SlotState.DEAD) for s in self.slots)
@@ -313,9 +316,10 @@ class Driver:
             self._lost(slot, exc)
             return
         status = (progress["item"], progress["step"], progress["steps"])
-        if status != slot.status:
-            slot.status = status
-            self.emit(WorkerStatus(slot.wid, *status))
+        activity = (progress.get("preparing"), progress.get("finishing"))
+        if (status, activity) != (slot.status, slot.activity):
+            slot.status, slot.activity = status, activity
+            self.emit(WorkerStatus(slot.wid, *status, *activity))
 
     # -- periodic work -----------------------------------------------------------------------
 
@@ -389,6 +393,7 @@ class Driver:
             "generated": self.generated,
             "failed": len(self.failures),
             "pending": self.pending(),
+            "in_flight": sum(len(s.inflight) for s in self.slots),
             "items_per_s": round(self.generated / elapsed, 4) if elapsed > 0 else 0.0,
             "workers": self.worker_stats(),
         }

@@ -11,7 +11,10 @@ Run states:
 - stopped: run.json says running but the lease was released (the run ended on an error or an
   interrupt; rerun to resume);
 - finished: the last run wrote its final run.json;
-- not started: no run.json and no lease.
+- not started: no run.json and no lease (a root that does not exist at all is an error).
+
+While a run goes on, the items its workers hold (`in_flight` in run.json) are counted apart:
+neither done nor pending.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def read_status(
     """
     now = time.time() if now is None else now
     store = Store(output, dict(storage_options or {}))
+    store.require_existing("status")
     run_info = store.read_run_info()
     lease = store.root.read_json(LEASE_FILE)
     root_state = store.state()  # one read of the root serves the counts, the plan and the errors
@@ -60,6 +64,7 @@ def read_status(
             notes.append(note)
         changed_ids = _plan_manifest(root_state, manifest, spec, counts)
     state, reason = run_state(run_info, lease, now)
+    _count_in_flight(counts, run_info if state == "running" else None)
     return {
         "output": store.url,
         "manifest": manifest,
@@ -120,6 +125,14 @@ def last_errors(
         }
         for r in reversed(records[-limit:])
     ]
+
+
+def _count_in_flight(counts: dict[str, Any], live_run: dict | None) -> None:
+    """Items handed to workers and not yet committed are neither done nor pending."""
+    in_flight = int((live_run or {}).get("in_flight") or 0)
+    counts["in_flight"] = in_flight
+    if counts.get("pending") is not None:
+        counts["pending"] = max(0, counts["pending"] - in_flight)
 
 
 def _spec_for_manifest(spec: Any | None, run_info: dict | None) -> tuple[Any | None, str | None]:
@@ -233,6 +246,8 @@ def format_status(report: Mapping[str, Any]) -> str:
 
 def _counts_line(counts: Mapping[str, Any]) -> str:
     parts = [f"{counts['done']} done", f"{counts['failed']} failed"]
+    if counts.get("in_flight"):
+        parts.append(f"{counts['in_flight']} in flight")
     for key in ("pending", "changed"):
         if counts.get(key) is not None:
             parts.append(f"{counts[key]} {key}")

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import fsspec
 
-from pusa_batch.errors import StoreError, UnsafeRootError
+from pusa_batch.errors import RootNotFoundError, StoreError, UnsafeRootError
 from pusa_batch.store.index import (
     FAILURES_DIR,
     INDEX_DIR,
@@ -160,6 +160,23 @@ class Store:
     @property
     def root(self) -> Root:
         return self._root
+
+    def require_existing(self, command: str) -> None:
+        """Refuse a root that does not exist (a mistyped path or bucket), creating nothing."""
+        where = self._root.root
+        exists = self._root.call("list", "", lambda: self._root.fs.exists(where))
+        if exists:
+            return
+        bucket = where.split("/", 1)[0]
+        hint = (
+            "check the path"
+            if self._root.is_local
+            else f"check the bucket ({bucket}) and prefix spelling and the credentials"
+        )
+        raise RootNotFoundError(
+            f"{command}: no output root at {self.url}: {hint}. A run creates its root; "
+            "nothing was written."
+        )
 
     # writing
     def commit(self, item_id: str, video: bytes, metadata: dict) -> CommitResult:
