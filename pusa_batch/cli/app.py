@@ -41,6 +41,24 @@ LeaseStaleOpt = typer.Option(
 )
 
 
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only errors and the final result.")
+VerboseOpt = typer.Option(
+    False, "--verbose", "-v", help="Also print each stage, worker and item as it happens."
+)
+
+
+def verbosity(quiet: bool, verbose: bool) -> int:
+    """-1 quiet, 0 normal, 1 verbose; both flags at once is a usage error."""
+    if quiet and verbose:
+        raise typer.BadParameter("give --quiet or --verbose, not both", param_hint="-q/-v")
+    return -1 if quiet else (1 if verbose else 0)
+
+
+def print_json(data: object) -> None:
+    """JSON on stdout, plain (no colour codes), for scripts and log pipelines."""
+    out.print_json(data=data, highlight=False)
+
+
 def parse_storage_options(pairs: list[str] | None) -> dict:
     """`KEY=VALUE` pairs to a dict; values that parse as JSON (numbers, booleans, objects) do."""
     options: dict = {}

@@ -1,4 +1,16 @@
-"""The live view of a run: one progress bar (done/failed/total, rate, ETA) and a line per worker."""
+"""The live view of a run: what it waits for, one progress bar (done/failed/total, rate, ETA,
+elapsed) and a line per worker saying what that worker does now.
+
+Decisions:
+- No bar before the run knows its total: until `Started` the view is one line naming the stage
+  (validating, reading the root), so a first frame never shows `0/0 done`.
+- Until every worker has loaded, a "loading models: k/N workers ready" line says why nothing
+  moves yet.
+- A worker's line is what it does now, from its last status: sampling (with the step),
+  writing (decode, encode, commit), preparing, or idle (with its load time). After the run,
+  every worker reads "finished".
+- The rate, and so the ETA, counts from the first worker ready: start-up is not throughput.
+"""
 
 from __future__ import annotations
 
@@ -14,41 +26,78 @@ from pusa_batch.engine.config import (
     ActorFailed,
     ActorLoaded,
     Event,
+    Finished,
     ItemDone,
     ItemFailed,
     Notice,
+    Phase,
     Started,
+    WorkersStarting,
     WorkerStatus,
 )
+
+
+@dataclass
+class WorkerView:
+    state: str = "loading"  # loading | ready | failed | finished
+    doing: str = ""
+    loaded: str = ""
+
+    def line(self) -> str:
+        if self.state == "loading":
+            return "loading the pipeline..."
+        if self.state == "failed":
+            return f"FAILED: {self.doing}"
+        if self.state == "finished":
+            return "finished"
+        return self.doing or ("idle" + (f" ({self.loaded})" if self.loaded else ""))
 
 
 @dataclass
 class RunView:
     """Counts and per-worker state folded from engine events; rendering is separate."""
 
-    total: int = 0
+    total: int | None = None  # None until the run has planned
     pending: int = 0
     done_before: int = 0
     done: int = 0
     failed: int = 0
     retried: int = 0
+    phase: str = "starting"
     started_at: float = field(default_factory=time.monotonic)
     first_done_at: float | None = None
-    workers: dict[str, str] = field(default_factory=dict)
+    first_ready_at: float | None = None  # the rate counts from here, not from start-up
+    workers_expected: int | None = None
+    workers: dict[str, WorkerView] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    finished: bool = False
 
     def apply(self, event: Event) -> None:
-        if isinstance(event, Started):
+        if isinstance(event, Phase):
+            self.phase = event.name
+        elif isinstance(event, Started):
             self.total, self.pending, self.done_before = (
                 event.total,
                 event.pending,
                 event.done_before,
             )
+        elif isinstance(event, WorkersStarting):
+            self.workers_expected = event.count
+            for n in range(event.count):
+                self.workers.setdefault(f"w{n}", WorkerView())
         elif isinstance(event, ActorLoaded):
-            self.workers[event.worker] = f"loaded in {event.seconds:.1f}s on {event.host}"
+            worker = self.workers.setdefault(event.worker, WorkerView())
+            worker.state, worker.doing = "ready", ""
+            self.first_ready_at = self.first_ready_at or time.monotonic()
+            worker.loaded = f"loaded in {event.seconds:.1f}s on {event.host}"
         elif isinstance(event, ActorFailed):
-            self.workers[event.worker] = f"FAILED: {event.reason}"
+            worker = self.workers.setdefault(event.worker, WorkerView())
+            worker.state, worker.doing = "failed", event.reason
             self.notes.append(f"worker {event.worker} failed: {event.reason}")
+        elif isinstance(event, WorkerStatus):
+            worker = self.workers.setdefault(event.worker, WorkerView(state="ready"))
+            if worker.state == "ready":
+                worker.doing = worker_activity(event)
         elif isinstance(event, ItemDone):
             self.done += 1
             self.first_done_at = self.first_done_at or time.monotonic()
@@ -60,18 +109,50 @@ class RunView:
                 self.retried += 1
         elif isinstance(event, Notice):
             self.notes.append(event.message)
-        elif isinstance(event, WorkerStatus):
-            where = f"{event.item} step {event.step}/{event.steps}" if event.item else "idle"
-            self.workers[event.worker] = where
+        elif isinstance(event, Finished):
+            self.finished = True
+            for worker in self.workers.values():
+                if worker.state != "failed":
+                    worker.state = "finished"
+
+    def ready_workers(self) -> int:
+        return sum(1 for w in list(self.workers.values()) if w.state in ("ready", "finished"))
+
+    def loading_line(self) -> str | None:
+        """ "loading models: k/N workers ready" while some worker still loads, else None."""
+        if self.workers_expected is None or self.finished:
+            return None
+        if not any(w.state == "loading" for w in list(self.workers.values())):
+            return None
+        return f"loading models: {self.ready_workers()}/{self.workers_expected} workers ready"
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started_at
 
     def rate_per_min(self) -> float:
-        elapsed = time.monotonic() - self.started_at
-        return 60.0 * self.done / elapsed if elapsed > 0 and self.done else 0.0
+        """Items per minute since the first worker was ready (start-up is not throughput)."""
+        if not self.done or self.first_ready_at is None:
+            return 0.0
+        working = time.monotonic() - self.first_ready_at
+        return 60.0 * self.done / working if working > 0 else 0.0
 
     def eta_s(self) -> float | None:
         left = self.pending - self.done - self.failed
         rate = self.rate_per_min() / 60.0
         return left / rate if rate > 0 and left > 0 else None
+
+
+def worker_activity(status: WorkerStatus) -> str:
+    """`sampling a step 2/4 · finishing b · preparing c`, or "" when the worker is idle."""
+    parts = []
+    if status.item:
+        step = f" step {status.step}/{status.steps}" if status.steps else ""
+        parts.append(f"sampling {status.item}{step}")
+    if status.finishing:
+        parts.append(f"writing {status.finishing}")
+    if status.preparing:
+        parts.append(f"preparing {status.preparing}")
+    return " · ".join(parts)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -83,31 +164,53 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def render(view: RunView) -> Group:
+def head_line(view: RunView) -> Text:
+    elapsed = f"elapsed {format_duration(view.elapsed_s())}"
+    if view.total is None:
+        return Text(f"{view.phase}...  {elapsed}")
     finished = view.done_before + view.done
     width = 30
     filled = int(width * finished / view.total) if view.total else width
     bar = Text("█" * filled + "░" * (width - filled), style="cyan")
-    head = Text.assemble(
+    return Text.assemble(
         bar,
         f"  {finished}/{view.total} done",
         (f"  {view.failed} failed" if view.failed else ""),
-        f"  {view.rate_per_min():.1f} items/min  ETA {format_duration(view.eta_s())}",
+        f"  {view.rate_per_min():.1f} items/min  ETA {format_duration(view.eta_s())}  {elapsed}",
     )
+
+
+def render(view: RunView) -> Group:
+    lines: list = [head_line(view)]
+    loading = view.loading_line()
+    if loading:
+        lines.append(Text(loading))
+    elif view.total is not None and view.workers_expected is None and view.pending:
+        lines.append(Text(f"{view.phase}..."))
     table = Table.grid(padding=(0, 2))
     for worker, state in sorted(view.workers.items()):
-        table.add_row(Text(worker, style="dim"), Text(state))
-    return Group(head, table)
+        table.add_row(Text(worker, style="dim"), Text(state.line()))
+    return Group(*lines, table)
 
 
 class LiveRunView:
-    """Context manager feeding engine events into a rich Live display (or plain lines)."""
+    """Context manager feeding engine events into a rich Live display (or plain lines).
 
-    def __init__(self, console: Console, enabled: bool = True):
+    `verbosity` -1 keeps only failures; 1 adds a line per committed item and per loaded worker.
+    """
+
+    def __init__(self, console: Console, enabled: bool = True, verbosity: int = 0):
         self.view = RunView()
         self.console = console
-        self.live = Live(render(self.view), console=console, refresh_per_second=4, transient=True)
-        self.enabled = enabled and console.is_terminal
+        self.verbosity = verbosity
+        self.enabled = enabled and console.is_terminal and verbosity >= 0
+        self.live = Live(
+            render(self.view),
+            console=console,
+            refresh_per_second=4,
+            transient=True,
+            get_renderable=lambda: render(self.view),  # the elapsed time moves between events
+        )
 
     def __enter__(self) -> LiveRunView:
         if self.enabled:
@@ -122,20 +225,33 @@ class LiveRunView:
         """Fold the event in; lines worth keeping are printed (above the live view, if any)."""
         self.view.apply(event)
         if self.enabled:
-            self.live.update(render(self.view))
-        line = event_line(event)
+            self.live.refresh()
+        line = event_line(event, self.verbosity)
         if line and (not self.enabled or not isinstance(event, Started)):
             self.console.print(line, markup=False, highlight=False)
 
 
-def event_line(event: Event) -> str | None:
-    """The one line an event leaves in the log, or None."""
+def event_line(event: Event, verbosity: int = 0) -> str | None:
+    """The one line an event leaves in the log, or None (fewer with -q, more with -v)."""
+    if isinstance(event, ItemFailed) and event.final:
+        return f"failed: {event.id}: {event.error_type}: {event.message}"
+    if isinstance(event, ActorFailed):
+        return f"worker {event.worker} failed: {event.reason}"
+    if verbosity < 0:
+        return None
     if isinstance(event, Started):
         return f"{event.total} items: {event.done_before} already done, {event.pending} to generate"
     if isinstance(event, Notice):
         return f"note: {event.message}"
-    if isinstance(event, ActorFailed):
-        return f"worker {event.worker} failed: {event.reason}"
-    if isinstance(event, ItemFailed) and event.final:
-        return f"failed: {event.id}: {event.error_type}: {event.message}"
+    if verbosity < 1:
+        return None
+    if isinstance(event, Phase):
+        return f"{event.name}..."
+    if isinstance(event, ActorLoaded):
+        return f"worker {event.worker} loaded in {event.seconds:.1f}s on {event.host}"
+    if isinstance(event, ItemDone):
+        total = sum(v for k, v in event.timings.items() if k != "queue")
+        return f"done: {event.id} on {event.worker} ({total:.1f}s)"
+    if isinstance(event, ItemFailed):
+        return f"retrying: {event.id} ({event.error_type}: {event.message})"
     return None

@@ -59,18 +59,26 @@ def _root(
     """Batch, resumable video generation with Pusa on Ray."""
 
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
         name="pusa-batch",
         help="Batch, resumable video generation with Pusa on Ray.",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
         pretty_exceptions_enable=False,
+        context_settings=HELP_OPTIONS,
     )
     app.callback()(_root)
     for name, command in COMMANDS:
         app.command(name)(command)
-    manifest_app = typer.Typer(help="Build manifests from folders, prompt lists and sweeps.")
+    manifest_app = typer.Typer(
+        help="Build manifests from folders, prompt lists and sweeps.",
+        no_args_is_help=True,
+        context_settings=HELP_OPTIONS,
+    )
     for name, command in MANIFEST_COMMANDS:
         manifest_app.command(name)(command)
     app.add_typer(manifest_app, name="manifest")

@@ -87,6 +87,20 @@ class Started(Event):
 
 
 @dataclass(frozen=True)
+class Phase(Event):
+    """The stage a run is in before items flow, so the user sees what they wait for."""
+
+    kind: ClassVar[str] = "phase"
+    name: str  # e.g. "reading the manifest and the output root", "starting Ray"
+
+
+@dataclass(frozen=True)
+class WorkersStarting(Event):
+    kind: ClassVar[str] = "workers_starting"
+    count: int
+
+
+@dataclass(frozen=True)
 class Notice(Event):
     """Something the user should know that is not an error (e.g. a stale lease taken over)."""
 
@@ -132,11 +146,16 @@ class ItemFailed(Event):
 
 @dataclass(frozen=True)
 class WorkerStatus(Event):
+    """What a worker does now: `item` is being sampled (at `step` of `steps`), `preparing` is
+    being encoded/loaded, `finishing` decoded, encoded and committed; all None: idle."""
+
     kind: ClassVar[str] = "worker_status"
     worker: str
     item: str | None
     step: int
     steps: int
+    preparing: str | None = None
+    finishing: str | None = None
 
 
 @dataclass(frozen=True)

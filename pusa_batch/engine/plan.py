@@ -60,6 +60,7 @@ class PlanCounts:
     todo: int  # items to dispatch under the rules
     failed_before: int  # failed in an earlier run and skipped (0 with retry_failed)
     changed_ids: tuple[str, ...]
+    todo_ids: tuple[str, ...] = ()  # the first items to dispatch, when asked for
 
 
 def classify(state: RootState, item_id: str, fingerprint: str | None) -> ItemKind:
@@ -90,15 +91,26 @@ def iter_classified(
 
 
 def count_plan(
-    manifest: str, spec: PipelineSpec | None, state: RootState, rules: Rules = Rules(), **read
+    manifest: str,
+    spec: PipelineSpec | None,
+    state: RootState,
+    rules: Rules = Rules(),
+    *,
+    keep_todo_ids: int = 0,
+    **read,
 ) -> PlanCounts:
-    """The counting pass: counts only, so memory does not grow with the manifest."""
+    """The counting pass: counts only (and the first `keep_todo_ids` ids to dispatch), so
+    memory does not grow with the manifest."""
     counts: Counter[ItemKind] = Counter()
     todo = 0
     changed_ids: list[str] = []
+    todo_ids: list[str] = []
     for item, _, kind in iter_classified(manifest, spec, state, **read):
         counts[kind] += 1
-        todo += rules.is_todo(kind)
+        is_todo = rules.is_todo(kind)
+        todo += is_todo
+        if is_todo and len(todo_ids) < keep_todo_ids:
+            todo_ids.append(item.id)
         if kind is ItemKind.CHANGED and len(changed_ids) < MAX_CHANGED_IDS:
             changed_ids.append(item.id)
     return PlanCounts(
@@ -111,6 +123,7 @@ def count_plan(
         todo=todo,
         failed_before=0 if rules.retry_failed else counts[ItemKind.FAILED],
         changed_ids=tuple(changed_ids),
+        todo_ids=tuple(todo_ids),
     )
 
 

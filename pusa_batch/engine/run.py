@@ -14,6 +14,7 @@ Decisions:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -27,7 +28,15 @@ from pathlib import Path
 import ray
 
 from pusa_batch.doctor.preflight import preflight
-from pusa_batch.engine.config import Finished, Notice, OnEvent, RunConfig, RunSummary, Started
+from pusa_batch.engine.config import (
+    Finished,
+    Notice,
+    OnEvent,
+    Phase,
+    RunConfig,
+    RunSummary,
+    Started,
+)
 from pusa_batch.engine.dispatch import Driver
 from pusa_batch.engine.plan import Rules, changed_error, count_plan, iter_todo
 from pusa_batch.engine.runner import PipelineRunner
@@ -52,6 +61,8 @@ def run(
     """
     emit = on_event or (lambda event: None)
     started = time.monotonic()
+    emit(Phase("validating the manifest"))
+    address = ray_address(config.address, os.environ)
     spec = load_pipeline_spec(config.pipeline)
     validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
     store = Store(config.output, dict(config.storage_options))
@@ -72,6 +83,7 @@ def run(
     if lease.note:
         emit(Notice(lease.note))
     try:
+        emit(Phase("reading the output root"))
         state = store.state(verify=not config.trust_index)
         healed = store.heal_index(state)
         if healed:
@@ -89,11 +101,10 @@ def run(
         pipeline_path = str(Path(config.pipeline).expanduser().resolve())
         runner = make_runner or functools.partial(PipelineRunner, pipeline_path)
         driver = Driver(config, store, emit, runner, lease)
-        if plan.todo and make_runner is None:
-            preflight(spec, device_checks=config.address is None)
         if plan.todo:
             try:
-                with _ray_session(config):
+                with _ray_session(config, address, emit, spec, check=make_runner is None):
+                    emit(Phase("loading models"))
                     driver.run(iter_todo(config.manifest, spec, state, rules), plan.todo)
             except BaseException:
                 with contextlib.suppress(Exception):  # keep what is done; the error is the news
@@ -126,21 +137,78 @@ def run(
 
 
 @contextlib.contextmanager
-def _ray_session(config: RunConfig) -> Iterator[None]:
-    """Use the connected Ray, else connect (embedded local Ray on 127.0.0.1 when no address)."""
-    if ray.is_initialized():
-        yield
-        return
+def _ray_session(
+    config: RunConfig, address: str | None, emit: OnEvent, spec, *, check: bool
+) -> Iterator[None]:
+    """Use the connected Ray, else connect (embedded local Ray on 127.0.0.1 when no address).
+    The pipeline's pre-run check (`check`) runs meanwhile, in a thread: it imports torch and
+    reads file headers while Ray starts its processes."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
+        checked = pool.submit(preflight, spec, device_checks=address is None) if check else None
+        owned = not ray.is_initialized()
+        if owned:
+            emit(Phase("starting Ray" if address is None else f"connecting to Ray at {address}"))
+            with _ray_logs_as_notices(emit):
+                _ray_init(config, address)
+        try:
+            if checked is not None:
+                emit(Phase("checking the pipeline"))
+                checked.result()
+            yield
+        finally:
+            if owned:
+                ray.shutdown()
+
+
+def ray_address(given: str | None, environ) -> str | None:
+    """The cluster `run` joins: `--address`, else RAY_ADDRESS, else None (embedded local Ray).
+
+    A dashboard URL (http://HEAD:8265) is what `submit` and `ray job` take; `ray.init` cannot
+    join through it, so it is refused with the two addresses that work.
+    """
+    address, source = (given, "--address") if given else (environ.get("RAY_ADDRESS"), None)
+    address = address or None
+    if address and address.startswith(("http://", "https://")):
+        named = source or "RAY_ADDRESS"
+        raise UsageError(
+            f"{named}={address} is a Ray dashboard address, which `pusa-batch submit` takes; "
+            "`run` joins a cluster by HOST:6379, ray://HOST:10001 or auto"
+            + ("" if source else " (unset RAY_ADDRESS, or give --address)")
+        )
+    return address
+
+
+def _ray_init(config: RunConfig, address: str | None) -> None:
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if config.address is None:
+    if address is None:
         cpus = max(os.cpu_count() or 1, math.ceil((config.workers or 1) * config.cpus_per_worker))
         ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
     else:
-        ray.init(address=config.address, **quiet)
+        ray.init(address=address, **quiet)
+
+
+# Ray's own start-up chatter that says nothing to act on (kept out of the live view).
+RAY_NOISE = ("Token authentication is enabled for this Ray cluster",)
+
+
+@contextlib.contextmanager
+def _ray_logs_as_notices(emit: OnEvent) -> Iterator[None]:
+    """Ray logs to the terminal through its own handler, which would write into the live view:
+    while it starts, its warnings become notices instead (its known noise is dropped)."""
+    records: list[logging.LogRecord] = []
+    ray_logger = logging.getLogger("ray")
+    saved = ray_logger.handlers[:]
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = records.append  # type: ignore[method-assign]
+    ray_logger.handlers = [collect]
     try:
         yield
     finally:
-        ray.shutdown()
+        ray_logger.handlers = saved
+        for record in records:
+            message = record.getMessage()
+            if not any(noise in message for noise in RAY_NOISE):
+                emit(Notice(f"Ray: {message}"))
 
 
 def _countdown(emit: OnEvent) -> Callable[[str, float], None]:

@@ -11,12 +11,13 @@ means the actor process itself is gone. The real `ItemRunner` is `runner.Pipelin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -108,6 +109,8 @@ class WorkerCore:
         self._sample_lock = threading.Lock()
         self._finish_lock = threading.Lock()
         self._progress: tuple[str | None, int, int] = (None, 0, 0)
+        self._preparing: str | None = None  # the item in each stage, for the live view
+        self._finishing: str | None = None
         self._waiting: list[_Waiting] = []  # prepared items queued for the sampler (batching)
         self._waiting_lock = threading.Lock()
         self._busy_s = 0.0
@@ -137,7 +140,14 @@ class WorkerCore:
 
     def progress(self) -> dict[str, Any]:
         item, step, steps = self._progress
-        return {"item": item, "step": step, "steps": steps, "busy_s": self._busy_s}
+        return {
+            "item": item,
+            "step": step,
+            "steps": steps,
+            "preparing": self._preparing,
+            "finishing": self._finishing,
+            "busy_s": self._busy_s,
+        }
 
     def run(self, task: Task) -> Result:
         """Prepare, sample, decode, encode and commit one item; never raises for item errors."""
@@ -145,7 +155,7 @@ class WorkerCore:
         timings: dict[str, float] = {}
         stage = "prepare"
         try:
-            with self._prepare_lock:
+            with self._prepare_lock, self._doing("_preparing", item.id):
                 timings["queue"] = max(0.0, time.time() - task.queued_at)
                 t0 = time.perf_counter()
                 prepared = self.runner.prepare(item)
@@ -154,7 +164,7 @@ class WorkerCore:
             latents, batch = self._sample_batched(item.id, prepared, timings)
             del prepared
             stage = "finish"
-            with self._finish_lock:
+            with self._finish_lock, self._doing("_finishing", item.id):
                 t0 = time.perf_counter()
                 video, meta = self.runner.finish(item, latents)
                 del latents
@@ -170,6 +180,14 @@ class WorkerCore:
             _release_gpu_memory(exc)
             return self._result(task, Outcome.FAILED, timings, item_error(exc, stage, self.host))
         return self._result(task, Outcome.DONE, timings)
+
+    @contextlib.contextmanager
+    def _doing(self, stage: str, item_id: str) -> Iterator[None]:
+        setattr(self, stage, item_id)
+        try:
+            yield
+        finally:
+            setattr(self, stage, None)
 
     def _result(
         self,
