@@ -1,41 +1,44 @@
-"""One static HTML page showing every item of an output root: done ones and failed ones.
+"""One static HTML page for looking at a run: every done and failed item of an output root.
 
-The page is self-contained (inline CSS and JS, no CDN). Next to it, in ``{page stem}_files/``,
-sit the poster frames (``posters/{id}.png``, first frame, at most 320 px) and thumbnails of the
-local conditioning inputs (``inputs/{id}-{n}.png``). Videos are not copied: the ``<video>``
-source is ``videos/{id}.mp4`` relative to the page when the page sits in the output root (the
-default), else ``video_base`` + that path when given, else the video's own URL (``file://`` for
-a local root; an ``s3://`` URL is shown but no browser plays it: pass ``video_base``).
+The page (`gallery_html`) is self-contained: inline CSS, JS and SVG, no network but the media.
+It opens with a summary (counts, wall time, items per minute, time per item by stage), then
+filters (status, task, seed, pipeline, each swept column, a text search), then the cards grouped
+by prompt or by sweep base id (`gallery_cards`), seeds or grid values side by side. Each card's
+title is its prompt, its id the subtitle.
+
+Next to the page, in ``{page stem}_files/``, sit the poster frames (``posters/{id}.png``, first
+frame, at most 320 px) and thumbnails of the local conditioning inputs (``inputs/{id}-{n}.png``).
+Videos are not copied: a video's URL is ``videos/{id}.mp4`` relative to the page when the page
+sits in the output root (the default), else ``video_base`` + that path when given, else the
+video's own URL (``file://`` for a local root; an ``s3://`` URL is shown but no browser plays
+it: pass ``video_base``). Media load lazily, when a card comes into view.
 
 All user text (prompts, ids, paths, error messages) is HTML-escaped; URLs in it are redacted.
-Once every video has fired ``loadeddata`` (or ``error``) and every image ``load`` (or ``error``),
-an inline script sets ``data-media-total``, ``data-media-loaded``, ``data-media-errors`` and
-``data-media-done="1"`` on ``<body>`` (``data-media-error-codes`` lists ``kind:code:id``), so a
-headless browser can check the page.
 """
 
 from __future__ import annotations
 
-import html
 import io
 import os
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from pusa_batch.errors import InputMediaError
+from pusa_batch.errors import ExportError, InputMediaError
 from pusa_batch.outputs.common import (
     Destination,
-    done_markers,
     input_images,
     item_fields,
     open_destination,
     ordered_map,
     redact_text,
 )
+from pusa_batch.outputs.gallery_cards import GROUPINGS, Card, pipeline_label, resolve_grouping
+from pusa_batch.outputs.gallery_html import render_page
 from pusa_batch.store.index import video_path
 from pusa_batch.store.io import redact_url
 from pusa_batch.store.store import Store
@@ -53,18 +56,7 @@ class GallerySummary:
     failed: int
     posters: int
     input_thumbnails: int
-
-
-@dataclass(frozen=True)
-class Card:
-    item_id: str
-    status: str  # "done" or "failed"
-    item: dict
-    video_src: str | None = None
-    poster_src: str | None = None
-    conditioning: dict = field(default_factory=dict)
-    inputs: tuple[tuple[str | None, str], ...] = ()  # (thumbnail src or None, label)
-    failure: dict = field(default_factory=dict)
+    grouping: str = "prompt"  # what the cards were grouped by ("auto" resolved)
 
 
 @dataclass(frozen=True)
@@ -84,42 +76,85 @@ def write_gallery(
     *,
     storage_options: dict | None = None,
     video_base: str | None = None,
+    group_by: str = "auto",
 ) -> GallerySummary:
-    """Write the gallery page (default: ``gallery.html`` inside the output root)."""
-    page = _page(store, dest, storage_options)
-    markers, _ = done_markers(store)
-    failures = list(store.iter_failures())
-    posters = ordered_map(lambda m: _write_poster(store, page, m["id"]), markers)
-    cards = [
-        Card(
-            item_id=m["id"],
-            status="done",
-            item=item_fields(m),
-            video_src=_video_src(store, page, m["id"], video_base),
-            poster_src=poster,
-            conditioning=m.get("conditioning") or {},
-            inputs=_input_thumbnails(page, m["id"], item_fields(m)),
+    """Write the gallery page (default: ``gallery.html`` inside the output root).
+
+    ``group_by``: ``prompt`` (seeds side by side), ``base`` (a sweep's grid points side by
+    side), ``none``, or ``auto`` (``base`` when some item came from a sweep, else ``prompt``).
+    A root that does not exist is an `ExportError`, and nothing is written."""
+    if group_by not in GROUPINGS:
+        raise ExportError(
+            f"cannot group the gallery by {group_by!r}: choose one of {', '.join(GROUPINGS)}"
         )
+    check_root_exists(store)
+    page = _page(store, dest, storage_options)
+    state = store.state()
+    markers = sorted(store.iter_done_metadata(state), key=lambda m: m["id"])
+    failures = list(store.iter_failures(state))
+    posters = list(ordered_map(lambda m: _write_poster(store, page, m["id"]), markers))
+    cards = [
+        _done_card(m, _video_src(store, page, m["id"], video_base), poster, page)
         for m, poster in zip(markers, posters, strict=True)
     ]
-    cards += [
-        Card(
-            item_id=f["id"],
-            status="failed",
-            item=item_fields(f) if isinstance(f.get("item"), dict) else {},
-            inputs=_input_thumbnails(page, f["id"], f.get("item") or {}),
-            failure=f,
-        )
-        for f in failures
-    ]
-    cards.sort(key=lambda c: (c.item.get("row") or 0, c.item_id))
-    page.folder.write(page.name, render_page(cards, title=f"pusa-batch: {store.url}").encode())
+    cards += [_failed_card(f, page) for f in failures]
+    text = render_page(
+        cards, title=f"pusa-batch: {store.url}", group_by=group_by, damaged=len(state.damaged)
+    )
+    page.folder.write(page.name, text.encode())
     return GallerySummary(
         page=f"{page.folder.display.rstrip('/')}/{page.name}",
         done=len(markers),
         failed=len(failures),
-        posters=len(markers),
+        posters=sum(1 for p in posters if p),
         input_thumbnails=sum(1 for c in cards for src, _ in c.inputs if src),
+        grouping=resolve_grouping(group_by, cards),
+    )
+
+
+def check_root_exists(store: Store) -> None:
+    """A gallery of a root that is not there would create it: refuse, naming the fix."""
+    root = store.root
+    exists = root.call("stat", "", lambda: root.fs.exists(root.root)) if root.root else True
+    if not exists:
+        raise ExportError(
+            f"the output root {store.url} does not exist, so there is no run to show. Give the "
+            f"folder a run wrote (the -o of `pusa-batch run`), or run into it first: "
+            f"pusa-batch run MANIFEST -o {store.url} --pipeline PIPELINE.toml"
+        )
+
+
+def _done_card(marker: dict, video_src: str, poster: str | None, page: _Page) -> Card:
+    item = item_fields(marker)
+    return Card(
+        item_id=marker["id"],
+        status="done",
+        item=item,
+        video_src=video_src,
+        poster_src=poster,
+        conditioning=marker.get("conditioning") or {},
+        inputs=_input_thumbnails(page, marker["id"], item),
+        pipeline=pipeline_label(marker.get("pipeline")),
+        timings=_of_type(marker.get("timings"), dict, {}),
+        committed_at=_of_type(marker.get("committed_at"), str, None),
+        sample_batch=_of_type(marker.get("sample_batch"), int, 1),
+    )
+
+
+def _of_type(value: object, kind: type, default: object) -> Any:
+    """A marker field as recorded, or `default` when an older or damaged record lacks it."""
+    return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+
+def _failed_card(failure: dict, page: _Page) -> Card:
+    item = item_fields(failure) if isinstance(failure.get("item"), dict) else {}
+    return Card(
+        item_id=failure["id"],
+        status="failed",
+        item=item,
+        inputs=_input_thumbnails(page, failure["id"], item),
+        failure=failure,
+        pipeline=pipeline_label(failure.get("pipeline")),
     )
 
 
@@ -160,9 +195,14 @@ def _png(image: Image.Image, size: int) -> bytes:
     return out.getvalue()
 
 
-def _write_poster(store: Store, page: _Page, item_id: str) -> str:
-    with store.open_video(item_id) as handle:
-        first = poster_frame_png(handle.read())
+def _write_poster(store: Store, page: _Page, item_id: str) -> str | None:
+    """The first frame as a small PNG beside the page; None when the video cannot be decoded
+    (the card then shows a plain placeholder until the video itself loads)."""
+    try:
+        with store.open_video(item_id) as handle:
+            first = poster_frame_png(handle.read())
+    except InputMediaError:
+        return None
     rel = f"{page.assets}/posters/{item_id}.png"
     page.folder.write(rel, _png(Image.open(io.BytesIO(first)), POSTER_PX))
     return _src(rel)
@@ -201,205 +241,3 @@ def _input_thumbnails(page: _Page, item_id: str, item: dict) -> tuple[tuple[str 
                 src = _src(rel)
         out.append((src, redact_text(str(path)) or ""))
     return tuple(out)
-
-
-# --------------------------------------------------------------------------- HTML
-
-
-def esc(value: object) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _conditioning_text(card: Card) -> str:
-    cond = card.conditioning
-    if cond:
-        if not cond.get("pixel_frames"):
-            return "none"
-        pairs = zip(cond.get("pixel_frames", []), cond.get("multipliers", []), strict=False)
-        return ", ".join(f"frames {list(f)} × {m}" for f, m in pairs)
-    frames, mults = card.item.get("cond_frames"), card.item.get("noise_multipliers")
-    if frames is None and mults is None:
-        return "task default"
-    return f"frames {frames or 'default'} × {mults or 'default'}"
-
-
-def _facts(card: Card) -> str:
-    item = card.item
-    frames, fps = item.get("num_frames"), item.get("fps")
-    size = f"{frames} × {item.get('height')}×{item.get('width')} @ {fps} fps"
-    rows = [
-        ("task", item.get("task")),
-        ("seed", item.get("seed")),
-        ("size", size),
-        ("steps", f"{item.get('steps')} · cfg {item.get('guidance_scale')}"),
-        ("conditioning", _conditioning_text(card)),
-    ]
-    return "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows)
-
-
-def _media(card: Card) -> str:
-    if card.status == "done":
-        return (
-            f'<video controls muted loop playsinline preload="metadata" '
-            f'data-id="{esc(card.item_id)}" poster="{esc(card.poster_src)}" '
-            f'src="{esc(card.video_src)}"></video>'
-        )
-    return f'<div class="no-video">{esc(card.failure.get("error_type") or "failed")}</div>'
-
-
-def _inputs(card: Card) -> str:
-    if not card.inputs:
-        return ""
-    figures = []
-    for src, label in card.inputs:
-        image = f'<img alt="input" src="{esc(src)}">' if src else '<div class="no-thumb"></div>'
-        figures.append(f"<figure>{image}<figcaption>{esc(label)}</figcaption></figure>")
-    return f'<div class="inputs">{"".join(figures)}</div>'
-
-
-def _error(card: Card) -> str:
-    if card.status != "failed":
-        return ""
-    f = card.failure
-    detail = f"stage {f.get('stage')}, {f.get('attempts')} attempt(s)"
-    return (
-        f'<p class="error"><strong>{esc(f.get("error_type"))}</strong>: '
-        f'{esc(redact_text(f.get("message")))}</p><p class="muted">{esc(detail)}</p>'
-        f"<details><summary>traceback</summary><pre>{esc(redact_text(f.get('traceback')))}"
-        "</pre></details>"
-    )
-
-
-def render_card(card: Card) -> str:
-    return (
-        f'<article class="card {esc(card.status)}" data-id="{esc(card.item_id)}" '
-        f'data-task="{esc(card.item.get("task"))}" '
-        f'data-status="{esc(card.status)}"><div class="media">{_media(card)}</div>'
-        f'<div class="text"><h2>{esc(card.item_id)} <span class="badge">{esc(card.status)}'
-        f'</span></h2><p class="prompt">{esc(card.item.get("prompt"))}</p>'
-        f"<dl>{_facts(card)}</dl>{_inputs(card)}{_error(card)}</div></article>"
-    )
-
-
-def _buttons(kind: str, values: list[str], counts: dict[str, int]) -> str:
-    total = sum(counts.values())
-    options = [("all", total), *((v, counts.get(v, 0)) for v in values)]
-    return "".join(
-        f'<button type="button" data-kind="{kind}" data-value="{esc(v)}">{esc(v)} ({n})</button>'
-        for v, n in options
-    )
-
-
-def render_page(cards: list[Card], title: str) -> str:
-    tasks = sorted({str(c.item.get("task")) for c in cards})
-    task_counts = {t: sum(1 for c in cards if str(c.item.get("task")) == t) for t in tasks}
-    status_counts = {s: sum(1 for c in cards if c.status == s) for s in ("done", "failed")}
-    return (
-        _HEAD.replace("__TITLE__", esc(title)) + f'<nav class="filters"><span>status</span>'
-        f"{_buttons('status', ['done', 'failed'], status_counts)}"
-        f"<span>task</span>{_buttons('task', tasks, task_counts)}</nav>"
-        f'<main id="cards">{"".join(render_card(c) for c in cards)}</main>' + _TAIL
-    )
-
-
-_HEAD = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
-body{margin:0;font:14px/1.4 system-ui,sans-serif;background:#f3f4f6;color:#111}
-header{padding:12px 20px;background:#1f2937;color:#fff}
-header h1{margin:0;font-size:18px;word-break:break-all}
-.filters{display:flex;flex-wrap:wrap;gap:6px;align-items:center;padding:10px 20px;background:#fff;
-border-bottom:1px solid #ddd}
-.filters span{margin-left:12px;color:#555;font-weight:600}
-.filters button{border:1px solid #9ca3af;background:#fff;border-radius:14px;padding:3px 10px;
-cursor:pointer}
-.filters button[aria-pressed=true]{background:#2563eb;border-color:#2563eb;color:#fff}
-main{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:14px;
-padding:16px 20px}
-.card{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;overflow:hidden}
-.card.failed{border-top:4px solid #dc2626}.card.done{border-top:4px solid #16a34a}
-.media video,.no-video{display:block;width:100%;aspect-ratio:16/10;background:#111;
-object-fit:contain}
-.no-video{display:flex;align-items:center;justify-content:center;color:#fca5a5;font-weight:600}
-.text{padding:10px 12px}.text h2{margin:0 0 4px;font-size:15px;word-break:break-all}
-.badge{font-size:11px;font-weight:500;color:#555;border:1px solid #ccc;border-radius:8px;
-padding:0 6px}
-.prompt{margin:4px 0 8px;white-space:pre-wrap;word-break:break-word}
-dl{display:grid;grid-template-columns:auto 1fr;gap:2px 10px;margin:0;font-size:12px}
-dt{color:#666}dd{margin:0;word-break:break-word}
-.inputs{display:flex;flex-wrap:wrap;gap:6px;margin-top:8px}
-.inputs figure{margin:0;width:96px;font-size:10px;color:#666;word-break:break-all}
-.inputs img,.no-thumb{width:96px;height:64px;object-fit:cover;background:#ddd;display:block}
-.error{color:#b91c1c;margin:8px 0 2px;word-break:break-word}
-.muted{color:#666;margin:0;font-size:12px}
-pre{white-space:pre-wrap;font-size:11px;max-height:200px;overflow:auto;background:#f9fafb}
-[hidden]{display:none!important}
-</style></head>
-<body data-media-done="0"><header><h1>__TITLE__</h1></header>
-"""
-
-_TAIL = """<script>
-(function () {
-  var state = {status: "all", task: "all"};
-  var buttons = document.querySelectorAll(".filters button");
-  function apply() {
-    document.querySelectorAll(".card").forEach(function (card) {
-      card.hidden = !((state.status === "all" || card.dataset.status === state.status) &&
-                      (state.task === "all" || card.dataset.task === state.task));
-    });
-    buttons.forEach(function (b) {
-      b.setAttribute("aria-pressed", String(state[b.dataset.kind] === b.dataset.value));
-    });
-  }
-  buttons.forEach(function (b) {
-    b.addEventListener("click", function () {
-      state[b.dataset.kind] = b.dataset.value;
-      history.replaceState(null, "", "#" + new URLSearchParams(state).toString());
-      apply();
-    });
-  });
-  new URLSearchParams(location.hash.slice(1)).forEach(function (value, key) {
-    if (key in state) state[key] = value;
-  });
-  apply();
-
-  var body = document.body, loaded = 0, errors = 0, codes = [];
-  var videos = document.querySelectorAll("video"), images = document.querySelectorAll("img");
-  var total = videos.length * 2 + images.length;
-  function report() {
-    body.dataset.mediaTotal = total; body.dataset.mediaLoaded = loaded;
-    body.dataset.mediaErrors = errors; body.dataset.mediaErrorCodes = codes.join(" ");
-    if (loaded + errors === total) body.dataset.mediaDone = "1";
-  }
-  function once(fn) {
-    var done = false;
-    return function (ok, why) { if (!done) { done = true; fn(ok, why); } };
-  }
-  function settle(ok, why) { if (ok) loaded++; else { errors++; codes.push(why); } report(); }
-  function watchImage(img, label) {
-    var end = once(settle);
-    if (img.complete && img.src) { end(img.naturalWidth > 0, "img:0:" + label); return; }
-    img.addEventListener("load", function () { end(true); });
-    img.addEventListener("error", function () { end(false, "img:0:" + label); });
-  }
-  videos.forEach(function (v) {
-    var end = once(settle);
-    var fail = function () {
-      end(false, "video:" + (v.error ? v.error.code : 0) + ":" + v.dataset.id);
-    };
-    if (v.readyState >= 2) end(true);
-    v.addEventListener("loadeddata", function () { end(true); });
-    v.addEventListener("error", fail);
-    if (v.error) fail();
-    var poster = new Image();
-    watchImage(poster, "poster:" + v.dataset.id);
-    poster.src = v.poster;
-  });
-  images.forEach(function (img) { watchImage(img, img.getAttribute("src")); });
-  report();
-})();
-</script>
-</body></html>
-"""
