@@ -56,22 +56,42 @@ def export(
 
 def gallery(
     output: str = typer.Argument(..., help="Output root of a run."),
-    page: str | None = typer.Option(
-        None, "--output", "-o", help="HTML page to write (default: gallery.html in the root)."
+    html: str | None = typer.Option(
+        None, "--html", help="HTML page to write (default: gallery.html in the root)."
+    ),
+    legacy_page: str | None = typer.Option(
+        None, "--output", "-o", hidden=True, help="Deprecated spelling of --html."
+    ),
+    group_by: str = typer.Option(
+        "auto",
+        "--group-by",
+        help="prompt (seeds side by side) | base (a sweep's grid side by side) | none | auto "
+        "(base for a sweep, else prompt when a prompt has several items, else none).",
     ),
     video_base: str | None = typer.Option(
         None, help="URL prefix the page uses for videos (e.g. an https mirror of an s3:// root)."
     ),
     storage_option: list[str] | None = StorageOpt,
 ) -> int:
-    """Write a static HTML page to look at a run: videos, prompts, conditioning, failures."""
+    """Write a static HTML page to look at a run: summary, filters, videos grouped by prompt."""
+    from pusa_batch.cli.app import err
     from pusa_batch.outputs.gallery import write_gallery
+    from pusa_batch.outputs.gallery_cards import GROUPINGS
     from pusa_batch.store.store import Store
 
+    if legacy_page is not None and html is not None:
+        raise typer.BadParameter("give the page once, as --html PAGE", param_hint="--output")
+    if legacy_page is not None:
+        err.print("note: gallery --output/-o is deprecated; use --html PAGE", highlight=False)
+    if group_by not in GROUPINGS:
+        raise typer.BadParameter(f"expected one of {', '.join(GROUPINGS)}", param_hint="--group-by")
     options = parse_storage_options(storage_option)
-    summary = write_gallery(Store(output, options), page, video_base=video_base)
+    summary = write_gallery(
+        Store(output, options), html or legacy_page, video_base=video_base, group_by=group_by
+    )
     out.print(
-        f"wrote {summary.page}: {summary.done} done, {summary.failed} failed item(s)",
+        f"wrote {summary.page}: {summary.done} done, {summary.failed} failed item(s), "
+        f"grouped by {summary.grouping}",
         highlight=False,
     )
     return 0
