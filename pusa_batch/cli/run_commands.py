@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pusa_batch.cli.app import (
@@ -63,12 +64,16 @@ def doctor(pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline
 
     report = diagnose(load_spec_or_none(pipeline))
     for check in report.checks:
-        mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}[
-            check.status
-        ]
-        out.print(f"{mark:>18}  {check.name}: {check.detail}", highlight=False)
+        word, colour = DOCTOR_MARKS[check.status]
+        text = escape(f"{check.name}: {'' if check.lines else check.detail}".rstrip())
+        out.print(f"  [{colour}]{word:>4}[/]  {text}", highlight=False)
+        for line in check.lines:  # one missing file per line, then the command that fetches it
+            out.print(f"{'':10}{line}", markup=False, highlight=False)
     out.print(f"{report.summary()}", highlight=False)
     return 0 if report.ok else 2
+
+
+DOCTOR_MARKS = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red")}
 
 
 def make_tiny_model(

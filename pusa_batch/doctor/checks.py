@@ -7,6 +7,8 @@ raises a `PusaBatchError` for a failure that `doctor.diagnose` turns into a "fai
 from __future__ import annotations
 
 import math
+import shlex
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -45,11 +47,35 @@ def check_files(ctx: Context) -> Check:
         detail = f"tiny twin not in the cache ({where}): it will be generated on first use"
         return Check("files", "warn", detail)
     if ctx.problems:
-        shown = (f"{label(k)}: {'; '.join(v)}" for k, v in ctx.problems.items())
-        return Check("files", "fail", " | ".join(shown))
+        lines = missing_file_lines(ctx.problems, spec.download, spec.source.parent)
+        return Check("files", "fail", "; ".join(line.strip() for line in lines), lines)
     files = file_count(ctx.paths) + len(spec.loras)
     where = f"tiny twin in {tiny_cache_dir(spec.weights.tiny)}" if spec.weights.tiny else "weights"
     return Check("files", "ok", f"{files} files ({where}, {len(spec.loras)} LoRA file(s))")
+
+
+NO_DOWNLOAD_HINT = (
+    "  (the pipeline file names no download command for these: see pipelines/README.md, "
+    '"The model zoo", or add [weights.download])'
+)
+
+
+def missing_file_lines(
+    problems: Mapping[str, list[str]], download: Callable[[str], str | None], folder: Path
+) -> tuple[str, ...]:
+    """One line per missing file, each group of parts followed by the command that fetches them
+    (run in `folder`, the pipeline file's, as `(cd FOLDER && COMMAND)`)."""
+    groups: dict[str | None, list[str]] = {}
+    for part, found in problems.items():
+        groups.setdefault(download(part), []).extend(f"{label(part)}: {p}" for p in found)
+    lines: list[str] = []
+    for command, entries in groups.items():
+        lines += entries
+        if command is None:
+            lines.append(NO_DOWNLOAD_HINT)
+        else:
+            lines.append(f"  fetch: (cd {shlex.quote(str(folder))} && {command})")
+    return tuple(lines)
 
 
 def check_transformer_keys(ctx: Context, component: str) -> Check:

@@ -37,9 +37,13 @@ Denoiser = PusaWanTransformer | PusaMochiTransformer
 
 @dataclass(frozen=True)
 class Check:
+    """One check's verdict. `detail` is the whole finding on one line (for errors and logs);
+    `lines`, when given, is the same finding as the terminal shows it, one entry per line."""
+
     name: str
     status: str  # "ok" | "warn" | "fail"
     detail: str
+    lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@
 is a `PipelineError` naming the file and the key. Relative weight paths are resolved against the
 TOML file's folder and `~` is expanded. `pipelines/README.md` documents every key.
 
+Download commands (`[weights.download]`, a `[[lora]]`'s `download`) are shell commands kept as
+written, run from the TOML file's folder: `PipelineSpec.download(part)` gives the one that fetches
+a part, for `doctor` to print beside a missing file. A file without them works as before.
+
 Families: `wan2.1` and `wan2.2` (Pusa V1, 4x temporal VAE) and `mochi` (Pusa V0.5, 6x temporal
 VAE, its own defaults: 848x480x163 at 30 fps, cfg 4.5, the linear-quadratic schedule).
 """
@@ -117,6 +121,7 @@ class LoraSpec:
     alpha: float
     kind: str = "pusa"
     expert: str = "high"
+    download: str | None = None  # the shell command that fetches it, run in the TOML's folder
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,15 @@ class PipelineSpec:
     defaults: Defaults = field(default_factory=Defaults)
     options: Options = field(default_factory=Options)
     limits: Limits = field(default_factory=Limits)
+    # (component, command) for each component a `[weights.download]` command fetches
+    downloads: tuple[tuple[str, str], ...] = ()
+
+    def download(self, part: str) -> str | None:
+        """The command that fetches `part` (a component or `lora[i]`), run in `source.parent`;
+        None when the file names none."""
+        if part.startswith("lora["):
+            return self.loras[int(part[5:-1])].download
+        return dict(self.downloads).get(part)
 
     @property
     def temporal_factor(self) -> int:
@@ -220,7 +234,7 @@ class PipelineSpec:
 def _file_listing(path: Path) -> list[tuple[str, int]]:
     """(name, size) of a file, or of every file under a folder (relative names, sorted).
 
-    Hidden entries are skipped: `huggingface-cli download --local-dir` keeps changing metadata
+    Hidden entries are skipped: `hf download --local-dir` keeps changing metadata
     under `.cache/`.
     """
     if path.is_file():
@@ -279,7 +293,11 @@ def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
     name = raw.get("name", source.stem)
     if not isinstance(name, str) or not name:
         raise where.fail("name", "must be a non-empty string")
-    weights = _parse_weights(where, where.table(raw, "weights"), family, source.parent)
+    raw_weights = dict(where.table(raw, "weights"))
+    raw_download = where.table(raw_weights, "download")
+    raw_weights.pop("download", None)
+    weights = _parse_weights(where, raw_weights, family, source.parent)
+    downloads = _parse_downloads(where, raw_download, raw_weights, family)
     loras = _parse_loras(where, raw.get("lora", []), family, source.parent)
     mochi = family == "mochi"
     base = MOCHI_DEFAULTS if mochi else Defaults()
@@ -296,7 +314,7 @@ def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
     for key, value in asdict(limits).items():
         if value < 1:
             raise where.fail(f"limits.{key}", f"must be at least 1, got {value}")
-    return PipelineSpec(name, family, source, weights, loras, defaults, options, limits)
+    return PipelineSpec(name, family, source, weights, loras, defaults, options, limits, downloads)
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -332,6 +350,29 @@ def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Pat
     return WeightPaths(**paths)
 
 
+def _parse_downloads(
+    where: _Where, raw: Mapping[str, Any], weights: Mapping[str, Any], family: str
+) -> tuple[tuple[str, str], ...]:
+    """(component, command) pairs: a component's own command, else `root`'s when the component
+    lives under `root` (not given a path of its own)."""
+    where.no_unknown(raw, ("root", *FAMILY_COMPONENTS[family]), "weights.download.")
+    commands = {k: _check_command(where, f"weights.download.{k}", v) for k, v in raw.items()}
+    if "tiny" in weights and commands:
+        raise where.fail("weights.download", "a tiny twin is generated, never downloaded")
+    pairs = []
+    for comp in FAMILY_COMPONENTS[family]:
+        command = commands.get(comp) or (commands.get("root") if comp not in weights else None)
+        if command:
+            pairs.append((comp, command))
+    return tuple(pairs)
+
+
+def _check_command(where: _Where, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise where.fail(key, f"must be a shell command (a non-empty string), got {value!r}")
+    return value.strip()
+
+
 def _parse_loras(where: _Where, raw: Any, family: str, base: Path) -> tuple[LoraSpec, ...]:
     if not isinstance(raw, list):
         raise where.fail("lora", "must be an array of tables ([[lora]])")
@@ -342,7 +383,7 @@ def _parse_loras(where: _Where, raw: Any, family: str, base: Path) -> tuple[Lora
         key = f"lora[{i}]"
         if not isinstance(entry, Mapping):
             raise where.fail(key, "must be a table with path and alpha")
-        where.no_unknown(entry, ("path", "alpha", "kind", "expert"), f"{key}.")
+        where.no_unknown(entry, ("path", "alpha", "kind", "expert", "download"), f"{key}.")
         path, alpha = entry.get("path"), entry.get("alpha")
         if not isinstance(path, str) or not path:
             raise where.fail(f"{key}.path", "missing: the LoRA file (.pt or .safetensors)")
@@ -356,7 +397,11 @@ def _parse_loras(where: _Where, raw: Any, family: str, base: Path) -> tuple[Lora
             raise where.fail(f"{key}.expert", 'wan2.2 LoRAs need expert = "high" or "low"')
         if family != "wan2.2" and expert is not None:
             raise where.fail(f"{key}.expert", "only wan2.2 pipelines have experts")
-        out.append(LoraSpec(_resolve(base, path), float(alpha), kind, expert or "high"))
+        download = entry.get("download")
+        if download is not None:
+            download = _check_command(where, f"{key}.download", download)
+        lora = LoraSpec(_resolve(base, path), float(alpha), kind, expert or "high", download)
+        out.append(lora)
     return tuple(out)
 
 
