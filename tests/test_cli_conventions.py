@@ -139,3 +139,23 @@ def test_status_of_a_root_that_does_not_exist_exits_2_and_creates_nothing(tmp_pa
     assert main(["status", str(tmp_path / "typo")]) == 2
     assert "no output root at" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
+
+
+def test_json_log_format_writes_one_event_per_line_on_stderr(tmp_path, capsys):
+    commit_done(tmp_path / "out", {*DEMO_IDS, "sun-sets"})
+    assert main(run_args(tmp_path / "out", "--log-format", "json", "--json")) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.err.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "phase" and "started" in kinds and kinds[-1] == "finished"
+    started = events[kinds.index("started")]
+    assert (started["total"], started["done_before"], started["pending"]) == (6, 6, 0)
+    assert events[-1]["summary"]["exit_code"] == 0 and all("ts" in e for e in events)
+    assert json.loads(captured.out)["total"] == 6  # stdout keeps only the result
+
+
+def test_choices_are_shown_and_checked(capsys):
+    assert main(["make-tiny-model", "-h"]) == 0
+    assert "wan2.1|wan2.2|mochi" in capsys.readouterr().out
+    assert main(["make-tiny-model", "/nonexistent/x", "--kind", "wan3"]) == 2
+    assert "'wan3' is not one of" in capsys.readouterr().err

@@ -5,6 +5,7 @@ Each parses its options, calls the library and prints; `main.py` registers them.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from pathlib import Path
 
 import typer
@@ -19,16 +20,20 @@ from pusa_batch.cli.app import (
     MaxRetriesOpt,
     NoWaitOpt,
     PipelineOpt,
+    QuietOpt,
     RegenerateChangedOpt,
     RetryFailedOpt,
     StorageOpt,
     TrustIndexOpt,
+    VerboseOpt,
     WorkersOpt,
     err,
     load_spec_or_none,
     out,
     parse_storage_options,
+    print_json,
     safe_text,
+    verbosity,
 )
 
 # ---------------------------------------------------------------- checking inputs
@@ -76,11 +81,18 @@ def doctor(pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline
 DOCTOR_MARKS = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red")}
 
 
+class TinyKind(str, enum.Enum):
+    wan21 = "wan2.1"
+    wan22 = "wan2.2"
+    mochi = "mochi"
+
+
 def make_tiny_model(
     directory: Path = typer.Argument(..., help="Folder to write the tiny checkpoint into."),
-    kind: str = typer.Option("wan2.1", help="wan2.1 | wan2.2 | mochi"),
+    kind: TinyKind = typer.Option(TinyKind.wan21, help="The family of the real checkpoint."),
 ) -> int:
     """Write a tiny random-weight twin of a real Pusa checkpoint, in the real on-disk layout."""
+    kind = kind.value
     if kind == "mochi":
         from pusa_batch.models.tiny_mochi import make_tiny_mochi
 
@@ -94,6 +106,11 @@ def make_tiny_model(
 
 
 # ---------------------------------------------------------------- running
+
+
+class LogFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
 
 
 def run_config(manifest, output, pipeline, storage_option, **options):
@@ -130,13 +147,22 @@ def run_settings(given: dict) -> dict:
     return {**{name: given[name] for name in RUN_SETTINGS}, "lease_wait": not given["no_wait"]}
 
 
-def print_summary(summary) -> None:
+def summary_dict(summary) -> dict:
+    data = dataclasses.asdict(summary)
+    data["exit_code"] = summary.exit_code
+    data["wall_s"] = round(summary.wall_s, 3)
+    return data
+
+
+def print_summary(summary, level: int = 0) -> None:
     out.print(
         f"{summary.total} items: {summary.generated} generated, "
         f"{summary.done_before} already done, "
         f"{summary.failed + summary.failed_before} failed  ({summary.wall_s:.1f}s)",
         highlight=False,
     )
+    if level < 0:
+        return
     if summary.total and summary.generated == 0 and not summary.failed:
         if summary.failed_before:
             out.print(
@@ -165,7 +191,9 @@ def run(
     pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML (see pipelines/)."),
     workers: int | None = WorkersOpt,
     address: str | None = typer.Option(
-        None, help="Ray cluster to join (auto, ray://..., host:port)."
+        None,
+        help="Ray cluster to join: auto, ray://HOST:10001 or HOST:6379 "
+        "(default: RAY_ADDRESS, else an embedded local Ray).",
     ),
     storage_option: list[str] | None = StorageOpt,
     gpus_per_worker: float | None = GpusPerWorkerOpt,
@@ -178,29 +206,64 @@ def run(
     no_wait: bool = NoWaitOpt,
     trust_index: bool = TrustIndexOpt,
     progress: bool = typer.Option(True, help="Show the live progress view."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan (done/pending/changed/failed) and stop: no Ray."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (or plan) as JSON."),
+    log_format: LogFormat = typer.Option(
+        LogFormat.text,
+        "--log-format",
+        help="text: the live view; json: one JSON event per line on stderr, for log pipelines.",
+    ),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> int:
     """Generate every pending item of MANIFEST into OUTPUT; rerun to resume."""
-    from pusa_batch.cli.live import LiveRunView
-    from pusa_batch.engine.run import run as run_engine
-
+    level = verbosity(quiet, verbose)
     config = run_config(
         manifest, output, pipeline, storage_option, address=address, **run_settings(locals())
     )
-    live = LiveRunView(err, enabled=progress)
-    try:
-        with live:
-            summary = run_engine(config, live)
-    except KeyboardInterrupt:
-        view = live.view
-        pending = max(0, view.pending - view.done - view.failed)
-        err.print(
-            f"Interrupted: {view.done} committed this run, {pending} pending; "
-            "run the same command to resume.",
-            highlight=False,
-        )
-        return 130
-    print_summary(summary)
+    if dry_run:
+        return print_preview(config, as_json)
+    from pusa_batch.cli.live import LiveRunView
+    from pusa_batch.engine.run import run as run_engine
+
+    if log_format is LogFormat.json:
+        from pusa_batch.cli.jsonlog import JsonEventLog
+
+        log = JsonEventLog(verbosity=level)
+        with log:
+            summary = run_engine(config, log)
+    else:
+        live = LiveRunView(err, enabled=progress and not as_json, verbosity=level)
+        try:
+            with live:
+                summary = run_engine(config, live)
+        except KeyboardInterrupt:
+            view = live.view
+            pending = max(0, view.pending - view.done - view.failed)
+            err.print(
+                f"Interrupted: {view.done} committed this run, {pending} pending; "
+                "run the same command to resume.",
+                highlight=False,
+            )
+            return 130
+    if as_json:
+        print_json(summary_dict(summary))
+    else:
+        print_summary(summary, level)
     return summary.exit_code
+
+
+def print_preview(config, as_json: bool) -> int:
+    from pusa_batch.engine.preview import format_preview, preview_run
+
+    preview = preview_run(config)
+    if as_json:
+        print_json(preview.to_dict())
+    else:
+        out.print(format_preview(preview), markup=False, highlight=False)
+    return 0
 
 
 def status(
