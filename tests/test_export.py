@@ -1,22 +1,19 @@
-"""Dataset exports: VBench names, the Hugging Face videofolder, WebDataset shards."""
+"""Dataset exports: the Hugging Face videofolder, WebDataset shards (VBench: test_export_vbench)."""
 
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root, commit_item, item_dict
+from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root
 
 from pusa_batch.errors import ExportError
-from pusa_batch.manifest.builders import vbench_name
 from pusa_batch.outputs.common import HF_SCHEMA
 from pusa_batch.outputs.hf import export_hf
-from pusa_batch.outputs.vbench import export_vbench
 from pusa_batch.outputs.webdataset import (
     export_webdataset,
     parse_size,
@@ -40,81 +37,6 @@ def video_of(store: Store, item_id: str) -> bytes:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-# --------------------------------------------------------------------------- VBench
-
-
-@pytest.fixture(scope="module")
-def vbench(root, tmp_path_factory):
-    dest = tmp_path_factory.mktemp("vbench")
-    return export_vbench(root, dest), dest
-
-
-def test_vbench_indices_count_per_prompt_by_seed_then_id(vbench):
-    _, dest = vbench
-    by_name = {row["file_name"]: row["id"] for row in read_jsonl(dest / "vbench_map.jsonl")}
-    assert by_name["a red cat-0.mp4"] == "cat-a"  # seed 1, id cat-a
-    assert by_name["a red cat-1.mp4"] == "cat-b"  # seed 1, id cat-b
-    assert by_name["a red cat-2.mp4"] == "cat-c"  # seed 3
-
-
-def test_vbench_files_are_the_videos_named_as_vbench_expects(root, vbench):
-    _, dest = vbench
-    for row in read_jsonl(dest / "vbench_map.jsonl"):
-        assert row["file_name"] == vbench_name(row["prompt"], row["index"])
-        assert (dest / row["file_name"]).read_bytes() == video_of(root, row["id"])
-
-
-def test_vbench_sanitises_slashes_but_keeps_the_prompt_text(vbench):
-    _, dest = vbench
-    rows = {row["id"]: row for row in read_jsonl(dest / "vbench_map.jsonl")}
-    assert rows["slash"]["file_name"] == "day_night cycle-0.mp4"
-    assert rows["slash"]["prompt"] == "day/night cycle"
-    assert rows["clip.v2"]["prompt"] == SCRIPT_PROMPT
-
-
-def test_vbench_exports_only_done_items_with_whole_videos(vbench):
-    summary, dest = vbench
-    ids = {row["id"] for row in read_jsonl(dest / "vbench_map.jsonl")}
-    assert ids == DONE_IDS
-    assert summary.exported == len(DONE_IDS) and summary.skipped == ("short",)
-    assert len([p for p in dest.iterdir() if p.suffix == ".mp4"]) == len(DONE_IDS)
-
-
-def test_vbench_hard_links_on_the_same_filesystem(root, vbench):
-    summary, dest = vbench
-    source = Path(root.root.path("videos/cat-a.mp4"))
-    assert summary.linked == len(DONE_IDS)
-    assert os.path.samefile(dest / "a red cat-0.mp4", source)
-
-
-def test_vbench_copies_from_an_object_store(tmp_path):
-    store = Store("memory://vbench-src")
-    video = commit_item(store, item_dict("m1", "a boat", 1))
-    summary = export_vbench(store, tmp_path)
-    assert summary.linked == 0
-    assert (tmp_path / "a boat-0.mp4").read_bytes() == video
-
-
-def test_vbench_reexport_removes_its_stale_videos_only(root, tmp_path):
-    export_vbench(root, tmp_path)
-    (tmp_path / "notes.txt").write_text("mine")
-    smaller = Store(str(tmp_path / "smaller"))
-    commit_item(smaller, item_dict("m1", "a boat", 1))
-    export_vbench(smaller, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
-        "a boat-0.mp4",
-        "notes.txt",
-        "vbench_map.jsonl",
-    ]
-
-
-def test_vbench_refuses_an_empty_prompt(tmp_path):
-    store = Store(str(tmp_path / "out"))
-    commit_item(store, item_dict("blank", "   ", 1))
-    with pytest.raises(ExportError, match="'blank' has an empty prompt"):
-        export_vbench(store, tmp_path / "dest")
 
 
 # --------------------------------------------------------------------------- Hugging Face

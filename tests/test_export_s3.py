@@ -74,7 +74,7 @@ def test_vbench_and_hf_copy_from_s3_without_secrets(root, tmp_path):
     vbench = export_vbench(root, tmp_path / "vbench")
     hf = export_hf(root, tmp_path / "hf")
     assert (vbench.exported, vbench.linked, hf.exported) == (2, 0, 2)
-    assert sorted(p.name for p in (tmp_path / "vbench").glob("*.mp4")) == [
+    assert sorted(p.name for p in (tmp_path / "vbench" / "videos").glob("*.mp4")) == [
         "a cat-0.mp4",
         "a cat-1.mp4",
     ]

@@ -24,6 +24,19 @@ def export(
         None, "--dest", "-o", help="Where to write (default: hf into the root, else required)."
     ),
     shard_size: str = typer.Option("1GB", help="WebDataset shard size, e.g. 1GB, 500MB."),
+    vbench_mode: str = typer.Option(
+        "standard",
+        help="VBench: standard (VBench's suite, prompts read from file names) | custom (also "
+        "DEST/vbench_prompts.json for --mode custom_input --prompt_file).",
+    ),
+    vbench_layout: str = typer.Option(
+        "flat",
+        help="VBench: flat (DEST/videos/) | per-dimension (DEST/videos/{dimension}/, the "
+        "dimensions read from --vbench-prompts).",
+    ),
+    vbench_prompts: str | None = typer.Option(
+        None, help="VBench's prompts/prompts_per_dimension folder (for --vbench-layout)."
+    ),
     storage_option: list[str] | None = StorageOpt,
 ) -> int:
     """Lay a run out for evaluation suites and dataset loaders."""
@@ -36,12 +49,24 @@ def export(
     store = Store(output, options)
     if format not in ("vbench", "hf", "webdataset"):
         raise typer.BadParameter("expected vbench, hf or webdataset", param_hint="--format")
+    vbench_set = (vbench_mode, vbench_layout, vbench_prompts) != ("standard", "flat", None)
+    if format != "vbench" and vbench_set:
+        raise typer.BadParameter(
+            "--vbench-* options are for --format vbench", param_hint="--format"
+        )
     if format == "hf":
         summary = export_hf(store, dest, storage_options=options)
     elif dest is None:
         raise typer.BadParameter(f"--format {format} needs --dest", param_hint="--dest")
     elif format == "vbench":
-        summary = export_vbench(store, dest, storage_options=options)
+        summary = export_vbench(
+            store,
+            dest,
+            mode=vbench_mode,
+            layout=vbench_layout,
+            prompts_dir=vbench_prompts,
+            storage_options=options,
+        )
     else:
         summary = export_webdataset(store, dest, shard_size, storage_options=options)
     out.print(
@@ -51,6 +76,10 @@ def export(
     )
     for item_id in summary.skipped[:20]:
         out.print(f"  skipped {item_id}: video missing or shorter than recorded", markup=False)
+    if format == "vbench":
+        out.print(f"  VBench's --videos_path: {summary.dest}/videos", markup=False, highlight=False)
+    for warning in summary.warnings:
+        out.print(f"  warning: {warning}", markup=False, highlight=False)
     return 0
 
 

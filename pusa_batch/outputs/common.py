@@ -87,6 +87,7 @@ class ExportSummary:
     skipped: tuple[str, ...] = ()  # ids listed as done whose video is missing or short
     files: tuple[str, ...] = ()  # metadata files or shards written, relative to dest
     prompts: int = 0  # distinct VBench file stems
+    warnings: tuple[str, ...] = ()  # what the user should know before evaluating (VBench)
 
 
 def item_fields(marker: dict) -> dict:
