@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import fsspec
 import pytest
 
 from pusa_batch.errors import StoreError
-from pusa_batch.store.io import RetryPolicy, Root, is_transient, with_retries
+from pusa_batch.store.io import RetryPolicy, Root, add_retry_listener, is_transient, with_retries
+from pusa_batch.store.store import Store
 
 
 def failing_then(value, errors: list[Exception]):
@@ -72,3 +75,63 @@ def test_exhausted_retries_become_a_store_error_naming_the_file():
     with pytest.raises(StoreError, match=r"memory://r/items/a.json.*retry"):
         root.call("read", "items/a.json", fn)
     assert len(calls) == 2
+
+
+def test_with_a_deadline_transient_errors_are_retried_until_it_passes_not_n_times():
+    clock = iter(range(100)).__next__  # one second per call
+    calls = []
+
+    def fn():
+        calls.append(1)
+        raise ConnectionError("connection reset by peer")
+
+    with pytest.raises(ConnectionError):
+        with_retries(fn, attempts=2, base_delay=0, max_delay=0, deadline_s=5, clock=clock)
+    assert len(calls) == 7  # failures at t=0..6 s: only the one at 6 s is past the deadline
+
+
+def test_retries_are_announced_to_listeners_with_the_time_waited():
+    seen: list[tuple[float, str]] = []
+    remove = add_retry_listener(lambda waited, exc: seen.append((waited, type(exc).__name__)))
+    outcomes = iter([TimeoutError("slow"), TimeoutError("slow"), "ok"])
+
+    def fn():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    try:
+        assert with_retries(fn, base_delay=0, max_delay=0) == "ok"
+    finally:
+        remove()
+    assert [name for _, name in seen] == ["TimeoutError", "TimeoutError"]
+
+
+def test_an_unreachable_endpoint_fails_after_the_storage_timeout_naming_it():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = {
+        "key": "k",
+        "secret": "s",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
+    policy = RetryPolicy(base_delay=0.05, max_delay=0.2, deadline_s=1.0)
+    store = Store("s3://bucket/run", options, retry=policy)
+    with pytest.raises(StoreError, match="still failing after 1 s of retries"):
+        store.root.write_bytes("run.json", b"{}")
+
+
+def test_a_run_shows_an_outage_as_a_notice_at_most_every_5_s():
+    from pusa_batch.engine.config import Notice
+    from pusa_batch.engine.run import _outage_notices
+
+    notices: list[Notice] = []
+    on_retry = _outage_notices(notices.append, 30.0)
+    for waited in (0.0, 0.4, 1.0):
+        on_retry(waited, ConnectionError("refused"))
+    assert [n.message for n in notices] == [
+        "storage unreachable, retrying (0 s of 30 s, --storage-timeout): ConnectionError"
+    ]

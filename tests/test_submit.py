@@ -80,6 +80,8 @@ def run_command_flags() -> set[str]:
 def test_every_run_option_a_user_can_set_has_a_way_to_the_job():
     where_the_job_says = {"--output", "--pipeline", "--storage-option", "--address", "--progress"}
     where_the_job_says |= {"--help"}
+    # how this terminal shows the run; the job's log is plain text
+    where_the_job_says |= {"--dry-run", "--json", "--log-format", "--quiet", "--verbose"}
     assert run_command_flags() - where_the_job_says == set(RUN_FLAGS.values())
 
 
@@ -95,6 +97,7 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
         "lease_stale_s": 30.0,
         "lease_wait": False,
         "trust_index": True,
+        "storage_timeout_s": 90.0,
     }
     assert set(settings) == set(RUN_FLAGS)
     argv = list(plan_job(request(project, **settings)).argv)
@@ -102,7 +105,7 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
     assert tail == [
         "--workers", "3", "--gpus-per-worker", "0.5", "--max-retries", "5", "--retry-failed",
         "--regenerate-changed", "--longest-first", "--batch-size", "4", "--lease-stale-s", "30.0",
-        "--no-wait", "--trust-index",
+        "--no-wait", "--trust-index", "--storage-timeout", "90.0",
     ]  # fmt: skip
 
 

@@ -36,6 +36,11 @@ NoWaitOpt = typer.Option(
     "--no-wait",
     help="Exit 3 at once when another run's lease has missed heartbeats, instead of waiting.",
 )
+StorageTimeoutOpt = typer.Option(
+    30.0,
+    "--storage-timeout",
+    help="Seconds an unreachable output root is retried before the run stops.",
+)
 LeaseStaleOpt = typer.Option(
     120.0, help="Seconds without a heartbeat after which another run's lease is taken over."
 )

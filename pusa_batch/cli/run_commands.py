@@ -24,6 +24,7 @@ from pusa_batch.cli.app import (
     RegenerateChangedOpt,
     RetryFailedOpt,
     StorageOpt,
+    StorageTimeoutOpt,
     TrustIndexOpt,
     VerboseOpt,
     WorkersOpt,
@@ -138,6 +139,7 @@ RUN_SETTINGS = (
     "batch_size",
     "lease_stale_s",
     "trust_index",
+    "storage_timeout_s",
 )
 
 
@@ -205,6 +207,7 @@ def run(
     lease_stale_s: float = LeaseStaleOpt,
     no_wait: bool = NoWaitOpt,
     trust_index: bool = TrustIndexOpt,
+    storage_timeout_s: float = StorageTimeoutOpt,
     progress: bool = typer.Option(True, help="Show the live progress view."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan (done/pending/changed/failed) and stop: no Ray."
@@ -347,6 +350,7 @@ def submit(
     lease_stale_s: float = LeaseStaleOpt,
     no_wait: bool = NoWaitOpt,
     trust_index: bool = TrustIndexOpt,
+    storage_timeout_s: float = StorageTimeoutOpt,
 ) -> int:
     """Send the same run to a Ray cluster as a Ray Job: every `run` option goes with it."""
     from pusa_batch.engine.submit import JobRequest, submit_job

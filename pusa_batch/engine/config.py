@@ -32,6 +32,7 @@ class RunConfig:
     lease_stale_s: float = 120.0
     trust_index: bool = False  # skip checking done items' files against the index
     lease_wait: bool = True  # wait for a holder that missed heartbeats (False: refuse at once)
+    storage_timeout_s: float = 30.0  # how long the driver retries an unreachable output root
     status_every_s: float = 1.0
     worker_start_timeout_s: float = 900.0
 
@@ -46,6 +47,7 @@ class RunConfig:
                 ("batch_size", self.batch_size >= 1, "at least 1"),
                 ("compact_every_items", self.compact_every_items >= 1, "at least 1"),
                 ("lease_stale_s", self.lease_stale_s > 0, "positive"),
+                ("storage_timeout_s", self.storage_timeout_s > 0, "positive"),
             )
             if not ok
         ]

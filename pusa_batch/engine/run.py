@@ -44,6 +44,7 @@ from pusa_batch.engine.worker import ItemRunner
 from pusa_batch.errors import UsageError
 from pusa_batch.manifest.read import validate_manifest
 from pusa_batch.pipelines.spec import load_pipeline_spec
+from pusa_batch.store.io import RetryPolicy, add_retry_listener
 from pusa_batch.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,22 @@ def run(
     address = ray_address(config.address, os.environ)
     spec = load_pipeline_spec(config.pipeline)
     validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
-    store = Store(config.output, dict(config.storage_options))
+    retry = RetryPolicy(deadline_s=config.storage_timeout_s)
+    store = Store(config.output, dict(config.storage_options), retry=retry)
     if "memory" in store.root.protocols and make_runner is None:
         raise UsageError(
             f"-o {store.url}: memory:// lives inside one process, and the workers commit from "
             "their own processes, so nothing would reach this one. Use a local folder, or an "
             "object store (s3://, gs://) that every worker can reach."
         )
+    stop_watching = add_retry_listener(_outage_notices(emit, config.storage_timeout_s))
+    try:
+        return _run_on(config, spec, store, address, emit, make_runner, started)
+    finally:
+        stop_watching()
+
+
+def _run_on(config, spec, store, address, emit, make_runner, started) -> RunSummary:
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"}
     lease = store.acquire_lease(
         owner,
@@ -209,6 +219,25 @@ def _ray_logs_as_notices(emit: OnEvent) -> Iterator[None]:
             message = record.getMessage()
             if not any(noise in message for noise in RAY_NOISE):
                 emit(Notice(f"Ray: {message}"))
+
+
+def _outage_notices(emit: OnEvent, timeout_s: float) -> Callable[[float, BaseException], None]:
+    """Storage retries as notices, at most one every 5 s."""
+    last: list[float] = []
+
+    def on_retry(waited_s: float, error: BaseException) -> None:
+        now = time.monotonic()
+        if last and now - last[-1] < 5.0:
+            return
+        last.append(now)
+        emit(
+            Notice(
+                f"storage unreachable, retrying ({waited_s:.0f} s of {timeout_s:g} s, "
+                f"--storage-timeout): {type(error).__name__}"
+            )
+        )
+
+    return on_retry
 
 
 def _countdown(emit: OnEvent) -> Callable[[str, float], None]:

@@ -78,6 +78,7 @@ RUN_FLAGS: dict[str, str] = {
     "lease_stale_s": "--lease-stale-s",
     "lease_wait": "--no-wait",
     "trust_index": "--trust-index",
+    "storage_timeout_s": "--storage-timeout",
 }
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 GCS_PORT = 6379

@@ -9,7 +9,9 @@ object stores get one PUT (`pipe_file`), which makes the key visible all at once
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -98,23 +100,48 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+OnRetry = Callable[[float, BaseException], None]
+_retry_listeners: list[OnRetry] = []
+
+
+def add_retry_listener(listener: OnRetry) -> Callable[[], None]:
+    """Call `listener(seconds_since_first_failure, error)` before each retry of a transient
+    storage error in this process (the run's live view shows outages); returns its remover."""
+    _retry_listeners.append(listener)
+    return lambda: _retry_listeners.remove(listener) if listener in _retry_listeners else None
+
+
 def with_retries(
     fn: Callable[[], T],
     attempts: int = 5,
     base_delay: float = 0.2,
     max_delay: float = 10.0,
     *,
+    deadline_s: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
     retryable: Callable[[BaseException], bool] = is_transient,
 ) -> T:
-    """Call `fn` until it succeeds, retrying transient errors with full-jitter backoff."""
-    for attempt in range(1, attempts + 1):
+    """Call `fn` until it succeeds, retrying transient errors with full-jitter backoff.
+
+    With `deadline_s`, transient errors are retried until that many seconds have passed since
+    the first failure (however many attempts that takes); without it, `attempts` bound them.
+    """
+    first_failure: float | None = None
+    for attempt in itertools.count(1):
         try:
             return fn()
         except Exception as exc:
-            if attempt >= attempts or not retryable(exc):
-                raise
+            now = clock()
+            first_failure = now if first_failure is None else first_failure
+            waited = now - first_failure
             delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+            out_of_time = attempt >= attempts if deadline_s is None else waited + delay > deadline_s
+            if out_of_time or not retryable(exc):
+                raise
+            for listener in list(_retry_listeners):
+                with contextlib.suppress(Exception):
+                    listener(waited, exc)
             log.debug("transient %s (attempt %d), retrying", type(exc).__name__, attempt)
             sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -125,9 +152,12 @@ class RetryPolicy:
     attempts: int = 5
     base_delay: float = 0.2
     max_delay: float = 10.0
+    deadline_s: float | None = None  # set: retry transient errors for this long instead
 
     def run(self, fn: Callable[[], T]) -> T:
-        return with_retries(fn, self.attempts, self.base_delay, self.max_delay)
+        return with_retries(
+            fn, self.attempts, self.base_delay, self.max_delay, deadline_s=self.deadline_s
+        )
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
@@ -249,8 +279,11 @@ class Root:
             if isinstance(exc, StoreError):
                 raise
             detail = redact_text(f"{type(exc).__name__}: {exc}", self.secrets)
+            waited = ""
+            if self.retry.deadline_s is not None and is_transient(exc):
+                waited = f", still failing after {self.retry.deadline_s:g} s of retries"
             raise StoreError(
-                f"could not {what} {self.where(rel)}: {storage_hint(exc)} ({detail})"
+                f"could not {what} {self.where(rel)}: {storage_hint(exc)} ({detail}){waited}"
             ) from None
 
     # reads

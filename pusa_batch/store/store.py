@@ -61,7 +61,8 @@ from pusa_batch.store.lease import Lease, OnWait, acquire_lease
 
 RUN_FILE = "run.json"
 FINAL_INDEX = "index.parquet"
-DEFAULT_RETRY = RetryPolicy()
+DEFAULT_STORAGE_TIMEOUT_S = 30.0  # how long transient storage errors are retried
+DEFAULT_RETRY = RetryPolicy(deadline_s=DEFAULT_STORAGE_TIMEOUT_S)
 _BAD_ID_CHARS = set('/\\@:*?"<>|')
 
 
