@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from gallery_support import Page, ids, media, read_page, sweep_root
 from PIL import Image
-from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root, commit_item, item_dict
+from test_export_support import (
+    DONE_IDS,
+    SCRIPT_PROMPT,
+    build_root,
+    commit_item,
+    item_dict,
+    record_failure,
+)
 
 from pusa_batch.errors import ExportError
 from pusa_batch.outputs.gallery import POSTER_PX, write_gallery
@@ -167,6 +174,15 @@ def test_cards_of_one_prompt_sit_together_in_seed_order(gallery):
     assert ids(group.all("article")) == ["cat-a", "cat-b", "cat-c"]  # seeds 1, 1, 3
     assert [v.text for v in group.all("span", "variant")] == ["seed 1", "seed 1", "seed 3"]
     assert summary.grouping == "prompt"
+
+
+def test_a_failure_naming_no_pipeline_differs_from_its_group_by_seed_only(tmp_path):
+    store = Store(str(tmp_path / "out"))
+    commit_item(store, item_dict("fox-1", "a fox", 1))
+    record_failure(store, item_dict("fox-2", "a fox", 2, row=2), "PipelineError", "out of memory")
+    write_gallery(store)
+    (group,) = read_page(tmp_path / "out" / "gallery.html").groups
+    assert [v.text for v in group.all("span", "variant")] == ["seed 1", "seed 2"]
 
 
 def test_groups_follow_the_manifest_order(gallery):

@@ -168,8 +168,15 @@ def _sort_key(value: object) -> tuple:
 
 
 def varying_traits(cards: Iterable[Card]) -> tuple[str, ...]:
+    """Traits with more than one value among the cards (a record that names no pipeline, as a
+    failure record does not, is not counted as another pipeline)."""
     cards = list(cards)
-    return tuple(t for t in TRAITS if len({value_text(trait_value(c, t)) for c in cards}) > 1)
+
+    def values(trait: str) -> set[str]:
+        known = [c for c in cards if trait != "pipeline" or c.pipeline]
+        return {value_text(trait_value(c, trait)) for c in known}
+
+    return tuple(t for t in TRAITS if len(values(t)) > 1)
 
 
 def variant_label(card: Card, varying: Iterable[str]) -> str:
