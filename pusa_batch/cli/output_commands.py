@@ -84,9 +84,12 @@ def export(
 
 
 def gallery(
-    output: str = typer.Argument(..., help="Output root of a run."),
+    output: str = typer.Argument(..., metavar="ROOT", help="Output root of a run."),
     html: str | None = typer.Option(
-        None, "--html", help="HTML page to write (default: gallery.html in the root)."
+        None,
+        "--html",
+        metavar="PAGE",
+        help="HTML page to write (default: gallery.html in the root).",
     ),
     legacy_page: str | None = typer.Option(
         None, "--output", "-o", hidden=True, help="Deprecated spelling of --html."
