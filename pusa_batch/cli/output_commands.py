@@ -26,16 +26,20 @@ def export(
     shard_size: str = typer.Option("1GB", help="WebDataset shard size, e.g. 1GB, 500MB."),
     vbench_mode: str = typer.Option(
         "standard",
+        metavar="standard|custom",
         help="VBench: standard (VBench's suite, prompts read from file names) | custom (also "
         "DEST/vbench_prompts.json for --mode custom_input --prompt_file).",
     ),
     vbench_layout: str = typer.Option(
         "flat",
+        metavar="flat|per-dimension",
         help="VBench: flat (DEST/videos/) | per-dimension (DEST/videos/{dimension}/, the "
         "dimensions read from --vbench-prompts).",
     ),
     vbench_prompts: str | None = typer.Option(
-        None, help="VBench's prompts/prompts_per_dimension folder (for --vbench-layout)."
+        None,
+        metavar="DIR",
+        help="VBench's prompts/prompts_per_dimension folder (for --vbench-layout).",
     ),
     storage_option: list[str] | None = StorageOpt,
 ) -> int:
@@ -199,7 +203,9 @@ def manifest_from_vbench(
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Manifest to write."),
     dimension: list[str] | None = typer.Option(
-        None, help="Only this dimension's prompts (repeatable; default: every file)."
+        None,
+        metavar="NAME",
+        help="Only this dimension's prompts (repeatable; default: every file).",
     ),
     samples: int = typer.Option(5, help="Videos per prompt (seeds 0..N-1); VBench scores 5."),
     pipeline: Path | None = PipelineOpt,
