@@ -41,6 +41,13 @@ def export(
         metavar="DIR",
         help="VBench's prompts/prompts_per_dimension folder (for --vbench-layout).",
     ),
+    push_to_hub: str | None = typer.Option(
+        None,
+        "--push-to-hub",
+        metavar="REPO",
+        help="hf only: then upload the export to this Hub dataset repo (OWNER/NAME; created "
+        "private if missing; log in with `hf auth login` or set HF_TOKEN).",
+    ),
     storage_option: list[str] | None = StorageOpt,
 ) -> int:
     """Lay a run out for evaluation suites and dataset loaders."""
@@ -58,8 +65,15 @@ def export(
         raise typer.BadParameter(
             "--vbench-* options are for --format vbench", param_hint="--format"
         )
+    if push_to_hub is not None and format != "hf":
+        raise typer.BadParameter("--push-to-hub is for --format hf", param_hint="--push-to-hub")
+    if push_to_hub is not None:
+        from pusa_batch.outputs.hf import check_repo_id, local_export_folder
+
+        check_repo_id(push_to_hub)
+        hub_folder = local_export_folder(store, dest)  # before exporting: a bucket is refused
     if format == "hf":
-        summary = export_hf(store, dest, storage_options=options)
+        summary = export_hf(store, dest, storage_options=options, repo_id=push_to_hub)
     elif dest is None:
         raise typer.BadParameter(f"--format {format} needs --dest", param_hint="--dest")
     elif format == "vbench":
@@ -84,6 +98,17 @@ def export(
         out.print(f"  VBench's --videos_path: {summary.dest}/videos", markup=False, highlight=False)
     for warning in summary.warnings:
         out.print(f"  warning: {warning}", markup=False, highlight=False)
+    if push_to_hub is not None:
+        from pusa_batch.outputs.hf import hub_upload
+        from pusa_batch.outputs.hf import push_to_hub as push
+
+        upload = hub_upload(hub_folder, push_to_hub)
+        url = push(upload)
+        out.print(
+            f"pushed {len(upload.operations)} file(s) to the Hub dataset {push_to_hub}: {url}",
+            markup=False,
+            highlight=False,
+        )
     return 0
 
 
