@@ -61,18 +61,21 @@ class WeightsLicense:
 FAMILY_LICENSES = {
     "wan2.1": WeightsLicense(
         "apache-2.0",
-        "Wan2.1 (Wan-AI/Wan2.1-T2V-14B-Diffusers) is Apache-2.0; the Pusa V1 LoRA "
-        "(RaphaelLiu/PusaV1) is Apache-2.0 as its Hugging Face model card declares",
+        "Wan2.1 (Wan-AI/Wan2.1-T2V-14B-Diffusers) is Apache-2.0; the Pusa code "
+        "(Yaofang-Liu/Pusa-VidGen) is Apache-2.0 by its LICENSE file; confirm the Pusa V1 "
+        "weights' terms on their model card (RaphaelLiu/PusaV1) before you redistribute",
     ),
     "wan2.2": WeightsLicense(
         "apache-2.0",
-        "Wan2.2 (Wan-AI/Wan2.2-T2V-A14B-Diffusers) is Apache-2.0; the Pusa LoRAs "
-        "(RaphaelLiu/Pusa-Wan2.2-V1) are Apache-2.0 as their Hugging Face model card declares",
+        "Wan2.2 (Wan-AI/Wan2.2-T2V-A14B-Diffusers) is Apache-2.0; the Pusa code "
+        "(Yaofang-Liu/Pusa-VidGen) is Apache-2.0 by its LICENSE file; confirm the Pusa LoRAs' "
+        "terms on their model card (RaphaelLiu/Pusa-Wan2.2-V1) before you redistribute",
     ),
     "mochi": WeightsLicense(
         "apache-2.0",
-        "Mochi 1 preview (genmo/mochi-1-preview) is Apache-2.0; the Pusa V0.5 DiT "
-        "(RaphaelLiu/Pusa-V0.5) is Apache-2.0 as its Hugging Face model card declares",
+        "Mochi 1 preview (genmo/mochi-1-preview) is Apache-2.0; the Pusa code "
+        "(Yaofang-Liu/Pusa-VidGen) is Apache-2.0 by its LICENSE file; confirm the Pusa V0.5 "
+        "DiT's terms on its model card (RaphaelLiu/Pusa-V0.5) before you redistribute",
     ),
 }
 UNKNOWN_LICENSE = WeightsLicense(
