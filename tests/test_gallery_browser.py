@@ -136,6 +136,7 @@ def visible_ids(dom: str) -> list[str]:
 
 
 def test_every_video_poster_and_input_image_in_view_loads(site, tmp_path):
+    site.forget_requests()
     attrs = body_attrs(dump_dom(tmp_path, site.url, size="1200,4000"))  # every card in view
     n_videos = len(DONE_IDS) + 1
     assert attrs["data-media-done"] == "1"

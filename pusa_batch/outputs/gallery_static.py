@@ -98,7 +98,8 @@ PAGE_TAIL = """<script>
     const params = new URLSearchParams();
     selects.forEach((s) => { if (s.value) params.set(s.dataset.facet, s.value); });
     if (search.value) params.set("q", search.value);
-    history.replaceState(null, "", params.toString() ? "#" + params : location.pathname);
+    const here = location.pathname + location.search;
+    history.replaceState(null, "", params.toString() ? "#" + params : here);
   }
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1));
