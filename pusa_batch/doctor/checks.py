@@ -154,9 +154,12 @@ def check_lora(ctx: Context, index: int) -> Check:
     tensors = _lora_as_meta(lora.path)
     # The merge's own validation, on meta tensors: the same keys and shapes pass or fail.
     merge = merge_pusa_lora if lora.kind == "pusa" else merge_lightx2v_lora
-    n = merge(ctx.expert(target), tensors, lora.alpha, source=str(lora.path))
+    report = merge(ctx.expert(target), tensors, lora.alpha, source=str(lora.path))
     return Check(
-        name, "ok", f"{lora.kind} LoRA: {len(tensors)} tensors fit {n} weights of {target}"
+        name,
+        "ok",
+        f"{lora.kind} LoRA: {len(tensors)} tensors fit {report.merged} weights of {target} "
+        f"({report.summary()})",
     )
 
 

@@ -387,6 +387,8 @@ class MergedWeights:
 
     base: str = ""
     loras: tuple[str, ...] = field(default=())
+    # One JSON-ready `lora.MergeReport` per merge, in order: what was merged, what was skipped.
+    merges: tuple[dict, ...] = field(default=())
 
     @property
     def fresh(self) -> bool:

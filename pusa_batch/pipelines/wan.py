@@ -87,9 +87,15 @@ class WanPipeline(Pipeline):
             return self.text.encode(prompt)
 
     def describe(self) -> dict[str, Any]:
-        """Also the LoRAs merged into each expert."""
+        """Also the LoRAs merged into each expert, and per merge what was merged and skipped."""
         loras = {name: list(model.merged_weights.loras) for name, model in self.experts.items()}
-        return {**super().describe(), "loras": loras, "timesteps": dict(sampler.TIMESTEP_RULES)}
+        merges = {name: list(m.merged_weights.merges) for name, m in self.experts.items()}
+        return {
+            **super().describe(),
+            "loras": loras,
+            "lora_merges": merges,
+            "timesteps": dict(sampler.TIMESTEP_RULES),
+        }
 
     def _model_fn(
         self,
