@@ -159,3 +159,33 @@ def test_choices_are_shown_and_checked(capsys):
     assert "wan2.1|wan2.2|mochi" in capsys.readouterr().out
     assert main(["make-tiny-model", "/nonexistent/x", "--kind", "wan3"]) == 2
     assert "'wan3' is not one of" in capsys.readouterr().err
+
+
+def test_export_names_its_destination_dest_and_old_o_still_works_with_a_notice(tmp_path, capsys):
+    from test_export_support import build_root
+
+    store = build_root(tmp_path)
+    args = ["export", store.url, "--format", "webdataset"]
+    assert main([*args, "-o", str(tmp_path / "shards")]) == 0
+    captured = capsys.readouterr()
+    assert "note: -o/--output is deprecated here; use --dest" in captured.err
+    assert main([*args, "--dest", str(tmp_path / "again")]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+
+
+def test_export_json_prints_its_summary(tmp_path, capsys):
+    from test_export_support import DONE_IDS, build_root
+
+    store = build_root(tmp_path)
+    code = main(["export", store.url, "-f", "webdataset", "--dest", str(tmp_path / "w"), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "webdataset" and summary["exported"] == len(DONE_IDS)
+
+
+def test_export_format_is_a_choice_and_a_missing_root_is_an_error(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--format", "mp4zip", "--dest", "x"]) == 2
+    assert "'mp4zip' is not one of" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "typo"), "-f", "hf"]) == 2
+    assert "no output root at" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from pathlib import Path
 
 import typer
@@ -9,30 +11,65 @@ import typer
 from pusa_batch.cli.app import (
     PipelineOpt,
     StorageOpt,
+    err,
     load_spec_or_none,
     out,
     parse_storage_options,
+    print_json,
 )
 
 # ---------------------------------------------------------------- using the outputs
 
 
+class ExportFormat(str, enum.Enum):
+    vbench = "vbench"
+    hf = "hf"
+    webdataset = "webdataset"
+
+
+class VBenchMode(str, enum.Enum):
+    standard = "standard"
+    custom = "custom"
+
+
+class VBenchLayout(str, enum.Enum):
+    flat = "flat"
+    per_dimension = "per-dimension"
+
+
+class GroupBy(str, enum.Enum):
+    auto = "auto"
+    prompt = "prompt"
+    base = "base"
+    none = "none"
+
+
+def legacy_spelling(new: str | None, old: str | None, old_flag: str, new_flag: str) -> str | None:
+    """The value of a renamed option, from its new or (with a notice) its old spelling."""
+    if old is not None and new is not None:
+        raise typer.BadParameter(f"give it once, as {new_flag}", param_hint=old_flag)
+    if old is not None:
+        err.print(f"note: {old_flag} is deprecated here; use {new_flag}", highlight=False)
+    return new if new is not None else old
+
+
 def export(
-    output: str = typer.Argument(..., help="Output root of a run."),
-    format: str = typer.Option(..., "--format", "-f", help="vbench | hf | webdataset"),
+    output: str = typer.Argument(..., metavar="ROOT", help="Output root of a run."),
+    format: ExportFormat = typer.Option(..., "--format", "-f", help="The layout to write."),
     dest: str | None = typer.Option(
-        None, "--dest", "-o", help="Where to write (default: hf into the root, else required)."
+        None, "--dest", help="Where to write (default: hf into the root, else required)."
+    ),
+    legacy_dest: str | None = typer.Option(
+        None, "-o", "--output", hidden=True, help="Deprecated spelling of --dest."
     ),
     shard_size: str = typer.Option("1GB", help="WebDataset shard size, e.g. 1GB, 500MB."),
-    vbench_mode: str = typer.Option(
-        "standard",
-        metavar="standard|custom",
+    vbench_mode: VBenchMode = typer.Option(
+        VBenchMode.standard,
         help="VBench: standard (VBench's suite, prompts read from file names) | custom (also "
         "DEST/vbench_prompts.json for --mode custom_input --prompt_file).",
     ),
-    vbench_layout: str = typer.Option(
-        "flat",
-        metavar="flat|per-dimension",
+    vbench_layout: VBenchLayout = typer.Option(
+        VBenchLayout.flat,
         help="VBench: flat (DEST/videos/) | per-dimension (DEST/videos/{dimension}/, the "
         "dimensions read from --vbench-prompts).",
     ),
@@ -48,6 +85,7 @@ def export(
         help="hf only: then upload the export to this Hub dataset repo (OWNER/NAME; created "
         "private if missing; log in with `hf auth login` or set HF_TOKEN).",
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print the export's summary as JSON."),
     storage_option: list[str] | None = StorageOpt,
 ) -> int:
     """Lay a run out for evaluation suites and dataset loaders."""
@@ -56,10 +94,11 @@ def export(
     from pusa_batch.outputs.webdataset import export_webdataset
     from pusa_batch.store.store import Store
 
+    dest = legacy_spelling(dest, legacy_dest, "-o/--output", "--dest")
+    format, vbench_mode, vbench_layout = format.value, vbench_mode.value, vbench_layout.value
     options = parse_storage_options(storage_option)
     store = Store(output, options)
-    if format not in ("vbench", "hf", "webdataset"):
-        raise typer.BadParameter("expected vbench, hf or webdataset", param_hint="--format")
+    store.require_existing("export")
     vbench_set = (vbench_mode, vbench_layout, vbench_prompts) != ("standard", "flat", None)
     if format != "vbench" and vbench_set:
         raise typer.BadParameter(
@@ -87,6 +126,10 @@ def export(
         )
     else:
         summary = export_webdataset(store, dest, shard_size, storage_options=options)
+    if as_json:
+        hub = push_export(hub_folder, push_to_hub) if push_to_hub is not None else None
+        print_json({**dataclasses.asdict(summary), "pushed_to": hub})
+        return 0
     out.print(
         f"exported {summary.exported} video(s) ({summary.bytes / 1e6:.1f} MB) as {format} "
         f"to {summary.dest}",
@@ -99,17 +142,20 @@ def export(
     for warning in summary.warnings:
         out.print(f"  warning: {warning}", markup=False, highlight=False)
     if push_to_hub is not None:
-        from pusa_batch.outputs.hf import hub_upload
-        from pusa_batch.outputs.hf import push_to_hub as push
-
-        upload = hub_upload(hub_folder, push_to_hub)
-        url = push(upload)
+        pushed = push_export(hub_folder, push_to_hub)
         out.print(
-            f"pushed {len(upload.operations)} file(s) to the Hub dataset {push_to_hub}: {url}",
+            f"pushed {pushed['files']} file(s) to the Hub dataset {push_to_hub}: {pushed['url']}",
             markup=False,
             highlight=False,
         )
     return 0
+
+
+def push_export(folder, repo: str) -> dict:
+    from pusa_batch.outputs.hf import hub_upload, push_to_hub
+
+    upload = hub_upload(folder, repo)
+    return {"repo": repo, "files": len(upload.operations), "url": str(push_to_hub(upload))}
 
 
 def gallery(
@@ -123,8 +169,8 @@ def gallery(
     legacy_page: str | None = typer.Option(
         None, "--output", "-o", hidden=True, help="Deprecated spelling of --html."
     ),
-    group_by: str = typer.Option(
-        "auto",
+    group_by: GroupBy = typer.Option(
+        GroupBy.auto,
         "--group-by",
         help="prompt (seeds side by side) | base (a sweep's grid side by side) | none | auto "
         "(base for a sweep, else prompt when a prompt has several items, else none).",
@@ -135,20 +181,13 @@ def gallery(
     storage_option: list[str] | None = StorageOpt,
 ) -> int:
     """Write a static HTML page to look at a run: summary, filters, videos grouped by prompt."""
-    from pusa_batch.cli.app import err
     from pusa_batch.outputs.gallery import write_gallery
-    from pusa_batch.outputs.gallery_cards import GROUPINGS
     from pusa_batch.store.store import Store
 
-    if legacy_page is not None and html is not None:
-        raise typer.BadParameter("give the page once, as --html PAGE", param_hint="--output")
-    if legacy_page is not None:
-        err.print("note: gallery --output/-o is deprecated; use --html PAGE", highlight=False)
-    if group_by not in GROUPINGS:
-        raise typer.BadParameter(f"expected one of {', '.join(GROUPINGS)}", param_hint="--group-by")
+    page = legacy_spelling(html, legacy_page, "-o/--output", "--html PAGE")
     options = parse_storage_options(storage_option)
     summary = write_gallery(
-        Store(output, options), html or legacy_page, video_base=video_base, group_by=group_by
+        Store(output, options), page, video_base=video_base, group_by=group_by.value
     )
     out.print(
         f"wrote {summary.page}: {summary.done} done, {summary.failed} failed item(s), "
