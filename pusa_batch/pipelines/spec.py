@@ -8,6 +8,14 @@ Download commands (`[weights.download]`, a `[[lora]]`'s `download`) are shell co
 written, run from the TOML file's folder: `PipelineSpec.download(part)` gives the one that fetches
 a part, for `doctor` to print beside a missing file. A file without them works as before.
 
+Weights from URLs: any weight path (`root`, a component, a LoRA) may be an fsspec URL (`s3://`,
+`gs://`, `https://` for one file, `file:///` for a shared file system to copy from), kept as a
+`WeightURL`; `[staging]` says where a node's cache is and gives fsspec options per protocol.
+`pipelines.staging.stage_pipeline` turns such a spec into one with local paths. `identity()`
+lists remote weights as it lists local ones (names and sizes): the same files on S3 or on disk
+give the same identity, so item fingerprints survive a move; URLs, endpoints and storage options
+(secrets) are never part of it.
+
 Families: `wan2.1` and `wan2.2` (Pusa V1, 4x temporal VAE) and `mochi` (Pusa V0.5, 6x temporal
 VAE, its own defaults: 848x480x163 at 30 fps, cfg 4.5, the linear-quadratic schedule).
 """
@@ -25,6 +33,10 @@ from typing import Any
 
 from pusa_batch.errors import PipelineError
 from pusa_batch.models.tiny import TINY_VERSION
+from pusa_batch.weights import StagingConfig, WeightURL, is_url, list_source, url_problem
+from pusa_batch.weights.fetch import MIB
+from pusa_batch.weights.remote import SIDECAR_SUFFIX, SUMS_FILE
+from pusa_batch.weights.urls import PROTOCOL_ALIASES
 
 try:
     import tomllib
@@ -48,7 +60,9 @@ ATTENTIONS = ("sdpa", "flash")
 IDLE_EXPERT = ("keep", "offload")
 LORA_KINDS = ("pusa", "lightx2v")
 EXPERTS = ("high", "low")
-TOP_KEYS = ("name", "family", "weights", "lora", "defaults", "options", "limits")
+TOP_KEYS = ("name", "family", "weights", "lora", "defaults", "options", "limits", "staging")
+STAGING_KEYS = ("cache", "chunk_mb", "parallel", "storage_options")
+WeightPath = Path | WeightURL  # a local path, read in place, or a URL, staged on each node
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,7 @@ IDENTITY_OPTIONS = ("dtype", "vae_tiling", "switch_boundary", "text_max_length")
 
 @dataclass(frozen=True)
 class LoraSpec:
-    path: Path
+    path: WeightPath
     alpha: float
     kind: str = "pusa"
     expert: str = "high"
@@ -129,14 +143,14 @@ class WeightPaths:
     """Resolved paths per component, or `tiny` = the kind of tiny twin to build and use."""
 
     tiny: str | None = None
-    transformer: Path | None = None
-    transformer_2: Path | None = None
-    vae: Path | None = None
-    text_encoder: Path | None = None
-    tokenizer: Path | None = None
-    dit: Path | None = None
+    transformer: WeightPath | None = None
+    transformer_2: WeightPath | None = None
+    vae: WeightPath | None = None
+    text_encoder: WeightPath | None = None
+    tokenizer: WeightPath | None = None
+    dit: WeightPath | None = None
 
-    def components(self) -> dict[str, Path]:
+    def components(self) -> dict[str, WeightPath]:
         return {c: getattr(self, c) for c in COMPONENTS if getattr(self, c) is not None}
 
 
@@ -152,6 +166,25 @@ class PipelineSpec:
     limits: Limits = field(default_factory=Limits)
     # (component, command) for each component a `[weights.download]` command fetches
     downloads: tuple[tuple[str, str], ...] = ()
+    staging: StagingConfig = field(default_factory=StagingConfig)  # `[staging]`: URLs only
+
+    def remote_parts(self) -> dict[str, WeightURL]:
+        """{component or lora[i]: URL} for every weight named by URL."""
+        parts: dict[str, Any] = dict(self.weights.components())
+        parts.update((f"lora[{i}]", lo.path) for i, lo in enumerate(self.loras))
+        return {k: v for k, v in parts.items() if isinstance(v, WeightURL)}
+
+    def with_weight_storage_options(self, options: Mapping[str, Any]) -> PipelineSpec:
+        """The spec with more fsspec options for its weight URLs (a CLI's
+        `--weights-storage-option`): a `PROTOCOL:KEY` applies to that protocol, a plain `KEY` to
+        every protocol the weight URLs use. Values are never printed."""
+        staging = self.staging
+        used = sorted({url.protocol for url in self.remote_parts().values()})
+        for key, value in options.items():
+            protocol, _, name = key.rpartition(":")
+            for target in [PROTOCOL_ALIASES.get(protocol, protocol)] if protocol else used:
+                staging = staging.with_options(target, _nested(name, value))
+        return replace(self, staging=staging)
 
     def download(self, part: str) -> str | None:
         """The command that fetches `part` (a component or `lora[i]`), run in `source.parent`;
@@ -183,10 +216,11 @@ class PipelineSpec:
         return "linear_quadratic" if self.family == "mochi" else "shifted"
 
     def check_weights(self) -> None:
-        """Raise `PipelineError` naming every weight or LoRA path that does not exist."""
+        """Raise `PipelineError` naming every weight or LoRA path that does not exist (a URL is
+        listed: LIST / HEAD requests, no object read; `WeightsError` if it cannot be)."""
         comps = self.weights.components().items()
-        missing = [f"weights.{c} = {p}" for c, p in comps if not p.exists()]
-        missing += [f"lora.path = {lo.path}" for lo in self.loras if not lo.path.exists()]
+        missing = [f"weights.{c} = {p}" for c, p in comps if not self._exists(p)]
+        missing += [f"lora.path = {lo.path}" for lo in self.loras if not self._exists(lo.path)]
         if missing:
             raise PipelineError(
                 f"{self.source}: weight files not found: {'; '.join(missing)}. Download them "
@@ -196,16 +230,19 @@ class PipelineSpec:
     def identity(self) -> str:
         """Stable hash of what decides the frames: family, weight files (names and sizes, not
         contents), LoRAs and alphas, and the options in `IDENTITY_OPTIONS`. Item defaults are
-        not part of it: they are resolved into each item, whose fingerprint covers them."""
+        not part of it: they are resolved into each item, whose fingerprint covers them.
+
+        Weights named by URL are listed the same way (names and sizes, checksum files left
+        out), so the same files give the same identity on a disk, on S3 or staged in a cache.
+        """
         self.check_weights()
         if self.weights.tiny is not None:
             weights: Any = f"tiny:{self.weights.tiny}-{TINY_VERSION}"
         else:
-            weights = {c: _file_listing(p) for c, p in self.weights.components().items()}
-            dit_config = self.weights.dit.parent / "config.json" if self.weights.dit else None
-            if dit_config is not None and self.weights.dit.is_file() and dit_config.is_file():
-                weights["dit"] += _file_listing(dit_config)  # the DiT's dims, when given
-        loras = [[_file_listing(lo.path), lo.alpha, lo.kind, lo.expert] for lo in self.loras]
+            weights = {c: self._listing(p) for c, p in self.weights.components().items()}
+            if self.weights.dit is not None:
+                weights["dit"] = self._dit_listing(self.weights.dit)
+        loras = [[self._listing(lo.path), lo.alpha, lo.kind, lo.expert] for lo in self.loras]
         blob = json.dumps(
             {
                 "family": self.family,
@@ -216,6 +253,26 @@ class PipelineSpec:
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _exists(self, path: WeightPath) -> bool:
+        if isinstance(path, Path):
+            return path.exists()
+        return list_source(path, self.staging.options_for(path), missing_ok=True) is not None
+
+    def _listing(self, path: WeightPath) -> list[tuple[str, int]]:
+        if isinstance(path, Path):
+            return _file_listing(path)
+        return list_source(path, self.staging.options_for(path)).listing()
+
+    def _dit_listing(self, dit: WeightPath) -> list[tuple[str, int]]:
+        """The DiT file, and the `config.json` beside it (its dims) when there is one."""
+        if isinstance(dit, Path):
+            config = dit.parent / "config.json"
+            extra = _file_listing(config) if dit.is_file() and config.is_file() else []
+            return _file_listing(dit) + extra
+        source = list_source(dit, self.staging.options_for(dit), ("config.json",))
+        extra = [(f.rel, f.size) for f in source.files[1:] if f.rel == "config.json"]
+        return source.listing() + (extra if source.is_file else [])
 
     def _identity_options(self) -> dict[str, Any]:
         """Only options this family uses; a Wan spec on its own schedule hashes as it always did."""
@@ -235,16 +292,25 @@ def _file_listing(path: Path) -> list[tuple[str, int]]:
     """(name, size) of a file, or of every file under a folder (relative names, sorted).
 
     Hidden entries are skipped: `hf download --local-dir` keeps changing metadata
-    under `.cache/`.
+    under `.cache/`. So are checksum files (`*.sha256`, `SHA256SUMS`): they describe weights,
+    and staging verifies with them.
     """
     if path.is_file():
         return [(path.name, path.stat().st_size)]
     listing = []
     for p in path.rglob("*"):
         rel = p.relative_to(path)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+        hidden = any(part.startswith(".") for part in rel.parts)
+        checksums = p.name.endswith(SIDECAR_SUFFIX) or p.name == SUMS_FILE
+        if p.is_file() and not hidden and not checksums:
             listing.append((str(rel), p.stat().st_size))
     return sorted(listing)
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    """`client_kwargs.endpoint_url` = v -> {"client_kwargs": {"endpoint_url": v}}."""
+    head, _, rest = dotted.partition(".")
+    return {head: _nested(rest, value) if rest else value}
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -299,6 +365,9 @@ def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
     weights = _parse_weights(where, raw_weights, family, source.parent)
     downloads = _parse_downloads(where, raw_download, raw_weights, family)
     loras = _parse_loras(where, raw.get("lora", []), family, source.parent)
+    urls = [*weights.components().values(), *(lo.path for lo in loras)]
+    used = sorted({u.protocol for u in urls if isinstance(u, WeightURL)})
+    staging = _parse_staging(where, where.table(raw, "staging"), source.parent, used)
     mochi = family == "mochi"
     base = MOCHI_DEFAULTS if mochi else Defaults()
     defaults = _parse_dataclass(where, where.table(raw, "defaults"), base, "defaults")
@@ -314,12 +383,58 @@ def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
     for key, value in asdict(limits).items():
         if value < 1:
             raise where.fail(f"limits.{key}", f"must be at least 1, got {value}")
-    return PipelineSpec(name, family, source, weights, loras, defaults, options, limits, downloads)
+    return PipelineSpec(
+        name, family, source, weights, loras, defaults, options, limits, downloads, staging
+    )
 
 
 def _resolve(base: Path, value: str) -> Path:
     p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else (base / p).resolve()
+
+
+def _weight_path(where: _Where, key: str, base: Path, value: str) -> WeightPath:
+    """A URL as written (a `WeightURL`), else a path resolved against the TOML's folder."""
+    if not is_url(value):
+        return _resolve(base, value)
+    problem = url_problem(value)
+    if problem:
+        raise where.fail(key, f"{problem}, got {str(WeightURL(value))!r}")
+    return WeightURL(value)
+
+
+def _parse_staging(
+    where: _Where, raw: Mapping[str, Any], base: Path, used: list[str]
+) -> StagingConfig:
+    """`[staging]`: `cache` (a folder), `chunk_mb`, `parallel`, and `[staging.storage_options.
+    PROTOCOL]` tables of fsspec options for the weight URLs of that protocol."""
+    where.no_unknown(raw, STAGING_KEYS, "staging.")
+    cache = raw.get("cache")
+    if cache is not None and (not isinstance(cache, str) or not cache or is_url(cache)):
+        raise where.fail("staging.cache", f"must be a local folder (a path), got {cache!r}")
+    numbers = {"chunk_mb": (64, 1, 4096), "parallel": (8, 1, 64)}
+    values = {}
+    for key, (default, low, high) in numbers.items():
+        value = raw.get(key, default)
+        if not _has_type(value, int) or not low <= value <= high:
+            raise where.fail(f"staging.{key}", f"must be an integer in {low}..{high}, got {value!r}")
+        values[key] = value
+    options: dict[str, dict[str, Any]] = {}
+    for protocol, table in where.table(raw, "storage_options").items():
+        key = f"staging.storage_options.{protocol}"
+        if not isinstance(table, Mapping):
+            raise where.fail(key, "must be a table of fsspec options for that protocol's URLs")
+        canonical = PROTOCOL_ALIASES.get(protocol.lower(), protocol.lower())
+        if canonical not in used:
+            uses = ", ".join(f"{u}://" for u in used) or "none"
+            raise where.fail(key, f"no weight URL here is {protocol}:// (the weights use: {uses})")
+        options[canonical] = dict(table)
+    return StagingConfig(
+        cache=_resolve(base, cache) if cache is not None else None,
+        chunk_bytes=values["chunk_mb"] * MIB,
+        parallel=values["parallel"],
+        storage_options=options,
+    )
 
 
 def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Path) -> WeightPaths:
@@ -338,11 +453,11 @@ def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Pat
         if len(raw) > 1:
             raise where.fail("weights", "`tiny` uses generated weights: give no other weight keys")
         return WeightPaths(tiny=family)
-    root = _resolve(base, raw["root"]) if "root" in raw else None
-    paths: dict[str, Path] = {}
+    root = _weight_path(where, "weights.root", base, raw["root"]) if "root" in raw else None
+    paths: dict[str, WeightPath] = {}
     for comp in FAMILY_COMPONENTS[family]:
         if comp in raw:
-            paths[comp] = _resolve(base, raw[comp])
+            paths[comp] = _weight_path(where, f"weights.{comp}", base, raw[comp])
         elif root is not None:
             paths[comp] = root / (MOCHI_DIT_FILE if comp == "dit" else comp)
         else:
@@ -400,7 +515,8 @@ def _parse_loras(where: _Where, raw: Any, family: str, base: Path) -> tuple[Lora
         download = entry.get("download")
         if download is not None:
             download = _check_command(where, f"{key}.download", download)
-        lora = LoraSpec(_resolve(base, path), float(alpha), kind, expert or "high", download)
+        where_from = _weight_path(where, f"{key}.path", base, path)
+        lora = LoraSpec(where_from, float(alpha), kind, expert or "high", download)
         out.append(lora)
     return tuple(out)
 

@@ -63,7 +63,7 @@ class WanPipeline(Pipeline):
             dtype=dtype,
             cache_size=opts.prompt_cache_size,
         )
-        vae = _load_vae(paths["vae"], dev, tiling=opts.vae_tiling)
+        vae = _load_vae(paths["vae"], dev, tiling=opts.vae_tiling, tile=_vae_tile(opts))
         experts = {}
         for i, name in enumerate(spec.experts):
             # With idle_expert = "offload" only the first (high-noise) expert starts on the GPU.
@@ -155,7 +155,21 @@ class WanPipeline(Pipeline):
                 model.to(target)
 
 
-def _load_vae(path: Path, device: torch.device, *, tiling: bool) -> torch.nn.Module:
+def _vae_tile(opts: Any) -> dict[str, int]:
+    """`enable_tiling`'s keywords from the spec's options (pixels); the 0s are left out, for
+    diffusers' own values."""
+    names = {
+        "vae_tile_height": "tile_sample_min_height",
+        "vae_tile_width": "tile_sample_min_width",
+        "vae_tile_stride_height": "tile_sample_stride_height",
+        "vae_tile_stride_width": "tile_sample_stride_width",
+    }
+    return {theirs: getattr(opts, ours) for ours, theirs in names.items() if getattr(opts, ours)}
+
+
+def _load_vae(
+    path: Path, device: torch.device, *, tiling: bool, tile: dict[str, int] | None = None
+) -> torch.nn.Module:
     from diffusers import AutoencoderKLWan
 
     try:
@@ -169,7 +183,13 @@ def _load_vae(path: Path, device: torch.device, *, tiling: bool) -> torch.nn.Mod
             "folder (config.json + diffusion_pytorch_model.safetensors)."
         ) from e
     if tiling:
-        vae.enable_tiling()
+        try:
+            vae.enable_tiling(**(tile or {}))  # encode and decode alike, as upstream tiles both
+        except TypeError as e:
+            raise PipelineError(
+                f"this diffusers' AutoencoderKLWan.enable_tiling takes no tile sizes ({e}); "
+                "upgrade diffusers, or leave the options.vae_tile_* keys out"
+            ) from e
     return vae.to(device).eval().requires_grad_(False)
 
 
