@@ -62,6 +62,11 @@ class CheckpointError(PipelineError):
     """A checkpoint's keys or shapes do not match the architecture."""
 
 
+class WeightsError(PipelineError):
+    """Weights named by URL cannot be listed, fetched, verified or staged; the message names the
+    URL (redacted) and the fix."""
+
+
 class StoreError(PusaBatchError):
     """The output root cannot be read or written."""
 
