@@ -27,22 +27,11 @@ MAY_IMPORT: dict[str, set[str]] = {
     "tasks": {"cells", "errors"},
     "models": {"errors"},
     "store": {"errors"},
-    "weights": {"errors", "store"},
-    "pipelines": {"errors", "item", "models", "sampler", "tasks", "video", "weights"},
+    "pipelines": {"errors", "item", "models", "sampler", "tasks", "video"},
     "manifest": {"cells", "errors", "item", "pipelines", "tasks", "video"},
     "doctor": {"errors", "models", "pipelines"},
     "outputs": {"errors", "item", "manifest", "store", "video"},
-    "engine": {
-        "(face)",
-        "doctor",
-        "errors",
-        "item",
-        "manifest",
-        "pipelines",
-        "store",
-        "video",
-        "weights",
-    },
+    "engine": {"(face)", "doctor", "errors", "item", "manifest", "pipelines", "store", "video"},
     "cli": {
         "(face)",
         "doctor",
@@ -54,7 +43,6 @@ MAY_IMPORT: dict[str, set[str]] = {
         "pipelines",
         "store",
         "tasks",
-        "weights",
     },
     "__main__": {"cli"},
     "(face)": set(),  # the face names its modules as strings, imported on first use
@@ -62,7 +50,6 @@ MAY_IMPORT: dict[str, set[str]] = {
 # Room -> third-party packages it must never import (torch-free and Ray-free rooms).
 NEVER_IMPORTS: dict[str, set[str]] = {
     "store": {"torch", "ray", "diffusers", "transformers"},
-    "weights": {"torch", "ray", "diffusers", "transformers", "safetensors"},
     "manifest": {"torch", "ray", "diffusers", "transformers"},
     "outputs": {"torch", "ray", "diffusers", "transformers"},
     "item": {"torch", "ray", "numpy", "pandas"},

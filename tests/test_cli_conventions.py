@@ -189,3 +189,19 @@ def test_export_format_is_a_choice_and_a_missing_root_is_an_error(tmp_path, caps
     assert main(["export", str(tmp_path / "typo"), "-f", "hf"]) == 2
     assert "no output root at" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
+
+
+def test_doctor_json_lists_every_check(capsys):
+    assert main(["doctor", "--pipeline", str(TINY), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["checks"]
+    assert {"name", "status", "detail"} <= set(report["checks"][0])
+
+
+def test_builder_tasks_are_choices(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red fox\n")
+    args = ["manifest", "from-prompts", str(prompts), "-o", str(tmp_path / "m.csv")]
+    assert main([*args, "--task", "dance"]) == 2
+    assert "'dance' is not one of" in capsys.readouterr().err
+    assert main([*args, "--task", "t2v"]) == 0

@@ -17,6 +17,7 @@ from pusa_batch.cli.app import (
     parse_storage_options,
     print_json,
 )
+from pusa_batch.tasks import TASKS
 
 # ---------------------------------------------------------------- using the outputs
 
@@ -35,6 +36,9 @@ class VBenchMode(str, enum.Enum):
 class VBenchLayout(str, enum.Enum):
     flat = "flat"
     per_dimension = "per-dimension"
+
+
+TaskChoice = enum.Enum("TaskChoice", {task: task for task in TASKS}, type=str)
 
 
 class GroupBy(str, enum.Enum):
@@ -220,7 +224,7 @@ def manifest_from_folder(
     prompts: Path | None = typer.Option(
         None, help="Folder of .txt prompts (default: beside images)."
     ),
-    task: str = typer.Option("i2v", help="Task of every row."),
+    task: TaskChoice = typer.Option(TaskChoice("i2v"), help="Task of every row."),
     strict: bool = typer.Option(False, help="Unpaired images or prompts are an error, not a skip."),
     pipeline: Path | None = PipelineOpt,
 ) -> int:
@@ -231,7 +235,7 @@ def manifest_from_folder(
         str(images),
         str(output),
         prompts_dir=str(prompts) if prompts else None,
-        task=task,
+        task=task.value,
         strict=strict,
         spec=load_spec_or_none(pipeline),
     )
@@ -241,7 +245,7 @@ def manifest_from_folder(
 def manifest_from_prompts(
     prompts: Path = typer.Argument(..., help="Prompts: .txt (one per line), .jsonl or .csv."),
     output: Path = typer.Option(..., "-o", "--output", help="Manifest to write."),
-    task: str = typer.Option("t2v", help="Task of every row."),
+    task: TaskChoice = typer.Option(TaskChoice("t2v"), help="Task of every row."),
     seeds_per_prompt: int = typer.Option(1, help="Rows (seeds) per prompt."),
     seed_start: int = typer.Option(0, help="First seed."),
     pipeline: Path | None = PipelineOpt,
@@ -253,7 +257,7 @@ def manifest_from_prompts(
     summary = from_prompts(
         str(prompts),
         str(output),
-        task=task,
+        task=task.value,
         seeds_per_prompt=seeds_per_prompt,
         seed_start=seed_start,
         spec=load_spec_or_none(pipeline),

@@ -64,11 +64,18 @@ def validate(
     return 2 if report.problems else 0
 
 
-def doctor(pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML.")) -> int:
+def doctor(
+    pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+) -> int:
     """Check a pipeline's files, keys, shapes, LoRAs and memory without loading weights."""
     from pusa_batch.doctor.preflight import diagnose
 
     report = diagnose(load_spec_or_none(pipeline))
+    if as_json:
+        checks = [dataclasses.asdict(check) for check in report.checks]
+        print_json({"ok": report.ok, "summary": report.summary(), "checks": checks})
+        return 0 if report.ok else 2
     for check in report.checks:
         word, colour = DOCTOR_MARKS[check.status]
         text = escape(f"{check.name}: {'' if check.lines else check.detail}".rstrip())
