@@ -27,11 +27,22 @@ MAY_IMPORT: dict[str, set[str]] = {
     "tasks": {"cells", "errors"},
     "models": {"errors"},
     "store": {"errors"},
-    "pipelines": {"errors", "item", "models", "sampler", "tasks", "video"},
+    "weights": {"errors", "store"},
+    "pipelines": {"errors", "item", "models", "sampler", "tasks", "video", "weights"},
     "manifest": {"cells", "errors", "item", "pipelines", "tasks", "video"},
     "doctor": {"errors", "models", "pipelines"},
     "outputs": {"errors", "item", "manifest", "store", "video"},
-    "engine": {"(face)", "doctor", "errors", "item", "manifest", "pipelines", "store", "video"},
+    "engine": {
+        "(face)",
+        "doctor",
+        "errors",
+        "item",
+        "manifest",
+        "pipelines",
+        "store",
+        "video",
+        "weights",
+    },
     "cli": {
         "(face)",
         "doctor",
@@ -43,6 +54,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "pipelines",
         "store",
         "tasks",
+        "weights",
     },
     "__main__": {"cli"},
     "(face)": set(),  # the face names its modules as strings, imported on first use
@@ -50,6 +62,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 # Room -> third-party packages it must never import (torch-free and Ray-free rooms).
 NEVER_IMPORTS: dict[str, set[str]] = {
     "store": {"torch", "ray", "diffusers", "transformers"},
+    "weights": {"torch", "ray", "diffusers", "transformers", "safetensors"},
     "manifest": {"torch", "ray", "diffusers", "transformers"},
     "outputs": {"torch", "ray", "diffusers", "transformers"},
     "item": {"torch", "ray", "numpy", "pandas"},
