@@ -2,7 +2,8 @@
 
 `load_pipeline(spec)` is the family registry. It names each family's module as a string and
 imports it only when that family is loaded, so reading a spec never imports torch and no family
-module imports this one (no cycle between the registry and the families).
+module imports this one (no cycle between the registry and the families). Weight URLs are staged
+on this node first (`staging.stage_pipeline`): the families only ever see local paths.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pusa_batch.pipelines.spec import MOCHI_DIT_FILE, PipelineSpec, load_pipeline_spec
+from pusa_batch.pipelines.staging import stage_pipeline
 
 if TYPE_CHECKING:
     import torch
 
     from pusa_batch.pipelines.base import Pipeline
+    from pusa_batch.weights import OnProgress
 
 __all__ = [
     "FAMILY_CLASSES",
@@ -24,6 +27,7 @@ __all__ = [
     "component_paths",
     "load_pipeline",
     "load_pipeline_spec",
+    "stage_pipeline",
 ]
 
 FAMILY_CLASSES: dict[str, str] = {
@@ -57,10 +61,12 @@ def load_pipeline(
     device: str | torch.device | None = None,
     *,
     storage_options: dict | None = None,
+    on_staging: OnProgress | None = None,
 ) -> Pipeline:
     """Load every component once; `spec` may be a path to a pipeline TOML file.
 
-    `storage_options` are fsspec's, for remote input media.
+    `storage_options` are fsspec's, for remote input media. Weight URLs are staged into this
+    node's cache first, with `StagingProgress` events to `on_staging`.
     """
     from pusa_batch.pipelines.device import resolve_device, resolve_dtype
 
@@ -68,4 +74,5 @@ def load_pipeline(
         spec = load_pipeline_spec(spec)
     dev = resolve_device(device if device is not None else spec.options.device)
     dtype = resolve_dtype(spec.options.dtype, dev)
+    spec = stage_pipeline(spec, on_staging)
     return family_class(spec.family).build(spec, component_paths(spec), dev, dtype, storage_options)

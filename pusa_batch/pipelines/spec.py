@@ -417,7 +417,9 @@ def _parse_staging(
     for key, (default, low, high) in numbers.items():
         value = raw.get(key, default)
         if not _has_type(value, int) or not low <= value <= high:
-            raise where.fail(f"staging.{key}", f"must be an integer in {low}..{high}, got {value!r}")
+            raise where.fail(
+                f"staging.{key}", f"must be an integer in {low}..{high}, got {value!r}"
+            )
         values[key] = value
     options: dict[str, dict[str, Any]] = {}
     for protocol, table in where.table(raw, "storage_options").items():
