@@ -5,6 +5,9 @@ Families differ only here: Wan has `transformer/` (and Wan2.2 `transformer_2/`) 
 diffusers layout, a Wan VAE and umT5; Mochi has one genmo-layout DiT file
 (`pusa_v0_dit.safetensors`, with an optional `config.json` beside it, else the 10B defaults), a
 Mochi VAE and T5.
+
+Weights named by URL are read through header twins (`pipelines.staging.header_twins`): their
+small files fetched whole, each safetensors header by two range reads, no tensor data.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pusa_batch.models.tiny import TINY_VERSION, default_cache_root, tiny_marker
 from pusa_batch.models.wan import PusaWanTransformer
 from pusa_batch.pipelines.device import resolve_device, resolve_dtype
 from pusa_batch.pipelines.spec import PipelineSpec
+from pusa_batch.pipelines.staging import header_twins
 
 GIB = 1024**3
 _DTYPE_NAMES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "F64": "fp64"}
@@ -127,10 +131,12 @@ class Context:
     """What the checks share: paths, file problems, and headers and meta models read once."""
 
     def __init__(self, spec: PipelineSpec, memory_budget: int | None):
-        self.spec = spec
+        twins = header_twins(spec)  # weight URLs: small files whole, safetensors headers by range
+        self.spec = spec = twins.spec
         self.memory_budget = memory_budget
         self.paths = component_paths(spec)
-        self.problems = {} if self.paths is None else file_problems(spec, self.paths)
+        found = {} if self.paths is None else file_problems(spec, self.paths)
+        self.problems = {**found, **twins.problems}
         self._cache: dict[tuple[str, str], Any] = {}
 
     def _once(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
