@@ -114,6 +114,12 @@ class Options:
     batched_cfg: bool = False
     text_encoder_offload: bool = False
     vae_tiling: bool = False
+    # The tile and stride of `vae_tiling`, in pixels (0: diffusers' own, 256 / 192). Upstream
+    # Pusa tiles with (30, 52) / (15, 26) latents = 240x416 / 120x208 pixels (pusa-*.toml).
+    vae_tile_height: int = 0
+    vae_tile_width: int = 0
+    vae_tile_stride_height: int = 0
+    vae_tile_stride_width: int = 0
     attention: str = "sdpa"
     switch_boundary: float = 0.875
     text_max_length: int = 512
@@ -127,6 +133,13 @@ class Options:
 
 MOCHI_OPTIONS = Options(text_max_length=256)
 IDENTITY_OPTIONS = ("dtype", "vae_tiling", "switch_boundary", "text_max_length")
+DIFFUSERS_VAE_TILE = (256, 192)  # AutoencoderKLWan's own tile and stride, in pixels
+VAE_TILE_OPTIONS = (
+    "vae_tile_height",
+    "vae_tile_width",
+    "vae_tile_stride_height",
+    "vae_tile_stride_width",
+)
 
 
 @dataclass(frozen=True)
@@ -285,6 +298,9 @@ class PipelineSpec:
             options["threshold_noise"] = self.options.threshold_noise
         if self.family == "mochi":
             options.update({k: getattr(self.options, k) for k in MOCHI_ONLY_OPTIONS})
+        tile = [getattr(self.options, k) for k in VAE_TILE_OPTIONS]
+        if self.options.vae_tiling and any(tile):  # diffusers' own tiles hash as they always did
+            options["vae_tile"] = tile
         return options
 
 
@@ -594,3 +610,28 @@ def _check_options(where: _Where, o: Options, family: str) -> None:
         raise where.fail("options.threshold_noise", "must be between 0 and 1 (Mochi uses 0.025)")
     if family == "mochi" and o.attention != "sdpa":
         raise where.fail("options.attention", 'the Mochi DiT runs on sdpa only: use "sdpa"')
+    _check_vae_tile(where, o, family)
+
+
+def _check_vae_tile(where: _Where, o: Options, family: str) -> None:
+    """Tile and stride: 0 (diffusers' own) or positive multiples of 8 pixels (one latent), the
+    stride no larger than its tile, and only with `vae_tiling = true` on a Wan pipeline."""
+    given = [k for k in VAE_TILE_OPTIONS if getattr(o, k)]
+    for key in VAE_TILE_OPTIONS:
+        value = getattr(o, key)
+        if value < 0 or value % 8:
+            raise where.fail(
+                f"options.{key}", f"must be 0 or a positive multiple of 8 pixels, got {value}"
+            )
+    if given and family == "mochi":
+        raise where.fail(f"options.{given[0]}", "only wan pipelines take VAE tile sizes")
+    if given and not o.vae_tiling:
+        raise where.fail(f"options.{given[0]}", "takes effect only with vae_tiling = true")
+    for side in ("height", "width"):
+        tile = getattr(o, f"vae_tile_{side}") or DIFFUSERS_VAE_TILE[0]
+        stride = getattr(o, f"vae_tile_stride_{side}") or DIFFUSERS_VAE_TILE[1]
+        if stride > tile:
+            raise where.fail(
+                f"options.vae_tile_stride_{side}",
+                f"{stride} is larger than the tile ({tile}; vae_tile_{side}): it would leave gaps",
+            )
