@@ -104,26 +104,53 @@ def frame_scale(num_frames_latent: int, spec: ConditioningSpec | None) -> Tensor
     return scale
 
 
-def initial_latents(noise: Tensor, sigmas: Tensor, spec: ConditioningSpec | None) -> Tensor:
-    """x = noise; conditioned frames get their clean latent, noised once with the same noise."""
+INITIAL_ROUNDINGS = ("noise", "state")
+
+
+def bf16_values(t: Tensor) -> Tensor:
+    """Every element rounded to the nearest bf16 value, kept in `t`'s dtype."""
+    return t.to(torch.bfloat16).to(t.dtype)
+
+
+def initial_latents(
+    noise: Tensor,
+    sigmas: Tensor,
+    spec: ConditioningSpec | None,
+    *,
+    rounding: str | None = None,
+) -> Tensor:
+    """x = noise; conditioned frames get their clean latent, noised once with the same noise.
+
+    ``rounding`` reproduces the official pipelines' bf16 start (pipeline option `numerics =
+    "upstream"`, docs/parity.md): "noise" rounds the noise to bf16 values first (Pusa V0.5 draws
+    it in bf16); "state" also rounds the clean latents first and the whole state after (Pusa V1
+    holds noise, conditioning latents and the noised conditioned frames in bf16 until its first
+    step). None (the default) keeps everything as given. The result stays in ``noise.dtype``.
+    """
+    if rounding is not None and rounding not in INITIAL_ROUNDINGS:
+        raise ValueError(f"rounding must be None or one of {INITIAL_ROUNDINGS}, got {rounding!r}")
+    if rounding is not None:
+        noise = bf16_values(noise)
     x = noise.clone()
     if spec is None:
         return x
     spec.check_fits(noise.shape[2])
     clean = spec.clean.to(noise.dtype)
+    if rounding == "state":
+        clean = bf16_values(clean)
     same_tail = clean.shape[1:2] + clean.shape[3:] == noise.shape[1:2] + noise.shape[3:]
     if clean.shape[0] not in (1, noise.shape[0]) or not same_tail:
         raise ValueError(
             f"clean latents {tuple(spec.clean.shape)} do not match noise {tuple(noise.shape)}"
         )
     clean = clean.expand(noise.shape[0], -1, -1, -1, -1)
-    sigma0 = float(sigmas[0])
+    sigma0 = sigmas[0].to(device=noise.device, dtype=torch.float32)
     for j, (f, m) in enumerate(zip(spec.latent_index, spec.multipliers)):
         x[:, :, f] = clean[:, :, j]
         if m > 0:
-            s = m * sigma0
-            x[:, :, f] = (1.0 - s) * clean[:, :, j] + s * noise[:, :, f]
-    return x
+            s = sigma0 * m  # a float32 tensor: (1 - s) rounds as the official pipelines round it
+            x[:, :, f] = ((1 - s) * clean[:, :, j] + s * noise[:, :, f]).to(x.dtype)
+    return bf16_values(x) if rounding == "state" else x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,12 +164,15 @@ def sample(
     cond: ConditioningSpec | None = None,
     *,
     callback: Callback | None = None,
+    initial_rounding: str | None = None,
 ) -> Tensor:
     """Euler flow matching with one noise level per frame.
 
     Frame f follows the trajectory ``scale_f * sigmas``; frames with multiplier 0 are returned
     bit-identical to their clean latent. Conditioning is written once, never re-injected.
     ``callback(step, total, x)`` runs after each step, with step counting 1..total.
+    ``initial_rounding`` is `initial_latents`' ``rounding``; the loop itself always runs in
+    ``noise.dtype``.
     """
     if noise.dim() != 5:
         raise ValueError(f"noise must be (B, C, F, H, W), got shape {tuple(noise.shape)}")
@@ -152,7 +182,7 @@ def sample(
     scale = frame_scale(frames, cond).to(noise.device)
     frozen = (scale == 0).view(1, 1, frames, 1, 1)
     sigmas = sigmas.to(device=noise.device, dtype=torch.float32)
-    x = initial_latents(noise, sigmas, cond)
+    x = initial_latents(noise, sigmas, cond, rounding=initial_rounding)
     total = len(sigmas) - 1
     for k in range(total):
         sigma_frames = (sigmas[k] * scale).expand(batch, frames)

@@ -15,7 +15,9 @@ family supplies prompt encoding, pixel encoding, the model function and decoding
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -30,6 +32,34 @@ from pusa_batch.pipelines.spec import PipelineSpec
 from pusa_batch.tasks import CondPlan, conditioning_video_layout, plan_conditioning
 
 PixelEncoder = Callable[[np.ndarray], Tensor]  # uint8 (n, H, W, 3) -> latents (1, C, t, h, w)
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # what torch asks of cuBLAS >= 10.2 for deterministic GEMMs
+
+
+def apply_determinism(options: Any) -> None:
+    """`deterministic = true`: torch's determinism settings, for the whole (worker) process.
+
+    Each family's `build` calls this first, before any weights reach the device: PyTorch reads
+    CUBLAS_WORKSPACE_CONFIG once, at its first cuBLAS call, so it must be set before any GPU
+    matmul. A value already in the environment is kept. Ops with no deterministic kernel warn
+    rather than fail the item (`warn_only=True`). Nothing is undone afterwards: a worker holds
+    its pipeline for life. docs/parity.md says what this does and does not give on a GPU.
+    """
+    if not options.deterministic:
+        return
+    if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        if torch.cuda.is_initialized():
+            warnings.warn(
+                "deterministic = true, but CUDA was in use before this pipeline loaded: "
+                "CUBLAS_WORKSPACE_CONFIG may come too late; set it to :4096:8 in the "
+                "environment of the worker instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +97,9 @@ class Pipeline:
     """
 
     z_dim: int
+    # What `numerics = "upstream"` rounds to bf16 before sampling (`sampler.initial_latents`):
+    # Pusa V1 holds noise, conditioning latents and its initial state in bf16 ("state").
+    upstream_rounding: str = "state"
 
     def __init__(
         self,
@@ -122,6 +155,7 @@ class Pipeline:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "schedule": self.spec.schedule,
+            "numerics": self.spec.options.numerics,
         }
 
     def sigmas(self, steps: int, shift: float) -> Tensor:
@@ -222,8 +256,16 @@ class Pipeline:
             cond = sampler.ConditioningSpec(
                 cond.latent_index, cond.clean.to(self.device), cond.multipliers
             )
+        rounding = self.upstream_rounding if self.spec.options.numerics == "upstream" else None
         with torch.inference_mode():
-            x = sampler.sample(model_fn, noise.to(self.device), sigmas, cond, callback=callback)
+            x = sampler.sample(
+                model_fn,
+                noise.to(self.device),
+                sigmas,
+                cond,
+                callback=callback,
+                initial_rounding=rounding,
+            )
         return x.float().cpu()
 
     def generate(self, item: Any, callback: sampler.Callback | None = None) -> np.ndarray:

@@ -32,7 +32,7 @@ from pusa_batch.models.mochi_conventions import (
     vae_latents_to_dit_latents,
 )
 from pusa_batch.models.text import PromptCache, load_text_model
-from pusa_batch.pipelines.base import Pipeline, PixelEncoder
+from pusa_batch.pipelines.base import Pipeline, PixelEncoder, apply_determinism
 from pusa_batch.pipelines.spec import PipelineSpec
 
 __all__ = ["MochiPipeline", "MochiText", "condition_generator", "encode_condition"]
@@ -117,6 +117,7 @@ class MochiPipeline(Pipeline):
     """Pusa V0.5: `pusa_v0_dit.safetensors`, the Mochi VAE (diffusers) and T5."""
 
     z_dim = LATENT_CHANNELS
+    upstream_rounding = "noise"  # V0.5 draws its noise in bf16; the rest of its start is fp32
 
     def __init__(
         self,
@@ -143,6 +144,7 @@ class MochiPipeline(Pipeline):
         dtype: torch.dtype,
         storage_options: dict | None = None,
     ) -> MochiPipeline:
+        apply_determinism(spec.options)  # first: before anything reaches the GPU
         opts = spec.options
         text = MochiText.load(
             paths["text_encoder"],

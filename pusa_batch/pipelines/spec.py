@@ -58,6 +58,7 @@ MOCHI_ONLY_OPTIONS = ("condition_latents", "normalize_condition")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 ATTENTIONS = ("sdpa", "flash")
 IDLE_EXPERT = ("keep", "offload")
+NUMERICS = ("fp32", "upstream")  # docs/parity.md
 LORA_KINDS = ("pusa", "lightx2v")
 EXPERTS = ("high", "low")
 TOP_KEYS = ("name", "family", "weights", "lora", "defaults", "options", "limits", "staging")
@@ -129,6 +130,8 @@ class Options:
     threshold_noise: float = 0.025
     condition_latents: str = "sample"
     normalize_condition: bool = False
+    numerics: str = "fp32"  # "upstream": the official pipelines' bf16 start (docs/parity.md)
+    deterministic: bool = False  # torch's determinism settings at load (docs/parity.md)
 
 
 MOCHI_OPTIONS = Options(text_max_length=256)
@@ -298,6 +301,8 @@ class PipelineSpec:
             options["threshold_noise"] = self.options.threshold_noise
         if self.family == "mochi":
             options.update({k: getattr(self.options, k) for k in MOCHI_ONLY_OPTIONS})
+        if self.options.numerics != "fp32":  # fp32 specs hash as they always did
+            options["numerics"] = self.options.numerics
         tile = [getattr(self.options, k) for k in VAE_TILE_OPTIONS]
         if self.options.vae_tiling and any(tile):  # diffusers' own tiles hash as they always did
             options["vae_tile"] = tile
@@ -594,6 +599,7 @@ def _check_options(where: _Where, o: Options, family: str) -> None:
         "idle_expert": IDLE_EXPERT,
         "schedule": SCHEDULES,
         "condition_latents": CONDITION_LATENTS,
+        "numerics": NUMERICS,
     }
     for key, allowed in choices.items():
         if getattr(o, key) not in allowed:

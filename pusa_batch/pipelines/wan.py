@@ -17,7 +17,7 @@ from pusa_batch import sampler
 from pusa_batch.errors import PipelineError
 from pusa_batch.models.loading import load_wan_transformer
 from pusa_batch.models.text import TextEncoder
-from pusa_batch.pipelines.base import Pipeline, PixelEncoder
+from pusa_batch.pipelines.base import Pipeline, PixelEncoder, apply_determinism
 from pusa_batch.pipelines.spec import PipelineSpec
 
 
@@ -54,6 +54,7 @@ class WanPipeline(Pipeline):
         dtype: torch.dtype,
         storage_options: dict | None = None,
     ) -> WanPipeline:
+        apply_determinism(spec.options)  # first: before anything reaches the GPU
         opts = spec.options
         text = TextEncoder.load(
             paths["text_encoder"],
