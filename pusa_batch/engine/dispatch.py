@@ -1,8 +1,11 @@
 """The driver loop: feed idle Ray workers from a bounded look-ahead, retry, record, compact.
 
 Decisions:
-- Items are pulled, never pre-sharded: a worker holds at most 3 items with overlap (one being
-  prepared, one sampled, one decoded/encoded/committed) and 1 without.
+- Items are pulled, never pre-sharded. With overlap a worker holds at most 2 x batch_size + 1
+  items: while a batch is sampled, batch_size more wait for the sampler and the batch before it is
+  finished (decoded, encoded, committed); the worker itself keeps the finish lane from taking the
+  waiting items' places (`worker.py`), so `--batch-size N` finds N items waiting. Without overlap
+  a worker holds batch_size items. At batch_size 1 that is 3 and 1, as before batching.
 - The driver holds at most `LOOKAHEAD` + `LOOKAHEAD // 2` queued items (plus retries and the items
   in flight), refilled from a generator as workers drain the queue, so its memory does not grow
   with the manifest. `longest_first` orders each refill window of `LOOKAHEAD` items, not the
@@ -70,6 +73,13 @@ class Slot:
     reason: str | None = None
 
 
+def worker_depth(batch_size: int, overlap: bool) -> int:
+    """Items in flight per worker: a batch waiting for the sampler, a batch being sampled or
+    finished, and one more so the finish lane never waits for the driver; without overlap, one
+    batch."""
+    return 2 * batch_size + 1 if overlap else batch_size
+
+
 class Driver:
     """One run's dispatch: `run(source, todo)` returns once every item is done or failed."""
 
@@ -78,8 +88,7 @@ class Driver:
     ):
         self.config, self.store, self.emit, self.make_runner = config, store, emit, make_runner
         self.lease = lease
-        # in flight per worker: a batch being sampled, one preparing, one finishing
-        self.depth = (config.batch_size + 2) if config.overlap else config.batch_size
+        self.depth = worker_depth(config.batch_size, config.overlap)
         self.queue: deque[Pending] = deque()
         self.source: Iterator[Pending] | None = None
         self.todo = 0

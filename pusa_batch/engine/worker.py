@@ -1,8 +1,15 @@
 """The actor side of the engine: one `Worker` per GPU (or CPU slot) holding one loaded pipeline.
 
-An item's life inside a worker is three stages, each guarded by its own lock so that calls running
-in the actor's threads form a pipeline: while item n+1 is sampled, item n is decoded, encoded and
-committed, and item n+2 is prepared. The driver bounds how many items an actor holds at once.
+An item's life inside a worker is three stages, so that calls running in the actor's threads form
+a pipeline: while a batch is sampled, the items sampled before it are decoded, encoded and
+committed, and the next ones are prepared. The driver bounds how many items an actor holds at once
+(`dispatch.py`); inside it, each stage has its own bound:
+- prepare runs ahead, one item at a time; prepared items wait for the sampler;
+- the sampler takes the oldest waiting item and up to batch_size - 1 waiting items with its batch
+  key; it does not start a partial batch while more items are still being prepared;
+- finish (decode, encode, commit) is its own lane, one item at a time, and the sampler starts a
+  batch only while at most batch_size sampled items are in that lane. When finishing is the slow
+  stage, items pile up waiting for the sampler, not behind the finish, so batches fill.
 
 `run` takes a `Task` and returns a `Result` (`contract.py`). Item errors never escape it: they come
 back as a failed `Result` with its `ItemError`, so that a Ray error on the returned reference always
@@ -18,7 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import ray
@@ -106,13 +113,16 @@ class WorkerCore:
         if settings.driver is not None:
             _watch_driver(settings.driver)
         self._prepare_lock = threading.Lock()
-        self._sample_lock = threading.Lock()
         self._finish_lock = threading.Lock()
         self._progress: tuple[str | None, int, int] = (None, 0, 0)
         self._preparing: str | None = None  # the item in each stage, for the live view
         self._finishing: str | None = None
-        self._waiting: list[_Waiting] = []  # prepared items queued for the sampler (batching)
-        self._waiting_lock = threading.Lock()
+        # the sampler's queue, under one condition: what it may start depends on all of these
+        self._stages = threading.Condition()
+        self._to_prepare = 0  # items being prepared or queued for it
+        self._waiting: list[_Waiting] = []  # prepared items queued for the sampler, oldest first
+        self._sampling = False
+        self._to_finish = 0  # the finish lane: sampled items not yet committed (or failed)
         self._busy_s = 0.0
         self.load_error: ItemError | None = None
         started = time.perf_counter()
@@ -155,31 +165,53 @@ class WorkerCore:
         timings: dict[str, float] = {}
         stage = "prepare"
         try:
-            with self._prepare_lock, self._doing("_preparing", item.id):
-                timings["queue"] = max(0.0, time.time() - task.queued_at)
-                t0 = time.perf_counter()
-                prepared = self.runner.prepare(item)
-                timings["prepare"] = time.perf_counter() - t0
+            prepared = self._prepare(task, timings)
             stage = "sample"
             latents, batch = self._sample_batched(item.id, prepared, timings)
             del prepared
             stage = "finish"
-            with self._finish_lock, self._doing("_finishing", item.id):
-                t0 = time.perf_counter()
-                video, meta = self.runner.finish(item, latents)
-                del latents
-                timings.update(meta.pop("timings", {}))
-                timings.setdefault("finish", time.perf_counter() - t0)
-                stage = "write"
-                meta = self._metadata(task, {**meta, "sample_batch": batch}, timings)
-                t0 = time.perf_counter()
-                self._check_lease()
-                self.store.commit(item.id, video, meta)
-                timings["write"] = time.perf_counter() - t0
+            try:
+                with self._finish_lock, self._doing("_finishing", item.id):
+                    t0 = time.perf_counter()
+                    video, meta = self.runner.finish(item, latents)
+                    del latents
+                    timings.update(meta.pop("timings", {}))
+                    timings.setdefault("finish", time.perf_counter() - t0)
+                    stage = "write"
+                    meta = self._metadata(task, {**meta, "sample_batch": batch}, timings)
+                    t0 = time.perf_counter()
+                    self._check_lease()
+                    self.store.commit(item.id, video, meta)
+                    timings["write"] = time.perf_counter() - t0
+            finally:
+                self._leave_finish_lane()
         except Exception as exc:  # noqa: BLE001 - an item error is data, not a worker crash
             _release_gpu_memory(exc)
             return self._result(task, Outcome.FAILED, timings, item_error(exc, stage, self.host))
         return self._result(task, Outcome.DONE, timings)
+
+    def _prepare(self, task: Task, timings: dict[str, float]) -> Any:
+        """Counted while it waits and runs, so the sampler knows more items are on their way;
+        on success `_sample_batched` moves the item from being prepared to waiting at once."""
+        with self._stages:
+            self._to_prepare += 1
+        try:
+            with self._prepare_lock, self._doing("_preparing", task.item.id):
+                timings["queue"] = max(0.0, time.time() - task.queued_at)
+                t0 = time.perf_counter()
+                prepared = self.runner.prepare(task.item)
+                timings["prepare"] = time.perf_counter() - t0
+        except BaseException:
+            with self._stages:
+                self._to_prepare -= 1
+                self._stages.notify_all()
+            raise
+        return prepared
+
+    def _leave_finish_lane(self) -> None:
+        with self._stages:
+            self._to_finish -= 1
+            self._stages.notify_all()
 
     @contextlib.contextmanager
     def _doing(self, stage: str, item_id: str) -> Iterator[None]:
@@ -224,40 +256,63 @@ class WorkerCore:
     def _sample_batched(
         self, item_id: str, prepared: Any, timings: dict[str, float]
     ) -> tuple[Any, int]:
-        """Sample alone, or with the items waiting under the same batch key (up to batch_size).
+        """Queue the item for the sampler and return its latents and the size of its batch.
 
-        Whoever holds the sample lock takes its own entry and up to batch_size - 1 waiting
-        entries with its key; an entry taken by another thread's batch just collects its result.
-        A failed batch is retried item by item, so one bad item never fails the others.
+        Every item's thread takes a turn as the sampler: whichever finds a group it may start
+        (`_next_group`) samples it, whether or not its own item is in it, until its own item is
+        done. A failed batch is retried item by item, so one bad item never fails the others.
+        On success the item is in the finish lane (`_leave_finish_lane` takes it out).
         """
         batch_key = getattr(self.runner, "batch_key", None)
         alone = self.settings.batch_size <= 1 or batch_key is None
         entry = _Waiting(item_id, prepared, timings, None if alone else batch_key(prepared))
-        if alone:
-            with self._sample_lock:
-                self._run_group([entry])
-        else:
-            self._join_batch(entry)
+        with self._stages:
+            self._to_prepare -= 1
+            self._waiting.append(entry)
+            self._stages.notify_all()
+        while True:
+            with self._stages:
+                group = self._next_group()
+                while not entry.done and group is None:
+                    self._stages.wait()
+                    group = self._next_group()
+                if entry.done:
+                    break
+                self._sampling = True
+                for e in group:
+                    self._waiting.remove(e)
+            try:
+                self._run_group(group)
+            finally:
+                with self._stages:
+                    self._sampling = False
+                    self._to_finish += sum(1 for e in group if e.error is None)
+                    for e in group:
+                        e.done = True
+                    self._stages.notify_all()
         if entry.error is not None:
             raise entry.error
         return entry.result, entry.batch
 
-    def _join_batch(self, entry: _Waiting) -> None:
-        """Queue `entry`; whoever gets the sample lock first samples it, alone or batched."""
-        with self._waiting_lock:
-            self._waiting.append(entry)
-        with self._sample_lock:
-            if not entry.done.is_set():
-                with self._waiting_lock:
-                    same = [e for e in self._waiting if e.key == entry.key and e is not entry]
-                    group = [entry, *same[: self.settings.batch_size - 1]]
-                    for e in group:
-                        self._waiting.remove(e)
-                self._run_group(group)
-        entry.done.wait()
+    def _next_group(self) -> list[_Waiting] | None:
+        """Called under `_stages`: the items to sample now, or None to wait.
+
+        The oldest waiting item and the waiting items sharing its batch key, up to batch_size;
+        none while the sampler is busy, while more than batch_size sampled items wait in the
+        finish lane, or while the batch is not full and more items are being prepared.
+        """
+        if self._sampling or not self._waiting or self._to_finish > self.settings.batch_size:
+            return None
+        first = self._waiting[0]
+        if first.key is None:
+            return [first]
+        same = [e for e in self._waiting if e.key == first.key][: self.settings.batch_size]
+        if len(same) < self.settings.batch_size and self._to_prepare > 0:
+            return None
+        return same
 
     def _run_group(self, group: list[_Waiting]) -> None:
-        """Called with the sample lock held: one forward per step for the whole group."""
+        """The one sampling thread: one forward per step for the whole group."""
         label = group[0].item_id + (f" +{len(group) - 1}" if len(group) > 1 else "")
         self._progress = (label, 0, 0)
         t0, started = time.perf_counter(), time.time()
@@ -280,9 +335,9 @@ class WorkerCore:
             self._busy_s += elapsed
             self._progress = (None, 0, 0)
             for e in group:
+                e.prepared = None  # the sampler's inputs are no longer needed
                 e.timings["sample_start_unix"] = started
                 e.timings["sample"] = elapsed
-                e.done.set()
 
     def _sample_alone(self, entry: _Waiting) -> None:
         try:
@@ -323,7 +378,7 @@ class _Waiting:
     prepared: Any
     timings: dict[str, float]
     key: Any
-    done: threading.Event = field(default_factory=threading.Event)
+    done: bool = False  # read and set under the worker's `_stages` condition
     result: Any = None
     error: Exception | None = None
     batch: int = 1
