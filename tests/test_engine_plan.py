@@ -16,10 +16,12 @@ from pusa_batch.engine.config import RunConfig
 from pusa_batch.engine.plan import (
     MAX_CHANGED_IDS,
     PLAN_CHUNK_ROWS,
+    ItemKind,
     Rules,
     classify,
     count_plan,
     iter_todo,
+    make_plan,
 )
 from pusa_batch.engine.run import run
 from pusa_batch.errors import ChangedItemsError
@@ -161,3 +163,115 @@ def test_a_failure_from_an_earlier_run_is_skipped_unless_retried(tmp_path):
     retried = count_plan(str(manifest), SPEC, state, Rules(retry_failed=True))
     assert (skipped.todo, skipped.failed_before) == (3, 1)
     assert (retried.todo, retried.failed_before) == (4, 0)
+
+
+def mixed_root(tmp_path: Path) -> tuple[Path, Store, dict[str, str]]:
+    """Ten rows, each kind twice, through the real store: done and changed (compacted or
+    committed since), failed, damaged (video deleted after compaction), pending."""
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w") as f:
+        f.write("id,task,prompt,seed\n")
+        f.writelines(f"r{n},t2v,scene {n},{n}\n" for n in range(10))
+    items = {i.id: i for i in iter_items(str(manifest), SPEC)}
+    fingerprint = {
+        i: item_fingerprint(item, SPEC.identity(), temporal_factor=SPEC.temporal_factor)
+        for i, item in items.items()
+    }
+    store = Store(str(tmp_path / "out"))
+    for item_id in ("r0", "r2", "r6"):
+        store.commit(item_id, b"v", {"fingerprint": fingerprint[item_id]})
+    store.commit("r3", b"v", {"fingerprint": "an older fingerprint"})
+    store.compact_index()
+    store.root.delete("videos/r6.mp4")
+    store.commit("r1", b"v", {"fingerprint": fingerprint["r1"]})
+    store.commit("r4", b"v", {"fingerprint": "an older fingerprint"})
+    for item_id in ("r5", "r8"):
+        store.record_failure(item_id, {"error_type": "E", "message": "m"})
+    store.root.write_bytes("recent/r9@0000", b"")  # a commit that never finished: pending
+    expected = {
+        "r0": "done",
+        "r1": "done",
+        "r2": "done",
+        "r3": "changed",
+        "r4": "changed",
+        "r5": "failed",
+        "r6": "damaged",
+        "r7": "pending",
+        "r8": "failed",
+        "r9": "pending",
+    }
+    return manifest, store, expected
+
+
+def test_each_row_of_a_mixed_root_is_classified_as_the_row_by_row_rule_says(tmp_path):
+    manifest, store, expected = mixed_root(tmp_path)
+    state = store.state()
+    plan = count_plan(str(manifest), SPEC, state)
+    counted = {k: getattr(plan, k) for k in ("done", "changed", "failed", "damaged")}
+    assert counted == {"done": 3, "changed": 2, "failed": 2, "damaged": 1}
+    assert (plan.pending, plan.total, plan.todo, plan.failed_before) == (2, 10, 3, 2)
+    assert sorted(plan.changed_ids) == ["r3", "r4"]
+    for item in iter_items(str(manifest), SPEC):
+        fp = item_fingerprint(item, SPEC.identity(), temporal_factor=SPEC.temporal_factor)
+        assert classify(state, item.id, fp).value == expected[item.id], item.id
+
+
+def test_without_a_pipeline_a_done_row_is_done_whatever_its_fingerprint(tmp_path):
+    manifest, store, _ = mixed_root(tmp_path)
+    plan = count_plan(str(manifest), None, store.state())
+    assert (plan.done, plan.changed, plan.damaged) == (5, 0, 1)
+
+
+def test_the_dispatch_pass_of_a_plan_yields_exactly_its_todo_rows_in_manifest_order(tmp_path):
+    manifest, store, expected = mixed_root(tmp_path)
+    state = store.state()
+    for rules in (Rules(), Rules(retry_failed=True), Rules(True, True)):
+        plan = make_plan(str(manifest), SPEC, state, rules)
+        todo = [p.id for p in iter_todo(str(manifest), SPEC, state, rules, plan=plan)]
+        wanted = [i for i, kind in expected.items() if rules.is_todo(ItemKind(kind))]
+        assert todo == wanted and len(todo) == plan.counts.todo
+        assert [p.id for p in iter_todo(str(manifest), SPEC, state, rules)] == wanted
+
+
+def test_the_dispatch_pass_carries_each_rows_item_and_fingerprint(tmp_path):
+    manifest, store, _ = mixed_root(tmp_path)
+    state = store.state()
+    items = {i.id: i for i in iter_items(str(manifest), SPEC)}
+    for pending in iter_todo(
+        str(manifest), SPEC, state, plan=make_plan(str(manifest), SPEC, state)
+    ):
+        item = items[pending.id]
+        assert pending.item == item and pending.cost == item.cost()
+        assert pending.fingerprint == item_fingerprint(
+            item, SPEC.identity(), temporal_factor=SPEC.temporal_factor
+        )
+
+
+def test_the_rows_to_do_are_kept_in_two_bytes_each_at_most(big_root):
+    manifest, _, state = big_root
+    plan = make_plan(str(manifest), SPEC, state)
+    kept = sum(rows.packed.nbytes for rows in plan.todo_rows)
+    assert plan.counts.todo == 5_000 and kept <= 2 * plan.counts.todo
+
+
+def test_a_chunk_that_is_all_to_do_is_kept_as_a_bitmap(tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", PLAN_CHUNK_ROWS + 10)
+    state = Store(str(tmp_path / "out")).state()
+    plan = make_plan(str(manifest), SPEC, state)
+    assert [(r.chunk, r.bitmap) for r in plan.todo_rows] == [(0, True), (1, True)]
+    assert sum(r.packed.nbytes for r in plan.todo_rows) == PLAN_CHUNK_ROWS // 8 + 2
+
+
+def test_a_row_done_between_the_passes_is_not_dispatched(tmp_path):
+    manifest, store, _ = mixed_root(tmp_path)
+    state = store.state()
+    plan = make_plan(str(manifest), SPEC, state)
+    later = Store(str(tmp_path / "out"))
+    fp = item_fingerprint(
+        next(i for i in iter_items(str(manifest), SPEC) if i.id == "r7"),
+        SPEC.identity(),
+        temporal_factor=SPEC.temporal_factor,
+    )
+    later.commit("r7", b"v", {"fingerprint": fp})
+    todo = [p.id for p in iter_todo(str(manifest), SPEC, later.state(), plan=plan)]
+    assert todo == ["r6", "r9"]

@@ -147,3 +147,15 @@ def test_a_manifest_changed_since_the_plan_is_an_error_naming_the_row(tmp_path):
     write_jsonl(tmp_path / "m.jsonl", rows)
     with pytest.raises(ManifestError, match="changed while the run planned it: row 3"):
         list(iter_chosen_items(manifest, TINY, {0: np.array([2])}, chunk_rows=10))
+
+
+def test_a_column_the_template_does_not_know_sends_the_chunk_one_item_at_a_time(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(
+        "pusa_batch.manifest.read.TEMPLATE_COLUMNS",
+        frozenset({"id", "id (as text)", "task", "prompt"}),
+    )
+    rows = [{"id": f"p{n}", "task": "t2v", "prompt": p, "seed": n} for n, p in enumerate(PROMPTS)]
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    assert column_wise(manifest) == per_item(manifest)

@@ -1,27 +1,50 @@
 """The one resume plan: every manifest item against the output root's state, streamed.
 
-`run` and `status` both plan through here. The manifest is read `PLAN_CHUNK_ROWS` rows at a time
-against one read of the root's state (`Store.state()`); a counting pass keeps only counts and the
-first `MAX_CHANGED_IDS` changed ids, so memory does not grow with the manifest, and `run`'s second
-pass yields the items to dispatch as its workers drain the queue.
+`run` and `status` both plan through here, against one read of the root's state
+(`Store.state()`). The counting pass reads the manifest `PLAN_CHUNK_ROWS` rows at a time and
+classifies each chunk at once; `run`'s dispatch pass then reads only the rows the counting pass
+chose, and yields them as its workers drain the queue.
+
+Decisions:
+- One parse per row: the counting pass checks every chunk once and looks its ids up in the
+  state column-wise (`RootState.recorded`, 8-byte keys); only done rows need a fingerprint, and
+  plain t2v rows get theirs column-wise (`chunk_fingerprints`). No `Item` is built for them.
+- The counting pass keeps, per chunk holding rows to do, their offsets (2 bytes a row) or a
+  bitmap (1 bit a row), whichever is smaller (`ChunkRows`); nothing else grows with the manifest
+  but the first `MAX_CHANGED_IDS` changed ids. The dispatch pass checks only those rows, and
+  stops reading after the last of them.
+- The dispatch pass classifies its rows again: an item whose inputs changed between the passes is
+  left alone unless `regenerate_changed`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
 
 from pusa_batch.engine.contract import Pending
 from pusa_batch.errors import ChangedItemsError, ManyChangedItemsError
-from pusa_batch.item import Item
-from pusa_batch.manifest.read import item_fingerprint, iter_items
+from pusa_batch.manifest.check import CheckedChunk
+from pusa_batch.manifest.read import (
+    FingerprintTemplate,
+    chunk_fingerprints,
+    chunk_items,
+    item_fingerprint,
+    iter_checked_chunks,
+    iter_chosen_items,
+    plain_t2v_template,
+)
 from pusa_batch.pipelines.spec import PipelineSpec
 from pusa_batch.store.index import RootState
+from pusa_batch.store.keys import text_keys
 
-PLAN_CHUNK_ROWS = 8192  # manifest rows read at a time while planning
+PLAN_CHUNK_ROWS = 8192  # manifest rows read at a time while planning (at most 65,536)
 MAX_CHANGED_IDS = 1000  # changed ids kept for the error message (all are counted)
+FINGERPRINT_BATCH_ROWS = 1024  # done rows fingerprinted at a time (bounds the texts alive)
 
 
 class ItemKind(str, enum.Enum):
@@ -30,6 +53,10 @@ class ItemKind(str, enum.Enum):
     DAMAGED = "damaged"  # recorded done, but its video or marker is missing or truncated
     FAILED = "failed"  # failed in an earlier run
     PENDING = "pending"
+
+
+KINDS = tuple(ItemKind)  # a kind's code in the counting pass is its index here
+_CODE = {kind: np.uint8(code) for code, kind in enumerate(KINDS)}
 
 
 @dataclass(frozen=True)
@@ -46,10 +73,35 @@ class Rules:
             or (kind is ItemKind.CHANGED and self.regenerate_changed)
         )
 
+    def todo_codes(self) -> np.ndarray:
+        return np.array([_CODE[k] for k in KINDS if self.is_todo(k)], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ChunkRows:
+    """The rows to do of one manifest chunk: offsets (2 bytes each) or a bitmap (1 bit a row)."""
+
+    chunk: int  # the chunk's number, from 0, in chunks of PLAN_CHUNK_ROWS rows
+    rows: int  # rows in the chunk
+    packed: np.ndarray  # uint16 offsets, or uint8 bitmap bytes
+    bitmap: bool
+
+    @staticmethod
+    def of(chunk: int, todo: np.ndarray) -> ChunkRows:
+        offsets = np.flatnonzero(todo)
+        if 2 * len(offsets) <= (len(todo) + 7) // 8:
+            return ChunkRows(chunk, len(todo), offsets.astype(np.uint16), bitmap=False)
+        return ChunkRows(chunk, len(todo), np.packbits(todo), bitmap=True)
+
+    def offsets(self) -> np.ndarray:
+        if self.bitmap:
+            return np.flatnonzero(np.unpackbits(self.packed, count=self.rows))
+        return self.packed.astype(np.int64)
+
 
 @dataclass(frozen=True)
 class PlanCounts:
-    """What the counting pass keeps: counts per kind, and the first changed ids."""
+    """What the counting pass keeps: counts per kind, the first changed ids, the rows to do."""
 
     total: int
     done: int
@@ -63,31 +115,78 @@ class PlanCounts:
     todo_ids: tuple[str, ...] = ()  # the first items to dispatch, when asked for
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The counting pass's result: its counts, and the rows to do of each chunk under `rules`."""
+
+    counts: PlanCounts
+    todo_rows: tuple[ChunkRows, ...] = field(repr=False)
+    rules: Rules
+
+
 def classify(state: RootState, item_id: str, fingerprint: str | None) -> ItemKind:
     """The item's kind; with no fingerprint (no pipeline to compute it) a done item is done."""
-    is_done, recorded = state.done_fingerprint(item_id)
-    if is_done:
-        return ItemKind.DONE if fingerprint in (None, recorded) else ItemKind.CHANGED
-    if item_id in state.damaged:
-        return ItemKind.DAMAGED
-    return ItemKind.FAILED if item_id in state.failures else ItemKind.PENDING
+    id_keys = text_keys(np.array([item_id], dtype=object))
+    fingerprints = None if fingerprint is None else [fingerprint]
+    return KINDS[int(kinds_of(state, id_keys, lambda rows: fingerprints)[0])]
 
 
-def iter_classified(
+def kinds_of(state: RootState, id_keys: np.ndarray, fingerprints_of) -> np.ndarray:
+    """Each id's kind code. `fingerprints_of(rows)` gives the fingerprints of the done rows
+    (offsets into `id_keys`), or None where there is no pipeline to compute them."""
+    done, recorded = state.recorded(id_keys)
+    kinds = np.full(len(id_keys), _CODE[ItemKind.PENDING], dtype=np.uint8)
+    kinds[~done & state.has_failed(id_keys)] = _CODE[ItemKind.FAILED]
+    kinds[~done & state.is_damaged(id_keys)] = _CODE[ItemKind.DAMAGED]
+    rows = np.flatnonzero(done)
+    kinds[rows] = _CODE[ItemKind.DONE]
+    for start in range(0, len(rows), FINGERPRINT_BATCH_ROWS):
+        batch = rows[start : start + FINGERPRINT_BATCH_ROWS]
+        fingerprints = fingerprints_of(batch)
+        if fingerprints is None:
+            continue
+        same = text_keys(np.array(fingerprints, dtype=object)) == recorded[batch]
+        kinds[batch[~same]] = _CODE[ItemKind.CHANGED]
+    return kinds
+
+
+class _Fingerprinter:
+    """The fingerprints of a chunk's rows, as the spec makes them (None without a spec)."""
+
+    def __init__(self, spec: PipelineSpec | None):
+        self.spec = spec
+        self.identity = spec.identity() if spec is not None else None
+        self.template: FingerprintTemplate | None = (
+            plain_t2v_template(self.identity) if spec is not None else None
+        )
+
+    def of(self, chunk: CheckedChunk, rows: np.ndarray) -> list[str] | None:
+        if self.spec is None:
+            return None
+        return chunk_fingerprints(
+            chunk,
+            rows,
+            self.identity,
+            temporal_factor=self.spec.temporal_factor,
+            template=self.template,
+        )
+
+
+def iter_chunk_kinds(
     manifest: str,
     spec: PipelineSpec | None,
     state: RootState,
     *,
     storage_options: dict | None = None,
-) -> Iterator[tuple[Item, str | None, ItemKind]]:
-    """(item, fingerprint, kind) in manifest order; no fingerprints without a spec."""
-    identity = spec.identity() if spec is not None else None
-    items = iter_items(manifest, spec, chunk_rows=PLAN_CHUNK_ROWS, storage_options=storage_options)
-    for item in items:
-        fingerprint = None
-        if spec is not None:
-            fingerprint = item_fingerprint(item, identity, temporal_factor=spec.temporal_factor)
-        yield item, fingerprint, classify(state, item.id, fingerprint)
+) -> Iterator[tuple[CheckedChunk, np.ndarray]]:
+    """(checked chunk, kind code of each of its rows), in manifest order."""
+    fingerprinter = _Fingerprinter(spec)
+    chunks = iter_checked_chunks(
+        manifest, spec, chunk_rows=PLAN_CHUNK_ROWS, storage_options=storage_options
+    )
+    for chunk in chunks:
+        kinds = kinds_of(state, text_keys(chunk.ids), partial(fingerprinter.of, chunk))
+        yield chunk, kinds
 
 
 def count_plan(
@@ -99,44 +198,90 @@ def count_plan(
     keep_todo_ids: int = 0,
     **read,
 ) -> PlanCounts:
-    """The counting pass: counts only (and the first `keep_todo_ids` ids to dispatch), so
-    memory does not grow with the manifest."""
-    counts: Counter[ItemKind] = Counter()
-    todo = 0
+    """The counting pass's counts (and the first `keep_todo_ids` ids to dispatch)."""
+    return make_plan(manifest, spec, state, rules, keep_todo_ids=keep_todo_ids, **read).counts
+
+
+def make_plan(
+    manifest: str,
+    spec: PipelineSpec | None,
+    state: RootState,
+    rules: Rules = Rules(),
+    *,
+    keep_todo_ids: int = 0,
+    **read,
+) -> Plan:
+    """The counting pass: counts, the first `keep_todo_ids` ids to dispatch, and the rows to do
+    of each chunk, for `iter_todo` (see the module's decisions)."""
+    counts = np.zeros(len(KINDS), dtype=np.int64)
+    todo_codes = rules.todo_codes()
     changed_ids: list[str] = []
     todo_ids: list[str] = []
-    for item, _, kind in iter_classified(manifest, spec, state, **read):
-        counts[kind] += 1
-        is_todo = rules.is_todo(kind)
-        todo += is_todo
-        if is_todo and len(todo_ids) < keep_todo_ids:
-            todo_ids.append(item.id)
-        if kind is ItemKind.CHANGED and len(changed_ids) < MAX_CHANGED_IDS:
-            changed_ids.append(item.id)
-    return PlanCounts(
-        total=sum(counts.values()),
-        done=counts[ItemKind.DONE],
-        changed=counts[ItemKind.CHANGED],
-        failed=counts[ItemKind.FAILED],
-        pending=counts[ItemKind.PENDING],
-        damaged=counts[ItemKind.DAMAGED],
-        todo=todo,
-        failed_before=0 if rules.retry_failed else counts[ItemKind.FAILED],
+    todo_rows: list[ChunkRows] = []
+    for number, (chunk, kinds) in enumerate(iter_chunk_kinds(manifest, spec, state, **read)):
+        counts += np.bincount(kinds, minlength=len(KINDS))
+        todo = np.isin(kinds, todo_codes)
+        if todo.any():
+            todo_rows.append(ChunkRows.of(number, todo))
+        if len(todo_ids) < keep_todo_ids:
+            todo_ids += [str(i) for i in chunk.ids[todo][: keep_todo_ids - len(todo_ids)]]
+        if len(changed_ids) < MAX_CHANGED_IDS:
+            changed = chunk.ids[kinds == _CODE[ItemKind.CHANGED]]
+            changed_ids += [str(i) for i in changed[: MAX_CHANGED_IDS - len(changed_ids)]]
+    count = {kind: int(counts[_CODE[kind]]) for kind in KINDS}
+    plan_counts = PlanCounts(
+        total=int(counts.sum()),
+        done=count[ItemKind.DONE],
+        changed=count[ItemKind.CHANGED],
+        failed=count[ItemKind.FAILED],
+        pending=count[ItemKind.PENDING],
+        damaged=count[ItemKind.DAMAGED],
+        todo=sum(count[k] for k in KINDS if rules.is_todo(k)),
+        failed_before=0 if rules.retry_failed else count[ItemKind.FAILED],
         changed_ids=tuple(changed_ids),
         todo_ids=tuple(todo_ids),
     )
+    return Plan(plan_counts, tuple(todo_rows), rules)
 
 
 def iter_todo(
-    manifest: str, spec: PipelineSpec, state: RootState, rules: Rules = Rules(), **read
+    manifest: str,
+    spec: PipelineSpec,
+    state: RootState,
+    rules: Rules = Rules(),
+    *,
+    plan: Plan | None = None,
+    **read,
 ) -> Iterator[Pending]:
     """The dispatch pass, consumed as workers drain the driver's queue: the items to generate.
 
-    An item whose inputs changed between the passes is left alone unless `regenerate_changed`.
+    With the counting pass's `plan` (`make_plan`, same rules), only the rows it chose are read
+    and checked; without, every row is classified again.
     """
-    for item, fingerprint, kind in iter_classified(manifest, spec, state, **read):
-        if rules.is_todo(kind):
+    if plan is None or plan.rules != rules:
+        yield from _iter_todo_all(manifest, spec, state, rules, **read)
+        return
+    chosen = {rows.chunk: rows.offsets() for rows in plan.todo_rows}
+    identity = spec.identity()
+    items = iter_chosen_items(manifest, spec, chosen, chunk_rows=PLAN_CHUNK_ROWS, **read)
+    for item in items:
+        fingerprint = item_fingerprint(item, identity, temporal_factor=spec.temporal_factor)
+        if rules.is_todo(classify(state, item.id, fingerprint)):
             yield Pending(item, fingerprint, cost=item.cost())
+
+
+def _iter_todo_all(
+    manifest: str, spec: PipelineSpec, state: RootState, rules: Rules, **read
+) -> Iterator[Pending]:
+    fingerprinter = _Fingerprinter(spec)
+    todo_codes = rules.todo_codes()
+    for chunk, kinds in iter_chunk_kinds(manifest, spec, state, **read):
+        rows = np.flatnonzero(np.isin(kinds, todo_codes))
+        for start in range(0, len(rows), FINGERPRINT_BATCH_ROWS):
+            batch = rows[start : start + FINGERPRINT_BATCH_ROWS]
+            items = chunk_items(chunk, batch)
+            for item, fingerprint in zip(items, fingerprinter.of(chunk, batch), strict=True):
+                yield Pending(item, fingerprint, cost=item.cost())
 
 
 def changed_error(plan: PlanCounts) -> ChangedItemsError:

@@ -3,10 +3,10 @@
 Decisions:
 - The manifest is streamed, never held: it is validated in one pass, then read twice more in
   chunks of `PLAN_CHUNK_ROWS` rows against one read of the root's state (`Store.state()`). The
-  first pass keeps only counts and the first `MAX_CHANGED_IDS` changed ids, so changed items stop
-  the run before anything is generated; the second pass feeds the driver's bounded queue as
-  workers drain it. The driver's memory is flat in the number of rows (the root's state still
-  holds one fingerprint per done item).
+  first pass keeps counts, the first `MAX_CHANGED_IDS` changed ids and the rows to do (2 bytes
+  each at most), so changed items stop the run before anything is generated; the second pass
+  checks only those rows and feeds the driver's bounded queue as workers drain it. The driver's
+  memory is flat in the number of rows (the root's state holds 16 bytes per done item).
 - Items that failed in an earlier run are skipped (counted in `failed_before`) unless
   `retry_failed`; done items whose fingerprint changed stop the run (`ChangedItemsError`) unless
   `regenerate_changed`.
@@ -38,7 +38,7 @@ from pusa_batch.engine.config import (
     Started,
 )
 from pusa_batch.engine.dispatch import Driver
-from pusa_batch.engine.plan import Rules, changed_error, count_plan, iter_todo
+from pusa_batch.engine.plan import Rules, changed_error, iter_todo, make_plan
 from pusa_batch.engine.runner import PipelineRunner
 from pusa_batch.engine.worker import ItemRunner
 from pusa_batch.errors import UsageError
@@ -101,7 +101,8 @@ def _run_on(config, spec, store, address, emit, make_runner, started) -> RunSumm
         if store.root.is_local and store.clean_temp():
             emit(Notice("removed temporary files left by an earlier run"))
         rules = Rules(config.retry_failed, config.regenerate_changed)
-        plan = count_plan(config.manifest, spec, state, rules)
+        planned = make_plan(config.manifest, spec, state, rules)
+        plan = planned.counts
         if plan.changed and not config.regenerate_changed:
             raise changed_error(plan)
         emit(Started(total=plan.total, pending=plan.todo, done_before=plan.done))
@@ -115,7 +116,9 @@ def _run_on(config, spec, store, address, emit, make_runner, started) -> RunSumm
             try:
                 with _ray_session(config, address, emit, spec, check=make_runner is None):
                     emit(Phase("loading models"))
-                    driver.run(iter_todo(config.manifest, spec, state, rules), plan.todo)
+                    driver.run(
+                        iter_todo(config.manifest, spec, state, rules, plan=planned), plan.todo
+                    )
             except BaseException:
                 with contextlib.suppress(Exception):  # keep what is done; the error is the news
                     store.compact_index()
@@ -124,7 +127,7 @@ def _run_on(config, spec, store, address, emit, make_runner, started) -> RunSumm
         compacted = store.compact_index()
         changed_root = driver.generated or compacted.folded or healed or state.damaged
         if changed_root or not store.has_final_index():  # a no-op rerun rewrites nothing
-            store.write_final_index()
+            store.write_final_index(state)
         summary = RunSummary(
             total=plan.total,
             done_before=plan.done,

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pusa_batch import tasks as task_rules
 from pusa_batch.errors import InputMediaError, ManifestError, RowProblem
 from pusa_batch.item import Item
-from pusa_batch.manifest.check import UNPROBED_VIDEO_FRAMES, CheckedChunk, ChunkChecker
+from pusa_batch.manifest.check import ID_TEXTS, UNPROBED_VIDEO_FRAMES, CheckedChunk, ChunkChecker
 from pusa_batch.manifest.schema import COLUMNS, REQUIRED_COLUMNS, manifest_folder, rules_from_spec
 
 log = logging.getLogger(__name__)
@@ -601,8 +601,18 @@ def chunk_fingerprints(
     return out  # type: ignore[return-value]
 
 
+# Columns the template accounts for: a chunk with any other (a column added later that the
+# fingerprint may read) is fingerprinted one item at a time.
+TEMPLATE_COLUMNS = frozenset(
+    {"id", ID_TEXTS, "task", "image", "images", "video", "video_b", "cond_frames"}
+    | {"noise_multipliers", *ROW_FIELDS}
+)
+
+
 def _plain_t2v_rows(chunk: CheckedChunk, rows: np.ndarray) -> np.ndarray:
     """Rows whose fingerprint reads no input file and no conditioning: t2v, no media."""
+    if not TEMPLATE_COLUMNS.issuperset(chunk.cols):
+        return np.zeros(len(rows), dtype=bool)
     plain = np.asarray(chunk.cols["task"][rows] == "t2v", dtype=bool)
     if any(name in chunk.cols for name in ("image", "images")):
         plain &= np.fromiter((not chunk.images[i] for i in rows), bool, len(rows))

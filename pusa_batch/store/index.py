@@ -1,4 +1,4 @@
-"""What the output root says is done: compacted Parquet parts plus markers written since.
+"""What the output root says is done: index parts (`parts.py`) plus markers written since.
 
 A commit writes `recent/{id}@{token}` first (token = time-sortable commit id), then the video,
 then `items/{id}.json` carrying the same `commit_token`. Reading the state therefore costs one
@@ -7,47 +7,67 @@ whatever the number of done items. A recent id is done only if its marker carrie
 token and its video has the recorded size; it then overrides the index. Compaction folds done
 recent ids into a new part and deletes only the pointers it folded (tokens up to the marker's),
 so a commit racing the compaction keeps its own, newer pointer.
+
+Decisions:
+- The state holds, per done item, two 8-byte keys (`keys.py`): its id's and its recorded
+  fingerprint's, sorted; planning looks a whole manifest chunk up at once. Only what is small or
+  rare is kept as text: items committed since the last compaction, damaged ones, failures.
+- Parts are read by column: the state reads `STATE_COLUMNS`, never the markers.
+- Verification compares the index with one listing each of `videos/` and `items/`, column-wise.
+- The final `index.parquet` is merged from the parts' final-index columns (no marker is parsed)
+  and records what it was made of, so writing it again when nothing changed writes nothing.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import logging
 import posixpath
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pusa_batch.store.io import Root
+from pusa_batch.store.keys import KeyTable, key_set, text_keys
+from pusa_batch.store.parts import (
+    FANOUT,
+    INDEX_DIR,
+    PART_SCHEMA,
+    STATE_COLUMNS,
+    Part,
+    Source,
+    UnreadablePart,
+    encode_part,
+    final_columns,
+    iter_merged,
+    list_parts,
+    merge_sources,
+    merge_tiers,
+    next_number,
+    part_name,
+    part_table,
+    read_columns,
+    unified_schema,
+    write_merged,
+)
 
 log = logging.getLogger(__name__)
 
-INDEX_DIR = "index"
 QUARANTINE_DIR = "index/quarantine"
 RECENT_DIR = "recent"
 ITEMS_DIR = "items"
 VIDEOS_DIR = "videos"
 FAILURES_DIR = "failures"
+FINAL_INDEX = "index.parquet"
+SOURCE_KEY = b"pusa_batch.source"  # index.parquet metadata: a digest of what it was made of
 _READ_THREADS = 16
-
-PART_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("fingerprint", pa.string()),
-        ("video", pa.string()),
-        ("video_bytes", pa.int64()),
-        ("video_sha256", pa.string()),
-        ("committed_at", pa.string()),
-        ("commit_token", pa.string()),
-        ("marker_bytes", pa.int64()),  # the marker file's own size, to spot a truncated one
-        ("marker_json", pa.string()),
-    ]
-)
-FLAT_FIRST = ["id", "fingerprint", "video", "video_bytes", "video_sha256", "committed_at"]
+_READ_TRIES = 3
 
 
 def marker_path(item_id: str) -> str:
@@ -66,59 +86,19 @@ def pointer_path(item_id: str, token: str) -> str:
     return f"{RECENT_DIR}/{item_id}@{token}"
 
 
-def part_name(number: int) -> str:
-    return f"part-{number:06d}.parquet"
-
-
-def part_number(name: str) -> int | None:
-    if not (name.startswith("part-") and name.endswith(".parquet")):
-        return None
-    digits = name[len("part-") : -len(".parquet")]
-    return int(digits) if digits.isdigit() else None
-
-
-def encode_part(markers: list[dict], marker_bytes: list[int | None] | None = None) -> bytes:
-    columns = {name: [m.get(name) for m in markers] for name in PART_SCHEMA.names[:-2]}
-    columns["marker_bytes"] = marker_bytes or [None] * len(markers)
-    columns["marker_json"] = [json.dumps(m, sort_keys=True) for m in markers]
-    return table_bytes(pa.table(columns, schema=PART_SCHEMA))
-
-
-def table_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
-def decode_part(data: bytes, columns: list[str] | None = None) -> pa.Table:
-    """The part's table; a column a part from an older version lacks comes back as nulls."""
-    table = pq.read_table(io.BytesIO(data))
-    for name in columns or []:
-        if name not in table.column_names:
-            table = table.append_column(
-                name, pa.nulls(table.num_rows, PART_SCHEMA.field(name).type)
-            )
-    return table.select(columns) if columns else table
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What the index records of a done item, to check the files against."""
-
-    fingerprint: str | None
-    video_bytes: int | None
-    marker_bytes: int | None
+# --------------------------------------------------------------------------- the state
 
 
 @dataclass
 class RootState:
     """Done-ness of every item the root knows about, read without touching each item.
 
+    `done` maps the key of every done item's id to the key of its recorded fingerprint.
     `damaged` holds indexed items whose files no longer match the record (see `verify_files`):
     they are not done, and a run makes them again.
     """
 
-    indexed: dict[str, Recorded] = field(default_factory=dict)
+    done: KeyTable = field(default_factory=KeyTable.empty)
     recent_done: dict[str, dict] = field(default_factory=dict)
     recent_open: set[str] = field(default_factory=set)
     orphans: set[str] = field(default_factory=set)
@@ -128,98 +108,138 @@ class RootState:
     verified: bool = False
     corrupt_parts: list[str] = field(default_factory=list)  # index parts that cannot be read
     rebuilt: dict[str, tuple[dict, int | None]] = field(default_factory=dict)  # from markers
+    source: Root | None = field(default=None, repr=False, compare=False)
 
-    def done_fingerprint(self, item_id: str) -> tuple[bool, str | None]:
-        if item_id in self.recent_done:
-            return True, self.recent_done[item_id].get("fingerprint")
-        if item_id in self.rebuilt:
-            return True, self.rebuilt[item_id][0].get("fingerprint")
-        if item_id in self.recent_open or item_id in self.damaged or item_id not in self.indexed:
-            return False, None
-        return True, self.indexed[item_id].fingerprint
+    def recorded(self, id_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(whether each id is done, its recorded fingerprint's key: NO_KEY if none)."""
+        return self.done.find(id_keys)
+
+    @cached_property
+    def damaged_keys(self) -> np.ndarray:
+        return key_set(self.damaged)
+
+    @cached_property
+    def failure_keys(self) -> np.ndarray:
+        return key_set(self.failures)
+
+    def is_damaged(self, id_keys: np.ndarray) -> np.ndarray:
+        return np.isin(id_keys, self.damaged_keys)
+
+    def has_failed(self, id_keys: np.ndarray) -> np.ndarray:
+        return np.isin(id_keys, self.failure_keys)
+
+    def done_count(self) -> int:
+        return len(self.done)
+
+    def failed_not_done(self) -> list[str]:
+        """Ids with a failure record and no success since, sorted."""
+        ids = sorted(self.failures)
+        done = self.done.contains(text_keys(np.array(ids, dtype=object)))
+        return [i for i, is_done in zip(ids, done, strict=True) if not is_done]
+
+    def rebuilt_markers(self) -> dict[str, dict]:
+        return {item_id: marker for item_id, (marker, _) in self.rebuilt.items()}
 
     def done_ids(self) -> set[str]:
-        done = set(self.indexed) - self.recent_open - set(self.damaged)
-        return done | set(self.recent_done) | set(self.rebuilt)
+        """Every done id as text: the parts' ids are read again for it (one read per part)."""
+        found = set(self.recent_done) | set(self.rebuilt)
+        if self.source is None or not len(self.done):
+            return found
+        for ids in _readable_id_columns(self.source):
+            keep = self.done.contains(text_keys(ids))
+            found.update(ids.filter(pa.array(keep)).to_pylist())
+        return found
 
 
-def list_parts(root: Root) -> list[tuple[int, str]]:
-    numbered = ((part_number(n), n) for n in root.list_names(INDEX_DIR))
-    return sorted((num, f"{INDEX_DIR}/{name}") for num, name in numbered if num is not None)
-
-
-def iter_parts(root: Root, columns: list[str] | None) -> Iterator[tuple[int, pa.Table]]:
-    """Each readable part in order (an unreadable one is skipped: `read_indexed` reports it)."""
-    for number, rel in list_parts(root):
+def _readable_id_columns(root: Root) -> Iterator[pa.Array]:
+    for part in list_parts(root):
         try:
-            yield number, decode_part(root.read_bytes(rel), columns)
-        except (pa.ArrowException, ValueError):
-            log.warning("skipping unreadable index part %s", root.where(rel))
+            yield read_columns(root, part.rel, ["id"])["id"].combine_chunks()
+        except (UnreadablePart, FileNotFoundError):
+            continue
 
 
-def read_indexed(root: Root) -> tuple[dict[str, Recorded], list[str]]:
-    """(id -> what is recorded, over every readable part, a later part winning; the parts that
-    cannot be read). An unreadable part is left out, never a crash: see `rebuild_from_markers`."""
-    names = ["id", "fingerprint", "video_bytes", "marker_bytes"]
-    for _ in range(3):
+@dataclass(frozen=True)
+class Indexed:
+    """What the readable parts record, the latest part winning per id, row-aligned with `keys`
+    (kept only while the state is read)."""
+
+    keys: KeyTable  # id key -> fingerprint key
+    ids: pa.Array  # the id, as text
+    video_bytes: np.ndarray  # int64, -1 where not recorded
+    marker_bytes: np.ndarray
+    corrupt: list[str]
+
+
+def read_indexed(root: Root) -> Indexed:
+    """The readable parts' state columns; an unreadable part is left out (and listed), never a
+    crash: see `rebuild_from_markers`. A part merged away while we read means reading again."""
+    for _ in range(_READ_TRIES):
         try:
-            indexed: dict[str, Recorded] = {}
-            corrupt: list[str] = []
-            for _, rel in list_parts(root):
-                try:
-                    table = decode_part(root.read_bytes(rel), names)
-                except (pa.ArrowException, OSError, ValueError) as exc:
-                    if isinstance(exc, FileNotFoundError):
-                        raise
-                    corrupt.append(rel)
-                    continue
-                ids, fps, videos, markers = (table[n].to_pylist() for n in names)
-                indexed.update(
-                    (i, Recorded(f, v, m)) for i, f, v, m in zip(ids, fps, videos, markers)
-                )
-            return indexed, corrupt
-        except FileNotFoundError:  # a compaction merged parts while we read: read again
+            return _read_indexed_once(root, list_parts(root))
+        except FileNotFoundError:
             continue
     raise FileNotFoundError(root.where(INDEX_DIR))
 
 
-def rebuild_from_markers(root: Root, state: RootState) -> None:
-    """With a part unreadable, find done items from their markers instead: every marker not in
-    the readable index and not committed since is read and its video checked (one read and one
-    stat per such item), so a corrupt part costs time, not a mass regeneration."""
-    names = root.list_names(ITEMS_DIR)
-    known = set(state.indexed) | set(state.pointers)
-    ids = [n[: -len(".json")] for n in names if n.endswith(".json")]
-    ids = [i for i in ids if i not in known]
-
-    def check(item_id: str) -> tuple[dict | None, int | None]:
-        marker, size = read_marker(root, item_id)
-        whole = marker is not None and root.size(video_path(item_id)) == marker.get("video_bytes")
-        return (marker if whole else None), size
-
-    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        for item_id, (marker, size) in zip(ids, pool.map(check, ids)):
-            if marker is not None:
-                state.rebuilt[item_id] = (marker, size)
-
-
-def heal(root: Root, state: RootState) -> str | None:
-    """Run by the lease holder: move unreadable parts to `index/quarantine/` and index the
-    markers rebuilt in their place as a new part. Returns a notice, or None if all was well."""
-    if not state.corrupt_parts:
-        return None
-    for rel in state.corrupt_parts:
-        root.write_bytes(f"{QUARANTINE_DIR}/{posixpath.basename(rel)}", root.read_bytes(rel))
-        root.delete(rel)
-    if state.rebuilt:
-        parts = list_parts(root)
-        rel = f"{INDEX_DIR}/{part_name((parts[-1][0] if parts else 0) + 1)}"
-        markers = [m for m, _ in state.rebuilt.values()]
-        root.create_exclusive(rel, encode_part(markers, [n for _, n in state.rebuilt.values()]))
-    return (
-        f"{len(state.corrupt_parts)} unreadable index part(s) moved to {QUARANTINE_DIR}/; "
-        f"{len(state.rebuilt)} done item(s) found again from their markers"
+def _read_indexed_once(root: Root, parts: list[Part]) -> Indexed:
+    tables, corrupt = [], []
+    for part in parts:
+        try:
+            tables.append(read_columns(root, part.rel, STATE_COLUMNS))
+        except UnreadablePart:
+            log.warning("skipping unreadable index part %s", root.where(part.rel))
+            corrupt.append(part.rel)
+    if not tables:
+        empty = np.zeros(0, dtype=np.int64)
+        return Indexed(KeyTable.empty(), pa.array([], pa.string()), empty, empty, corrupt)
+    table = pa.concat_tables(tables).combine_chunks()
+    id_keys = text_keys(table["id"])
+    order = np.argsort(id_keys, kind="stable")  # rows of later parts come later: they win
+    sorted_keys = id_keys[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    rows = order[last]
+    table = table.take(rows)
+    return Indexed(
+        keys=KeyTable(sorted_keys[last], text_keys(table["fingerprint"])),
+        ids=table["id"].combine_chunks(),
+        video_bytes=_sizes(table["video_bytes"]),
+        marker_bytes=_sizes(table["marker_bytes"]),
+        corrupt=corrupt,
     )
+
+
+def _sizes(column: pa.ChunkedArray) -> np.ndarray:
+    return column.fill_null(-1).to_numpy().astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Recent:
+    """Markers written since the last compaction, each checked against its files."""
+
+    pointers: dict[str, list[str]]  # id -> its pointer tokens, oldest first
+    done: dict[str, dict]  # id -> marker, for ids whose newest commit is whole
+    marker_bytes: dict[str, int | None]
+    open: set[str]  # ids with a pointer and no whole commit
+    orphans: set[str]  # open ids whose video exists
+
+
+def read_recent(root: Root, pointers: dict[str, list[str]] | None = None) -> Recent:
+    """Each recent id checked: its newest marker read and its video's size asked (two calls)."""
+    pointers = read_pointers(root) if pointers is None else pointers
+    ids = list(pointers)
+    done, sizes, still_open, orphans = {}, {}, set(), set()
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        results = pool.map(lambda i: verify_recent(root, i, pointers[i][-1]), ids)
+        for item_id, (marker, has_video, marker_bytes) in zip(ids, results):
+            if marker is not None:
+                done[item_id], sizes[item_id] = marker, marker_bytes
+            else:
+                still_open.add(item_id)
+                if has_video:
+                    orphans.add(item_id)
+    return Recent(pointers, done, sizes, still_open, orphans)
 
 
 def read_pointers(root: Root) -> dict[str, list[str]]:
@@ -260,50 +280,121 @@ def verify_recent(
     return (marker if done else None), size is not None, marker_bytes
 
 
-def verify_files(state: RootState, videos: dict[str, int], markers: dict[str, int]) -> None:
-    """Mark indexed items damaged whose video or marker is missing or has another size.
+def listing_sizes(sizes: dict[str, int], suffix: str) -> KeyTable:
+    """A listing (name -> size) as id key -> size, for names ending in `suffix`."""
+    ids = np.array([n[: -len(suffix)] for n in sizes if n.endswith(suffix)], dtype=object)
+    values = np.fromiter((s for n, s in sizes.items() if n.endswith(suffix)), np.uint64)
+    return KeyTable.latest(text_keys(ids), values)
 
-    `videos` and `markers` are one listing each of `videos/` and `items/` (name -> size).
-    Items committed since the last compaction were checked one by one already.
-    """
-    for item_id, recorded in state.indexed.items():
-        if item_id in state.recent_done or item_id in state.recent_open:
-            continue
-        video = videos.get(f"{item_id}.mp4")
-        marker = markers.get(f"{item_id}.json")
-        if video is None:
-            state.damaged[item_id] = "video missing"
-        elif recorded.video_bytes is not None and video != recorded.video_bytes:
-            state.damaged[item_id] = f"video is {video} bytes, {recorded.video_bytes} recorded"
-        elif marker is None:
-            state.damaged[item_id] = "marker missing"
-        elif recorded.marker_bytes is not None and marker != recorded.marker_bytes:
-            state.damaged[item_id] = f"marker is {marker} bytes, {recorded.marker_bytes} recorded"
-    state.verified = True
+
+def verify_files(indexed: Indexed, skip: np.ndarray, videos: KeyTable, markers: KeyTable) -> dict:
+    """id -> what is wrong, for indexed items whose video or marker is missing or has another
+    size than recorded. `skip` holds the keys of items committed since the last compaction:
+    they were checked one by one already."""
+    keys = indexed.keys.keys
+    has_video, video = videos.find(keys)
+    has_marker, marker = markers.find(keys)
+    video, marker = video.astype(np.int64), marker.astype(np.int64)
+    recorded_video, recorded_marker = indexed.video_bytes, indexed.marker_bytes
+    wrong_video = (recorded_video >= 0) & (video != recorded_video)
+    wrong_marker = (recorded_marker >= 0) & (marker != recorded_marker)
+    bad = (~has_video | wrong_video | ~has_marker | wrong_marker) & ~np.isin(keys, skip)
+    damaged = {}
+    for row in np.flatnonzero(bad):
+        item_id = indexed.ids[int(row)].as_py()
+        if not has_video[row]:
+            damaged[item_id] = "video missing"
+        elif wrong_video[row]:
+            damaged[item_id] = f"video is {video[row]} bytes, {recorded_video[row]} recorded"
+        elif not has_marker[row]:
+            damaged[item_id] = "marker missing"
+        else:
+            damaged[item_id] = f"marker is {marker[row]} bytes, {recorded_marker[row]} recorded"
+    return damaged
 
 
 def read_state(root: Root, *, verify: bool = True) -> RootState:
     """What the root holds. With `verify`, one listing each of `videos/` and `items/` checks
     every indexed item's files against the index (see `verify_files`)."""
-    indexed, corrupt = read_indexed(root)
-    state = RootState(indexed=indexed, pointers=read_pointers(root), corrupt_parts=corrupt)
-    ids = list(state.pointers)
-    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        results = pool.map(lambda i: verify_recent(root, i, state.pointers[i][-1]), ids)
-        for item_id, (marker, has_video, _) in zip(ids, results):
-            if marker is not None:
-                state.recent_done[item_id] = marker
-            else:
-                state.recent_open.add(item_id)
-                if has_video:
-                    state.orphans.add(item_id)
+    indexed = read_indexed(root)
+    recent = read_recent(root)
     names = root.list_names(FAILURES_DIR)
-    state.failures = {n[: -len(".json")] for n in names if n.endswith(".json")}
-    if verify and state.indexed:
-        verify_files(state, root.list_sizes(VIDEOS_DIR), root.list_sizes(ITEMS_DIR))
-    if corrupt:
-        rebuild_from_markers(root, state)
+    state = RootState(
+        recent_done=recent.done,
+        recent_open=recent.open,
+        orphans=recent.orphans,
+        failures={n[: -len(".json")] for n in names if n.endswith(".json")},
+        pointers=recent.pointers,
+        corrupt_parts=indexed.corrupt,
+        source=root,
+    )
+    recent_keys = key_set(recent.pointers)
+    if verify and len(indexed.keys):
+        videos = listing_sizes(root.list_sizes(VIDEOS_DIR), ".mp4")
+        markers = listing_sizes(root.list_sizes(ITEMS_DIR), ".json")
+        state.damaged = verify_files(indexed, recent_keys, videos, markers)
+        state.verified = True
+    if indexed.corrupt:
+        known = np.union1d(indexed.keys.keys, recent_keys)
+        state.rebuilt = rebuild_from_markers(root, known)
+    state.done = done_table(indexed.keys, state)
     return state
+
+
+def done_table(indexed: KeyTable, state: RootState) -> KeyTable:
+    """The indexed items less those committed since or damaged, plus the recent and rebuilt
+    ones with their own fingerprints."""
+    gone = key_set([*state.pointers, *state.damaged])
+    table = indexed.without(gone) if len(gone) else indexed
+    for markers in (state.rebuilt_markers(), state.recent_done):
+        ids = list(markers)
+        fingerprints = [markers[i].get("fingerprint") for i in ids]
+        table = table.with_pairs(
+            text_keys(np.array(ids, dtype=object)), text_keys(np.array(fingerprints, dtype=object))
+        )
+    return table
+
+
+def rebuild_from_markers(root: Root, known: np.ndarray) -> dict[str, tuple[dict, int | None]]:
+    """With a part unreadable, find done items from their markers instead: every marker whose
+    id is not in `known` (the readable index and the recent ids) is read and its video checked
+    (one read and one stat per such item), so a corrupt part costs time, not a regeneration."""
+    names = root.list_names(ITEMS_DIR)
+    ids = np.array([n[: -len(".json")] for n in names if n.endswith(".json")], dtype=object)
+    ids = [str(i) for i in ids[~np.isin(text_keys(ids), known)]] if len(ids) else []
+
+    def check(item_id: str) -> tuple[dict | None, int | None]:
+        marker, size = read_marker(root, item_id)
+        whole = marker is not None and root.size(video_path(item_id)) == marker.get("video_bytes")
+        return (marker if whole else None), size
+
+    rebuilt = {}
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        for item_id, (marker, size) in zip(ids, pool.map(check, ids)):
+            if marker is not None:
+                rebuilt[item_id] = (marker, size)
+    return rebuilt
+
+
+def heal(root: Root, state: RootState) -> str | None:
+    """Run by the lease holder: move unreadable parts to `index/quarantine/` and index the
+    markers rebuilt in their place as a new part. Returns a notice, or None if all was well."""
+    if not state.corrupt_parts:
+        return None
+    for rel in state.corrupt_parts:
+        root.write_bytes(f"{QUARANTINE_DIR}/{posixpath.basename(rel)}", root.read_bytes(rel))
+        root.delete(rel)
+    if state.rebuilt:
+        rel = f"{INDEX_DIR}/{part_name(next_number(list_parts(root)))}"
+        markers = [m for m, _ in state.rebuilt.values()]
+        root.create_exclusive(rel, encode_part(markers, [n for _, n in state.rebuilt.values()]))
+    return (
+        f"{len(state.corrupt_parts)} unreadable index part(s) moved to {QUARANTINE_DIR}/; "
+        f"{len(state.rebuilt)} done item(s) found again from their markers"
+    )
+
+
+# --------------------------------------------------------------------------- compaction
 
 
 @dataclass(frozen=True)
@@ -311,100 +402,106 @@ class CompactionResult:
     folded: int
     part: str | None
     merged_parts: int = 0
+    rewritten_rows: int = 0  # rows the tier merges wrote (the index's cost beyond the fold)
+    written_bytes: int = 0  # bytes written to index/: the new part and the merges
 
 
-def compact(root: Root, min_items: int, max_parts: int) -> CompactionResult:
-    """Fold verified recent markers into a new part, then drop the pointers it covers."""
-    state = RootState(pointers=read_pointers(root))
-    ids = list(state.pointers)
-    if len(ids) < max(1, min_items):
+def compact(
+    root: Root, min_items: int, max_parts: int | None, fanout: int = FANOUT
+) -> CompactionResult:
+    """Fold verified recent markers into a new tier-0 part, drop the pointers it covers, then
+    merge full tiers (see `parts.merge_tiers`)."""
+    pointers = read_pointers(root)
+    if len(pointers) < max(1, min_items):
         return CompactionResult(0, None)
-    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        checked = list(pool.map(lambda i: verify_recent(root, i, state.pointers[i][-1]), ids))
-    done = [marker for marker, _, _ in checked if marker is not None]
-    sizes = [size for marker, _, size in checked if marker is not None]
-    if not done:
+    recent = read_recent(root, pointers)
+    if not recent.done:
         return CompactionResult(0, None)
-    parts = list_parts(root)
-    rel = f"{INDEX_DIR}/{part_name((parts[-1][0] if parts else 0) + 1)}"
-    root.create_exclusive(rel, encode_part(done, sizes))
+    data = encode_part(list(recent.done.values()), list(recent.marker_bytes.values()))
+    rel = f"{INDEX_DIR}/{part_name(next_number(list_parts(root)))}"
+    root.create_exclusive(rel, data)
     covered = [
-        pointer_path(m["id"], t)
-        for m in done
-        for t in state.pointers[m["id"]]
-        if t <= m["commit_token"]
+        pointer_path(item_id, token)
+        for item_id, marker in recent.done.items()
+        for token in pointers[item_id]
+        if token <= marker["commit_token"]
     ]
     root.delete_many(covered)
-    merged = merge_parts(root, max_parts) if len(parts) + 1 > max_parts else 0
-    return CompactionResult(len(done), rel, merged)
+    merged = merge_tiers(root, fanout, max_parts)
+    return CompactionResult(
+        len(recent.done), rel, merged.parts, merged.rows, len(data) + merged.bytes
+    )
 
 
-def merge_parts(root: Root, max_parts: int) -> int:
-    """Rewrite every part into one (latest row per id wins); return how many were merged."""
-    parts = list_parts(root)
-    if len(parts) <= max_parts:
-        return 0
-    tables = [decode_part(root.read_bytes(rel)) for _, rel in parts]
-    table = pa.concat_tables(tables)
-    latest: dict[str, int] = {item_id: row for row, item_id in enumerate(table["id"].to_pylist())}
-    merged = table.take(sorted(latest.values()))
-    root.create_exclusive(f"{INDEX_DIR}/{part_name(parts[-1][0] + 1)}", table_bytes(merged))
-    root.delete_many([rel for _, rel in parts])
-    return len(parts)
+# --------------------------------------------------------------------------- reading markers
 
 
-def iter_indexed_markers(root: Root, skip: set[str]) -> Iterator[dict]:
-    """Markers stored in the parts, latest per id, leaving out the ids in `skip`."""
-    winner: dict[str, int] = {}
-    for number, table in iter_parts(root, ["id"]):
-        winner.update(dict.fromkeys(table["id"].to_pylist(), number))
-    for number, table in iter_parts(root, ["id", "marker_json"]):
-        for item_id, text in zip(table["id"].to_pylist(), table["marker_json"].to_pylist()):
-            if winner.get(item_id) == number and item_id not in skip:
-                winner.pop(item_id)
-                yield json.loads(text)
+def iter_indexed_markers(
+    root: Root, skip: Iterable[str], only: Iterable[str] | None = None
+) -> Iterator[dict]:
+    """The markers stored in the parts, latest per id, in id order, leaving out `skip` (and
+    keeping only `only`, when given). An unreadable part is left out."""
+    schema, sources = merge_sources(root, list_parts(root), skip_unreadable=True)
+    columns = pa.schema([schema.field("id"), schema.field("marker_json")])
+    for table in iter_merged(root, sources, columns, skip=set(skip), only=only):
+        yield from (json.loads(text) for text in table["marker_json"].to_pylist())
 
 
-def _column_array(values: list) -> pa.Array:
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+# --------------------------------------------------------------------------- the final index
 
 
-def final_index_table(markers: Iterable[dict]) -> pa.Table:
-    """One row per marker: scalar fields as columns, nested ones in a `nested_json` column."""
-    rows = [_with_item_columns(m) for m in sorted(markers, key=lambda m: m["id"])]
-    scalar_keys: set[str] = set()
-    nested_keys: set[str] = set()  # a key nested in any row stays out of the flat columns
-    for marker in rows:
-        for key, value in marker.items():
-            (nested_keys if isinstance(value, (dict, list)) else scalar_keys).add(key)
-        item = marker.get("item") or {}
-        nested_keys.update(k for k, v in item.items() if isinstance(v, (dict, list)))
-    scalar_keys -= nested_keys
-    order = [k for k in FLAT_FIRST if k in scalar_keys or k == "id"]
-    order += sorted(scalar_keys - set(order) - {"commit_token"})
-    columns = {k: _column_array([_scalar(m.get(k)) for m in rows]) for k in order}
-    nested = [{k: v for k, v in m.items() if isinstance(v, (dict, list))} for m in rows]
-    columns["nested_json"] = pa.array([json.dumps(n, sort_keys=True) for n in nested], pa.string())
-    return pa.table(columns)
+@dataclass(frozen=True)
+class FinalIndex:
+    rows: int
+    written: bool  # False: the index there already listed exactly this
 
 
-def _with_item_columns(marker: dict) -> dict:
-    """The item's own scalar fields (prompt, task, seed, sizes...) and the pipeline's name and
-    identity as top-level columns, so the index can be filtered without parsing JSON."""
-    extra = {
-        k: v
-        for k, v in (marker.get("item") or {}).items()
-        if k not in marker and not isinstance(v, (dict, list))
+def write_final_index(root: Root, state: RootState) -> FinalIndex:
+    """Write index.parquet from the parts' final-index columns, merged by id, plus the items the
+    state has that the parts lack (committed since, rebuilt), less the damaged ones; skipped if
+    the index there was made of exactly the same."""
+    parts = [p for p in list_parts(root) if p.rel not in state.corrupt_parts]
+    extra = {**state.rebuilt_markers(), **state.recent_done}  # they win over the parts
+    skip = set(state.recent_open) | set(state.damaged)
+    digest = _source_digest(parts, extra, skip)
+    existing = _final_source(root)
+    if existing is not None and existing[0] == digest:
+        return FinalIndex(existing[1], written=False)
+    schema, sources = merge_sources(root, parts, skip_unreadable=True)
+    if extra:
+        table = part_table(list(extra.values()))
+        sources.append(Source(table=table))
+        schema = unified_schema([schema, table.schema], PART_SCHEMA.names)
+    columns, names = final_columns(schema)
+    metadata = {SOURCE_KEY.decode(): digest}
+    data, rows = write_merged(root, sources, columns, skip=skip, names=names, metadata=metadata)
+    root.write_bytes(FINAL_INDEX, data)
+    return FinalIndex(rows, written=True)
+
+
+def _source_digest(parts: list[Part], extra: dict[str, dict], skip: set[str]) -> str:
+    """What the final index is made of: the parts by name (a part never changes), the extra
+    markers' commits, the ids left out."""
+    what = {
+        "parts": [p.rel for p in parts],
+        "extra": sorted((i, str(m.get("commit_token"))) for i, m in extra.items()),
+        "skip": sorted(skip),
     }
-    pipeline = marker.get("pipeline") or {}
-    for key in ("name", "identity"):
-        if isinstance(pipeline, dict) and key in pipeline:
-            extra[f"pipeline_{key}"] = pipeline[key]
-    return {**extra, **marker}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-def _scalar(value: object) -> object:
-    return None if isinstance(value, (dict, list)) else value
+def _final_source(root: Root) -> tuple[str, int] | None:
+    """(the digest index.parquet records, its rows), or None if there is none."""
+
+    def read() -> tuple[str, int] | None:
+        with root.fs.open(root.path(FINAL_INDEX), "rb") as handle:
+            meta = pq.ParquetFile(handle).metadata
+            digest = (meta.metadata or {}).get(SOURCE_KEY)
+            return (digest.decode(), meta.num_rows) if digest else None
+
+    try:
+        return root.call("read", FINAL_INDEX, read)
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - an unreadable index is written again
+        return None

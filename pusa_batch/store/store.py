@@ -32,6 +32,7 @@ import fsspec
 from pusa_batch.errors import RootNotFoundError, StoreError, UnsafeRootError
 from pusa_batch.store.index import (
     FAILURES_DIR,
+    FINAL_INDEX,
     INDEX_DIR,
     ITEMS_DIR,
     RECENT_DIR,
@@ -40,14 +41,14 @@ from pusa_batch.store.index import (
     RootState,
     compact,
     failure_path,
-    final_index_table,
     heal,
     iter_indexed_markers,
     marker_path,
     pointer_path,
+    read_marker,
     read_state,
-    table_bytes,
     video_path,
+    write_final_index,
 )
 from pusa_batch.store.io import (
     RetryPolicy,
@@ -60,7 +61,6 @@ from pusa_batch.store.io import (
 from pusa_batch.store.lease import Lease, OnWait, acquire_lease
 
 RUN_FILE = "run.json"
-FINAL_INDEX = "index.parquet"
 DEFAULT_STORAGE_TIMEOUT_S = 30.0  # how long transient storage errors are retried
 DEFAULT_RETRY = RetryPolicy(deadline_s=DEFAULT_STORAGE_TIMEOUT_S)
 _BAD_ID_CHARS = set('/\\@:*?"<>|')
@@ -231,10 +231,9 @@ class Store:
     def status_counts(self, state: RootState | None = None) -> dict[str, int]:
         """Counts from the root alone (no manifest): done, failed, orphans, uncompacted."""
         state = self.state() if state is None else state
-        done = state.done_ids()
         return {
-            "done": len(done),
-            "failed": len(state.failures - done),
+            "done": state.done_count(),
+            "failed": len(state.failed_not_done()),
             "damaged": len(state.damaged),
             "orphans": len(state.orphans),
             "uncompacted": len(state.pointers),
@@ -258,7 +257,8 @@ class Store:
         return self._root.clean_temp(older_than_s)
 
     def compact_index(self, min_items: int = 1, max_parts: int = 32) -> CompactionResult:
-        """Fold markers written since the last compaction into a new index part.
+        """Fold markers written since the last compaction into a new tier-0 index part, then
+        merge full tiers (see `store.parts`).
 
         Run it from the lease holder only. Parts beyond `max_parts` are merged into one.
         """
@@ -267,11 +267,30 @@ class Store:
     def has_final_index(self) -> bool:
         return self._root.size(FINAL_INDEX) is not None
 
-    def write_final_index(self) -> int:
-        """Write index.parquet, one row per done item; return the number of rows."""
-        table = final_index_table(self.iter_done_metadata())
-        self._root.write_bytes(FINAL_INDEX, table_bytes(table))
-        return table.num_rows
+    def write_final_index(self, state: RootState | None = None) -> int:
+        """Write index.parquet, one row per done item (not if it already lists exactly what the
+        root holds); return the number of rows.
+
+        With `state` (a run's, read before it generated), the items it found damaged are
+        checked again one by one; without, the root is read and verified whole.
+        """
+        if state is None:
+            now = self.state()
+        else:
+            now = self.state(verify=False)
+            now.damaged = self._still_damaged(state.damaged)
+        return write_final_index(self._root, now).rows
+
+    def _still_damaged(self, suspects: dict[str, str]) -> dict[str, str]:
+        """The suspects whose files are still not as their index row says (made again since:
+        whole)."""
+        still = {}
+        for item_id, why in suspects.items():
+            marker, _ = read_marker(self._root, item_id)
+            size = self._root.size(video_path(item_id))
+            if marker is None or size is None or size != marker.get("video_bytes"):
+                still[item_id] = why
+        return still
 
     # readers
     def iter_done_metadata(self, state: RootState | None = None) -> Iterator[dict]:
@@ -285,7 +304,7 @@ class Store:
     def iter_failures(self, state: RootState | None = None) -> Iterator[dict]:
         """Failure records of items that are not done (a success clears its record)."""
         state = self.state() if state is None else state
-        for item_id in sorted(state.failures - state.done_ids()):
+        for item_id in state.failed_not_done():
             record = self._root.read_json(failure_path(item_id))
             if record is not None:
                 yield record
@@ -298,9 +317,7 @@ class Store:
         removed, so the item is plainly missing until the next run makes it again.
         """
         damaged = dict(state.damaged)
-        indexed = {
-            m["id"]: m for m in iter_indexed_markers(self._root, skip=set()) if m["id"] in damaged
-        }
+        indexed = {m["id"]: m for m in iter_indexed_markers(self._root, skip=(), only=damaged)}
         outcome: dict[str, str] = {}
         for item_id, why in sorted(damaged.items()):
             marker = indexed.get(item_id)
