@@ -8,6 +8,11 @@ from typing import Any
 
 from pusa_batch.errors import ManifestError
 
+# How an input picture of another aspect ratio is framed (`pusa_batch.video` does it): scale to
+# cover and centre-crop, letterbox on black, plain resize, or take the output size from the first
+# input (rounded down to the spatial multiple) and resize plainly.
+FITS = ("cover", "contain", "stretch", "native")
+
 
 @dataclass(frozen=True)
 class Item:
@@ -31,6 +36,9 @@ class Item:
     steps: int
     guidance_scale: float
     shift: float
+    # The framing of the inputs (`FITS`); None for an item with no input media. With "native"
+    # height and width are already the first input's size, rounded down.
+    fit: str | None = None
 
     def cost(self) -> int:
         """Relative work (frames x pixels x steps): schedule the largest first."""
@@ -47,8 +55,12 @@ class Item:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Item:
         """An Item from `to_dict`'s form; records written before 0.2 also carry `image`, which
-        is always `images[0]` there and is dropped."""
+        is always `images[0]` there and is dropped; records written before `fit` have none
+        (they were framed "cover")."""
         data = dict(data)
+        if "fit" not in data:
+            media = data.get("images") or data.get("image") or data.get("video")
+            data["fit"] = "cover" if media else None
         legacy_image = data.pop("image", None)
         if legacy_image and not data.get("images"):
             data["images"] = [legacy_image]

@@ -1,9 +1,13 @@
 """Image and video I/O: header probes, decoding to fixed-size RGB frames, mp4 encoding.
 
 Every input may be a local path or an fsspec URL (``s3://``, ``memory://``, ...). Frames are always
-``uint8`` RGB arrays shaped ``(H, W, 3)`` / ``(n, H, W, 3)``. Resizing is "cover then center-crop":
-the source is scaled (LANCZOS) so it covers ``width x height`` and the middle is kept, so the
-output is exactly the requested size whatever the aspect ratio of the input.
+``uint8`` RGB arrays shaped ``(H, W, 3)`` / ``(n, H, W, 3)``, always exactly the requested size.
+How a picture of another aspect ratio is framed is its ``fit`` (``FITS``; LANCZOS throughout):
+"cover" scales it to cover ``width x height`` and keeps the middle (the default; Pusa's V2V and
+V0.5 scripts centre-crop, then resize), "contain" scales it to fit inside and pastes it centred
+on black (Pusa's Wan2.2 multi-frame script), "stretch" resizes it plainly, and "native" is a
+plain resize too: its size was taken from the input itself (`native_size`, Pusa's Wan2.1
+multi-frame script), so only the first input's last few rows and columns are squeezed away.
 
 Transparent images are composited on **white** (``ALPHA_BACKGROUND``): cut-out product shots and
 logos, the common transparent inputs, are drawn for a white page.
@@ -28,6 +32,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pusa_batch.errors import InputMediaError
 
 ALPHA_BACKGROUND = (255, 255, 255)
+LETTERBOX = (0, 0, 0)  # the bars of fit = "contain", black as upstream pastes on
+FITS = ("cover", "contain", "stretch", "native")  # = pusa_batch.item.FITS
 BOMB = Image.DecompressionBombError  # Pillow's limit on pixels (a tiny file, gigabytes decoded)
 _ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
@@ -106,9 +112,14 @@ def probe_image(path: PathLike, *, storage_options: dict | None = None) -> Image
 
 
 def load_image(
-    path: PathLike, width: int, height: int, *, storage_options: dict | None = None
+    path: PathLike,
+    width: int,
+    height: int,
+    *,
+    fit: str = "cover",
+    storage_options: dict | None = None,
 ) -> np.ndarray:
-    """Decode an image to ``uint8 (height, width, 3)`` RGB: EXIF-upright, cover-resized, cropped."""
+    """Decode an image to ``uint8 (height, width, 3)`` RGB: EXIF-upright, framed by `fit`."""
     _check_size(width, height)
     with _open_binary(path, storage_options) as f:
         try:
@@ -117,7 +128,7 @@ def load_image(
                 rgb = to_rgb(ImageOps.exif_transpose(img))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, BOMB) as e:
             raise _image_error(path, e) from e
-    return np.asarray(fit_image(rgb, width, height), dtype=np.uint8)
+    return np.asarray(fit_image(rgb, width, height, fit), dtype=np.uint8)
 
 
 def _image_error(path: PathLike, e: Exception) -> InputMediaError:
@@ -152,16 +163,42 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def fit_image(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale so the image covers width x height (LANCZOS), keeping the center; exact output size."""
+def fit_image(img: Image.Image, width: int, height: int, fit: str = "cover") -> Image.Image:
+    """The image framed in exactly width x height by `fit` (see the module's docstring)."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    if img.size == (width, height):
+        return img
+    if fit == "contain":
+        return _letterbox(img, width, height)
+    if fit in ("stretch", "native"):
+        return img.resize((width, height), Image.Resampling.LANCZOS)
     src_w, src_h = img.size
     scale = max(width / src_w, height / src_h)
     box_w, box_h = width / scale, height / scale
     left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
     box = (left, top, left + box_w, top + box_h)
-    if img.size == (width, height):
-        return img
     return img.resize((width, height), Image.Resampling.LANCZOS, box=box)
+
+
+def _letterbox(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Fit inside, centred on black, with upstream's arithmetic (wan22_14b_multi_frames_pusa.py
+    72-85: the scaled size truncated with int(), the offsets floored)."""
+    src_w, src_h = img.size
+    ratio = min(width / src_w, height / src_h)
+    new_w, new_h = max(1, int(src_w * ratio)), max(1, int(src_h * ratio))
+    canvas = Image.new("RGB", (width, height), LETTERBOX)
+    canvas.paste(
+        img.resize((new_w, new_h), Image.Resampling.LANCZOS),
+        ((width - new_w) // 2, (height - new_h) // 2),
+    )
+    return canvas
+
+
+def native_size(width: int, height: int, multiple: int) -> tuple[int, int]:
+    """fit = "native": the input's own size rounded down to `multiple` (Pusa's Wan2.1 multi-frame
+    script: ``(w // 16) * 16``); (0, 0) parts mean the input is smaller than one multiple."""
+    return width // multiple * multiple, height // multiple * multiple
 
 
 # --------------------------------------------------------------------------- videos
@@ -225,9 +262,11 @@ def read_frames(
     width: int,
     height: int,
     *,
+    fit: str = "cover",
     storage_options: dict | None = None,
 ) -> np.ndarray:
-    """Frames at ``indices`` (0-based, in the order given) as ``uint8 (n, height, width, 3)``.
+    """Frames at ``indices`` (0-based, in the order given) as ``uint8 (n, height, width, 3)``,
+    each framed by `fit` as `load_image` frames an image.
 
     Decodes sequentially and stops at ``max(indices)``; the rest of the file is never decoded.
     Negative indices are rejected: the caller resolves them with the frame count.
@@ -249,7 +288,7 @@ def read_frames(
             for decoded, frame in enumerate(container.decode(stream), start=1):
                 index = decoded - 1
                 if index in needed:
-                    found[index] = np.asarray(fit_image(frame.to_image(), width, height))
+                    found[index] = np.asarray(fit_image(frame.to_image(), width, height, fit))
                 if index >= last:
                     break
         except av.error.FFmpegError as e:

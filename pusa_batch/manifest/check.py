@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -15,7 +15,7 @@ from pusa_batch import tasks as task_rules
 from pusa_batch import video as media
 from pusa_batch.cells import is_empty
 from pusa_batch.errors import InputMediaError, RowProblem, TaskError
-from pusa_batch.item import Item
+from pusa_batch.item import FITS, Item
 from pusa_batch.manifest.schema import (
     COLUMNS,
     ID_PATTERN,
@@ -56,6 +56,8 @@ class CheckedChunk:
     paths: dict[str, list[str | None]]
     problems: list[RowProblem]
     bad: np.ndarray
+    fits: list[str | None] = field(default_factory=list)  # per row; None: no input media
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # fit native: (h, w)
 
     def task_counts(self) -> dict[str, int]:
         tasks = self.cols.get("task")
@@ -78,6 +80,11 @@ class CheckedChunk:
                 return cast(self.rules.defaults[name])
             return cast(cell)
 
+        sizes = {
+            k: value(k, int) for k in ("num_frames", "height", "width", "fps", "seed", "steps")
+        }
+        if i in self.sizes:  # fit native: the size is the first input's, decided at the check
+            sizes["height"], sizes["width"] = self.sizes[i]
         return Item(
             id=str(self.ids[i]),
             row=self.first_row + i,
@@ -89,9 +96,10 @@ class CheckedChunk:
             video_b=self.paths["video_b"][i],
             cond_frames=self._list("cond_frames", i),
             noise_multipliers=self._list("noise_multipliers", i),
-            **{k: value(k, int) for k in ("num_frames", "height", "width", "fps", "seed", "steps")},
+            **sizes,
             guidance_scale=value("guidance_scale", float),
             shift=value("shift", float),
+            fit=self.fits[i] if self.fits else None,
         )
 
     def _list(self, name: str, i: int) -> tuple | None:
@@ -142,11 +150,14 @@ class ChunkChecker:
         images, paths = self._resolve_paths(cols, found, n)
         ids = self._ids(cols, found, n, first_row)
         self._plan_rows(cols, images, paths, found, n)
+        fits, sizes = self._fits(cols, images, paths, found, n)
         found.found.sort(key=lambda p: (p[0], COLUMN_ORDER.get(p[1], 99)))
         problems = [RowProblem(first_row + i, ids[i], c, m) for i, c, m in found.found]
         bad = np.zeros(n, dtype=bool)
         bad[[i for i, _, _ in found.found]] = True
-        return CheckedChunk(first_row, n, self.rules, cols, ids, images, paths, problems, bad)
+        return CheckedChunk(
+            first_row, n, self.rules, cols, ids, images, paths, problems, bad, fits, sizes
+        )
 
     # -- cells
     def _parse_columns(self, df: pd.DataFrame, found: _Problems) -> dict[str, Any]:
@@ -156,7 +167,7 @@ class ChunkChecker:
                 continue
             s = df[name]
             if kind in ("text", "path"):
-                col = text_column(s, lower=name == "task", allow_numbers=name == "id")
+                col = text_column(s, lower=name in ("task", "fit"), allow_numbers=name == "id")
                 found.add_where(col.bad, name, _expected("text"), s.to_numpy(object))
                 cols[name] = col.values
                 if name == "id":
@@ -204,6 +215,13 @@ class ChunkChecker:
                     mask = ~np.isnan(values) & is_bad(values)
                 found.add_where(mask, name, message, values)
         self._check_pixels(cols, found)
+        if "fit" in cols:
+            fits = pd.Series(cols["fit"], dtype=object)
+            unknown = fits.notna().to_numpy() & ~fits.isin(FITS).to_numpy()
+            choices = ", ".join(FITS)
+            found.add_where(
+                unknown, "fit", lambda v: f"unknown fit {v!r}; use one of: {choices}.", fits
+            )
         if "images" in cols and "image" in cols:
             both = _present(cols["image"]) & np.array([v is not None for v in cols["images"]])
             found.add_where(
@@ -296,6 +314,71 @@ class ChunkChecker:
             return UNPROBED_VIDEO_FRAMES
         info, _ = self._probe("video", path)
         return UNPROBED_VIDEO_FRAMES if info is None else int(info.frames)
+
+    # -- framing
+    def _fits(
+        self, cols: dict[str, Any], images: list, paths: dict, found: _Problems, n: int
+    ) -> tuple[list[str | None], dict[int, tuple[int, int]]]:
+        """Each row's fit (its cell, else the spec's default for its kind of input; None with no
+        input media) and, for fit native, its size: the first input's, rounded down."""
+        given = cols.get("fit")
+        fits: list[str | None] = [None] * n
+        sizes: dict[int, tuple[int, int]] = {}
+        if not any(c in cols for c in ("image", "images", "video")):
+            return fits, sizes  # no input media in this chunk (t2v): nothing to frame
+        for i in range(n):
+            kind = "image" if images[i] else "video" if paths["video"][i] else None
+            if kind is None or found.touches(i, frozenset({"fit"})):
+                continue
+            cell = None if given is None else given[i]
+            fits[i] = cell or str(self.rules.defaults[f"{kind}_fit"])
+            if fits[i] == "native":
+                size = self._native_size(i, cols, kind, images[i][:1] or [paths["video"][i]], found)
+                if size is not None:
+                    sizes[i] = size
+        return fits, sizes
+
+    def _native_size(
+        self, i: int, cols: dict[str, Any], kind: str, first: list[str], found: _Problems
+    ) -> tuple[int, int] | None:
+        """(height, width) for fit native, or None after adding the row's problem."""
+        explicit = [c for c in ("height", "width") if c in cols and not np.isnan(cols[c][i])]
+        if explicit:
+            found.add(
+                i,
+                "fit",
+                f"fit native takes the size from the first {kind}; leave "
+                f"{' and '.join(explicit)} empty, or give fit = cover, contain or stretch.",
+            )
+            return None
+        column = "video" if kind == "video" else "images"
+        if found.touches(i, frozenset({column, "image"})):
+            return None  # the file's own problem is already reported
+        info, error = self._probe(column, first[0])
+        if error:
+            found.add(i, column, error)
+            return None
+        m, limits = self.rules.spatial_multiple, self.rules.limits
+        width, height = media.native_size(int(info.width), int(info.height), m)
+        size = f"{info.width}x{info.height}"
+        if min(width, height) < m:
+            found.add(i, "fit", f"fit native: the {kind} is {size}, smaller than {m}x{m}.")
+            return None
+        over = []
+        if max(width, height) > limits.max_side:
+            over.append(f"limits.max_side = {limits.max_side}")
+        if width * height > limits.max_pixels:
+            over.append(f"limits.max_pixels = {limits.max_pixels:,}")
+        if over:
+            found.add(
+                i,
+                "fit",
+                f"fit native: the {kind} is {size}, so the video would be {width}x{height}, "
+                f"over this pipeline's {' and '.join(over)}; use a smaller {kind}, or give "
+                "fit = cover, contain or stretch with a height and width.",
+            )
+            return None
+        return height, width
 
     # -- ids
     def _ids(self, cols: dict[str, Any], found: _Problems, n: int, first_row: int) -> np.ndarray:

@@ -518,6 +518,8 @@ def item_fingerprint(
         guidance_scale=float(item.guidance_scale),
         shift=float(item.shift),
     )
+    if item.fit not in (None, "cover"):  # "cover", the framing before `fit`, hashes as before
+        payload["fit"] = item.fit
     return hashlib.sha256(fingerprint_text(payload).encode("utf-8")).hexdigest()
 
 

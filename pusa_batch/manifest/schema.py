@@ -40,6 +40,7 @@ COLUMNS: dict[str, str] = {
     "steps": "int",
     "guidance_scale": "float",
     "shift": "float",
+    "fit": "text",  # one of FITS; empty: the spec's defaults.image_fit / video_fit
 }
 REQUIRED_COLUMNS = ("task", "prompt")
 PATH_COLUMNS = ("image", "images", "video", "video_b")
@@ -57,10 +58,12 @@ DEFAULTED_COLUMNS = (
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # no leading "."
 ID_PATTERN_TEXT = "1-128 characters from A-Z a-z 0-9 . _ -, the first not a '.'"
 SEED_MAX = 2**32 - 1
+FIT_DEFAULTS = ("image_fit", "video_fit")  # the spec's defaults for a row's empty `fit`
 
 # Used when no pipeline spec is given (`validate` without `--pipeline`): the spec's own defaults,
 # Pusa-Wan at 720p.
-WAN_DEFAULTS: dict[str, Any] = asdict(Defaults())
+_BUILT_IN: dict[str, Any] = asdict(Defaults())
+WAN_DEFAULTS: dict[str, Any] = {k: v for k, v in _BUILT_IN.items() if k not in FIT_DEFAULTS}
 WAN_TEMPORAL_FACTOR = TEMPORAL_FACTORS["wan2.1"]
 WAN_SPATIAL_MULTIPLE = 16
 
@@ -78,12 +81,15 @@ class Rules:
 def rules_from_spec(spec: Any | None) -> Rules:
     """Duck-typed: any object with `.defaults`, `.temporal_factor`, `.spatial_multiple` works."""
     if spec is None:
-        return Rules(dict(WAN_DEFAULTS), WAN_TEMPORAL_FACTOR, WAN_SPATIAL_MULTIPLE)
+        return Rules(dict(_BUILT_IN), WAN_TEMPORAL_FACTOR, WAN_SPATIAL_MULTIPLE)
     given = spec.defaults
     defaults = {}
     for name in DEFAULTED_COLUMNS:
         value = given.get(name) if isinstance(given, Mapping) else getattr(given, name, None)
         defaults[name] = WAN_DEFAULTS[name] if value is None else value
+    for name in FIT_DEFAULTS:
+        value = given.get(name) if isinstance(given, Mapping) else getattr(given, name, None)
+        defaults[name] = _BUILT_IN[name] if value is None else value
     limits = getattr(spec, "limits", None) or Limits()
     return Rules(defaults, int(spec.temporal_factor), int(spec.spatial_multiple), limits)
 

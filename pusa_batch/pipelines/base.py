@@ -331,10 +331,11 @@ class Pipeline:
             key = (slot.source, slot.image_index, slot.source_frames[:1])
             if key not in alone:
                 if slot.source == "image":
-                    pixels = self._load_image(_images(item)[slot.image_index], *size)[None]
+                    image = _images(item)[slot.image_index]
+                    pixels = self._load_image(image, *size, fit=_fit(item))[None]
                 else:  # one frame of a video, encoded alone like an image (loop)
                     path = _source_path(item, slot.source)
-                    pixels = self._read_frames(path, slot.source_frames[:1], *size)
+                    pixels = self._read_frames(path, slot.source_frames[:1], *size, fit=_fit(item))
                 alone[key] = encode(pixels)[:, :, 0]
             latents.append(alone[key])
         clean = torch.stack(latents, dim=2)
@@ -348,15 +349,20 @@ class Pipeline:
         frames: dict[tuple[str, int], np.ndarray] = {}
         for source in sorted({src for src, _ in layout}):
             wanted = sorted({i for src, i in layout if src == source})
-            pixels = self._read_frames(_source_path(item, source), wanted, item.width, item.height)
+            path = _source_path(item, source)
+            pixels = self._read_frames(path, wanted, item.width, item.height, fit=_fit(item))
             frames.update(((source, i), px) for i, px in zip(wanted, pixels, strict=True))
         return encode(np.stack([frames[entry] for entry in layout]))
 
-    def _load_image(self, path: str, width: int, height: int) -> np.ndarray:
-        return video.load_image(path, width, height, storage_options=self.storage_options)
+    def _load_image(self, path: str, width: int, height: int, fit: str = "cover") -> np.ndarray:
+        options = self.storage_options
+        return video.load_image(path, width, height, fit=fit, storage_options=options)
 
-    def _read_frames(self, path: str, indices, width: int, height: int) -> np.ndarray:
-        return video.read_frames(path, indices, width, height, storage_options=self.storage_options)
+    def _read_frames(
+        self, path: str, indices, width: int, height: int, fit: str = "cover"
+    ) -> np.ndarray:
+        options = self.storage_options
+        return video.read_frames(path, indices, width, height, fit=fit, storage_options=options)
 
     def _frame_count(self, path: str | None) -> int | None:
         if not path:
@@ -395,6 +401,11 @@ def _to_device(context: sampler.Context, device: torch.device) -> sampler.Contex
     if isinstance(context, Tensor):
         return context.to(device)
     return tuple(t.to(device) for t in context)
+
+
+def _fit(item: Any) -> str:
+    """How the item's inputs are framed (`video.FITS`); items from before `fit` were "cover"."""
+    return getattr(item, "fit", None) or "cover"
 
 
 def _images(item: Any) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pusa_batch.errors import PipelineError
+from pusa_batch.item import FITS
 from pusa_batch.models.tiny import TINY_VERSION
 from pusa_batch.weights import StagingConfig, WeightURL, is_url, list_source, url_problem
 from pusa_batch.weights.fetch import MIB
@@ -79,6 +80,10 @@ class Defaults:
     steps: int = 30
     guidance_scale: float = 3.0
     shift: float = 5.0
+    # The `fit` of a row that leaves it empty (`pusa_batch.item.FITS`): for image inputs, and
+    # for video inputs (Pusa's scripts frame the two differently; see pusa-*.toml).
+    image_fit: str = "cover"
+    video_fit: str = "cover"
 
 
 # Pusa V0.5's demos: 848x480x163 at 30 fps, cfg 4.5, seed 1710977262, negative prompt "" (the
@@ -590,6 +595,11 @@ def _check_defaults(where: _Where, d: Defaults, r: int) -> None:
     for key, ok in checks.items():
         if not ok:
             raise where.fail(f"defaults.{key}", f"out of range: {getattr(d, key)!r}")
+    for key in ("image_fit", "video_fit"):
+        if getattr(d, key) not in FITS:
+            raise where.fail(
+                f"defaults.{key}", f"must be one of {', '.join(FITS)}, got {getattr(d, key)!r}"
+            )
 
 
 def _check_options(where: _Where, o: Options, family: str) -> None:
