@@ -101,6 +101,15 @@ class CountingProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     answer = conn.getresponse()
                     data = answer.read()
+                    seen = Seen(
+                        self.command,
+                        parts.path,
+                        parts.query,
+                        self.headers.get("Range"),
+                        answer.status,
+                        len(data),
+                    )
+                    proxy._record(seen)  # before the client has its answer: no race with it
                     self.send_response(answer.status, answer.reason)
                     for key, value in answer.getheaders():
                         if key.lower() not in _HOP and key.lower() != "content-length":
@@ -115,16 +124,6 @@ class CountingProxy:
                         self.wfile.write(data)
                 finally:
                     conn.close()
-                proxy._record(
-                    Seen(
-                        self.command,
-                        parts.path,
-                        parts.query,
-                        self.headers.get("Range"),
-                        answer.status,
-                        len(data),
-                    )
-                )
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 

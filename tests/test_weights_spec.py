@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
+from safetensors.numpy import save
 from test_weights_proxy import upload, write_pipeline
 
 from pusa_batch.errors import PipelineError, WeightsError
@@ -161,3 +163,45 @@ def test_an_unreadable_bucket_is_a_weights_error_naming_the_url_without_secrets(
     with pytest.raises(WeightsError, match=r"s3://no-such-bucket-x/wan/\w+: cannot list") as e:
         load_pipeline_spec(path).check_weights()
     assert SECRET not in str(e.value)
+
+
+def mochi_tree(folder: Path) -> Path:
+    """A Mochi root as the loader lays it out (dummy bytes: names and sizes matter here, and
+    a DiT that is a whole safetensors file)."""
+    dit = folder / "pusa_v0_dit.safetensors"
+    dit.parent.mkdir(parents=True, exist_ok=True)
+    dit.write_bytes(save({"w": np.zeros(8, dtype=np.float32)}))
+    for rel, size in [
+        ("config.json", 20),
+        ("vae/config.json", 10),
+        ("text_encoder/config.json", 11),
+        ("tokenizer/spiece.model", 12),
+    ]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x" * size)
+    return folder
+
+
+def mochi_spec(folder: Path, root: str, options: dict | None) -> Path:
+    path = folder / ("remote.toml" if options else "local.toml")
+    text = f'family = "mochi"\n[weights]\nroot = "{root}"\n[staging]\ncache = "{folder / "c"}"\n'
+    if options:
+        text += (
+            f'[staging.storage_options.s3]\nkey = "{options["key"]}"\n'
+            f'secret = "{options["secret"]}"\n'
+            f'client_kwargs = {{ endpoint_url = "{options["client_kwargs"]["endpoint_url"]}" }}\n'
+        )
+    path.write_text(text)
+    return path
+
+
+def test_a_remote_mochi_dit_is_staged_with_the_config_beside_it(tmp_path, s3):
+    local_root = mochi_tree(tmp_path / "mochi")
+    fs = fsspec.filesystem("s3", **s3.storage_options, skip_instance_cache=True)
+    upload(fs, local_root, "pusa-test/spec-mochi")
+    remote_file = mochi_spec(tmp_path, "s3://pusa-test/spec-mochi", s3.storage_options)
+    remote = load_pipeline_spec(remote_file)
+    local = load_pipeline_spec(mochi_spec(tmp_path, str(local_root), None))
+    staged = stage_pipeline(remote)
+    assert (staged.weights.dit.parent / "config.json").read_bytes() == b"x" * 20
+    assert remote.identity() == local.identity() == staged.identity()

@@ -171,6 +171,37 @@ def test_a_staged_tree_holds_the_remote_bytes_under_the_remote_names(tmp_path, p
     assert (tree / "sub" / "part.bin").read_bytes() == data
 
 
+def test_a_cut_file_in_a_staged_tree_is_fetched_again_and_only_it(tmp_path, proxy, bucket_fs):
+    put(bucket_fs, "pusa-test/damaged/model/a.bin", os.urandom(30 * KIB))
+    put(bucket_fs, "pusa-test/damaged/model/b.bin", os.urandom(30 * KIB))
+    request = [SourceRequest(WeightURL("s3://pusa-test/damaged/model"))]
+    [tree] = stage_sources(request, config(proxy, tmp_path / "c"))
+    os.truncate(tree / "a.bin", 100)
+    proxy.clear()
+    [again] = stage_sources(request, config(proxy, tmp_path / "c"))
+    assert proxy.gets_per_object() == {"/pusa-test/damaged/model/a.bin": 1}
+    assert (again / "a.bin").read_bytes() == bucket_fs.cat_file("pusa-test/damaged/model/a.bin")
+
+
+def test_an_http_url_names_one_file_read_with_ranges(tmp_path, s3, proxy, bucket_fs):
+    data = os.urandom(150 * KIB)
+    bucket_fs.pipe_file("pusa-test/http/lora.safetensors.bin", data, ACL="public-read")
+    url = WeightURL(f"{proxy.endpoint}/pusa-test/http/lora.safetensors.bin")
+    cfg = StagingConfig(cache=tmp_path / "c", chunk_bytes=64 * KIB)
+    [staged] = stage_sources([SourceRequest(url)], cfg)
+    assert staged.name == "lora.safetensors.bin" and staged.read_bytes() == data
+    assert [g.range is not None for g in proxy.object_gets()] == [True] * 3  # no probe GETs
+
+
+def test_a_warm_http_file_is_found_with_one_head_and_no_get(tmp_path, proxy, bucket_fs):
+    bucket_fs.pipe_file("pusa-test/http/warm.bin", os.urandom(KIB), ACL="public-read")
+    request = [SourceRequest(WeightURL(f"{proxy.endpoint}/pusa-test/http/warm.bin"))]
+    stage_sources(request, StagingConfig(cache=tmp_path / "c"))
+    proxy.clear()
+    stage_sources(request, StagingConfig(cache=tmp_path / "c"))
+    assert [(s.method, s.path) for s in proxy.seen] == [("HEAD", "/pusa-test/http/warm.bin")]
+
+
 # ------------------------------------------------------------- resumed, parallel, verified
 
 

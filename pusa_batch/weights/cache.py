@@ -136,6 +136,17 @@ def publish(build: Callable[[Path], None], final: Path) -> Path:
     return final
 
 
+def discard_damaged(tree: Path, files: Iterable[tuple[str, int]]) -> None:
+    """Remove `tree` if it still does not hold `files`, checked again under the tree's lock, so
+    a tree another process has just rebuilt is never removed."""
+    files = list(files)
+    with file_lock(tree.with_name(tree.name + ".lock")):
+        if tree.is_dir() and not sizes_match(tree, files):
+            trash = tree.with_name(f".trash-{uuid.uuid4().hex[:8]}")
+            os.rename(tree, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+
 def sizes_match(folder: Path, files: Iterable[tuple[str, int]]) -> bool:
     """True when every (name, size) is a file of that size under `folder`."""
     try:

@@ -79,7 +79,7 @@ def fail(url: WeightURL, options: Mapping[str, Any], doing: str, exc: BaseExcept
 def fix_for(exc: BaseException, url: WeightURL) -> str:
     text = f"{type(exc).__name__} {exc}".lower()
     table = f"[staging.storage_options.{url.protocol}]"
-    if "invalidrange" in text or "range not satisfiable" in text or " 416" in text:
+    if "invalidrange" in text or "not satisfiable" in text or " 416" in text:
         return "size mismatch: the file is shorter than listed (it changed): stage again"
     if isinstance(exc, FileNotFoundError) or "nosuchkey" in text or "not found" in text:
         return "check the URL (is the file or folder there?)"
@@ -130,8 +130,8 @@ def list_source(
     """One listing of `url` (LIST and HEAD requests only: no object is read).
 
     A folder lists every file under it except hidden ones (`.cache/` and the like); a file lists
-    itself and those of `siblings` (names beside it) that exist. Nothing there is a
-    `WeightsError`, or None with `missing_ok`.
+    itself and those of `siblings` (names beside it) that exist, except over http(s), where a
+    URL is one file alone. Nothing there is a `WeightsError`, or None with `missing_ok`.
     """
     fs, path = filesystem(url, options)
     found = call(url, options, "list it", lambda: _find(fs, path, url.lists_folders))
@@ -141,7 +141,8 @@ def list_source(
         raise WeightsError(f"{url}: not found (no file or folder there); check the URL")
     if set(found) == {path.rstrip("/")}:
         files = [_remote(url.name, url, found[path.rstrip("/")])]
-        for name in siblings:
+        # http(s) answers a HEAD for a missing file with a GET: siblings only where listings are
+        for name in siblings if url.lists_folders else ():
             sibling = url.parent / name
             sfs, spath = filesystem(sibling, options)
             info = call(sibling, options, "look it up", lambda s=spath, f=sfs: _info(f, s))

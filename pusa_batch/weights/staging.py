@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pusa_batch.weights.cache import (
     CacheLayout,
     blob_key,
     default_cache_root,
+    discard_damaged,
     file_lock,
     link_into,
     publish,
@@ -88,7 +88,7 @@ def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
 @dataclass(frozen=True)
 class SourceRequest:
     """A URL to stage; for a file, the names beside it to stage with it when they exist (a Mochi
-    DiT's `config.json`). A file's `<name>.sha256` is always looked for."""
+    DiT's `config.json`). A file's `<name>.sha256` is always looked for (not over http(s))."""
 
     url: WeightURL
     siblings: tuple[str, ...] = ()
@@ -186,11 +186,13 @@ def local_path(root: Path, source: Source) -> Path:
 def stage_source(source: Source, config: StagingConfig, tally: Tally) -> Path:
     layout = config.layout()
     tree = layout.tree(tree_key(source, config.endpoint_for(source.url)))
-    if tree.is_dir() and sizes_match(tree, [(f.rel, f.size) for f in source.files]):
+    sizes = [(f.rel, f.size) for f in source.files]
+    if tree.is_dir() and sizes_match(tree, sizes):
         for file in source.files:
             tally.finish(file)
         return local_path(tree, source)
-    shutil.rmtree(tree, ignore_errors=True)  # a damaged tree (a file cut or removed): rebuild
+    if tree.is_dir():
+        discard_damaged(tree, sizes)  # a file in it was cut or removed: build it again
     sums: dict[str, tuple[str, str]] = {}
     blobs: dict[str, Path] = {}
     for file in sorted(source.files, key=lambda f: (not f.is_checksums, f.rel)):
