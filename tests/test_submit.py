@@ -260,3 +260,16 @@ def test_job_metadata_and_printed_lines_hide_url_secrets(project, monkeypatch):
     assert not [line for line in lines if "SECRET" in line or "SIGNED" in line]
     follow = [line for line in lines if "job logs" in line or "job stop" in line]
     assert follow and all("RAY_AUTH_MODE=token ray job" in line for line in follow)
+
+
+def test_a_pipeline_whose_weights_are_urls_is_submitted_with_its_local_paths_checked(project):
+    (project / "remote.toml").write_text(
+        'family = "wan2.1"\n[weights]\nroot = "s3://models/wan/"\n'
+        f'[[lora]]\npath = "{project / "lora.safetensors"}"\nalpha = 1.0\n'
+    )
+    with pytest.raises(PusaBatchError, match="weights inside the working dir are not shipped"):
+        plan_job(request(project, pipeline="remote.toml"))
+    (project / "remote.toml").write_text(
+        'family = "wan2.1"\n[weights]\nroot = "s3://models/wan/"\n'
+    )
+    assert "remote.toml" in plan_job(request(project, pipeline="remote.toml")).argv

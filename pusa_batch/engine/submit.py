@@ -291,7 +291,8 @@ def check_weights_not_shipped(pipeline: Path | None, working_dir: Path) -> None:
 
     spec = load_pipeline_spec(pipeline)
     paths = list(spec.weights.components().values()) + [lora.path for lora in spec.loras]
-    inside = [p for p in paths if Path(p).resolve().is_relative_to(working_dir)]
+    local = [p for p in paths if isinstance(p, (str, Path))]  # URLs are staged, not shipped
+    inside = [p for p in local if Path(p).resolve().is_relative_to(working_dir)]
     if inside:
         shown = ", ".join(str(p) for p in inside)
         raise PusaBatchError(
