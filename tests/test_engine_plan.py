@@ -24,7 +24,7 @@ from pusa_batch.engine.plan import (
     make_plan,
 )
 from pusa_batch.engine.run import run
-from pusa_batch.errors import ChangedItemsError
+from pusa_batch.errors import ChangedItemsError, ManifestError
 from pusa_batch.manifest.read import item_fingerprint, iter_items
 from pusa_batch.pipelines.spec import load_pipeline_spec
 from pusa_batch.store.index import encode_part, part_name
@@ -222,11 +222,12 @@ def test_without_a_pipeline_a_done_row_is_done_whatever_its_fingerprint(tmp_path
     assert (plan.done, plan.changed, plan.damaged) == (5, 0, 1)
 
 
-def test_the_dispatch_pass_of_a_plan_yields_exactly_its_todo_rows_in_manifest_order(tmp_path):
+@pytest.mark.parametrize("kept", [0, 2, 1024])
+def test_the_dispatch_pass_of_a_plan_yields_exactly_its_todo_rows_in_manifest_order(tmp_path, kept):
     manifest, store, expected = mixed_root(tmp_path)
     state = store.state()
     for rules in (Rules(), Rules(retry_failed=True), Rules(True, True)):
-        plan = make_plan(str(manifest), SPEC, state, rules)
+        plan = make_plan(str(manifest), SPEC, state, rules, keep_todo_items=kept)
         todo = [p.id for p in iter_todo(str(manifest), SPEC, state, rules, plan=plan)]
         wanted = [i for i, kind in expected.items() if rules.is_todo(ItemKind(kind))]
         assert todo == wanted and len(todo) == plan.counts.todo
@@ -262,10 +263,10 @@ def test_a_chunk_that_is_all_to_do_is_kept_as_a_bitmap(tmp_path):
     assert sum(r.packed.nbytes for r in plan.todo_rows) == PLAN_CHUNK_ROWS // 8 + 2
 
 
-def test_a_row_done_between_the_passes_is_not_dispatched(tmp_path):
+def test_a_row_read_again_and_done_since_the_count_is_not_dispatched(tmp_path):
     manifest, store, _ = mixed_root(tmp_path)
     state = store.state()
-    plan = make_plan(str(manifest), SPEC, state)
+    plan = make_plan(str(manifest), SPEC, state, keep_todo_items=0)
     later = Store(str(tmp_path / "out"))
     fp = item_fingerprint(
         next(i for i in iter_items(str(manifest), SPEC) if i.id == "r7"),
@@ -275,3 +276,14 @@ def test_a_row_done_between_the_passes_is_not_dispatched(tmp_path):
     later.commit("r7", b"v", {"fingerprint": fp})
     todo = [p.id for p in iter_todo(str(manifest), SPEC, later.state(), plan=plan)]
     assert todo == ["r6", "r9"]
+
+
+def test_the_first_items_to_do_come_from_the_counting_pass_without_reading_again(tmp_path):
+    manifest, store, _ = mixed_root(tmp_path)
+    state = store.state()
+    plan = make_plan(str(manifest), SPEC, state, keep_todo_items=2)
+    manifest.unlink()
+    todo = iter_todo(str(manifest), SPEC, state, plan=plan)
+    assert [next(todo).id, next(todo).id] == ["r6", "r7"]
+    with pytest.raises(ManifestError, match="manifest not found"):
+        next(todo)

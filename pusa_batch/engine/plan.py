@@ -13,6 +13,8 @@ Decisions:
   bitmap (1 bit a row), whichever is smaller (`ChunkRows`); nothing else grows with the manifest
   but the first `MAX_CHANGED_IDS` changed ids. The dispatch pass checks only those rows, and
   stops reading after the last of them.
+- `run`'s counting pass also keeps its first `KEEP_TODO_ITEMS` items to do, whole: the first
+  dispatch waits for no second read, however deep in the manifest the rows to do lie.
 - The dispatch pass classifies its rows again: an item whose inputs changed between the passes is
   left alone unless `regenerate_changed`.
 """
@@ -28,6 +30,7 @@ import numpy as np
 
 from pusa_batch.engine.contract import Pending
 from pusa_batch.errors import ChangedItemsError, ManyChangedItemsError
+from pusa_batch.item import Item
 from pusa_batch.manifest.check import CheckedChunk
 from pusa_batch.manifest.read import (
     FingerprintTemplate,
@@ -45,6 +48,7 @@ from pusa_batch.store.keys import text_keys
 PLAN_CHUNK_ROWS = 8192  # manifest rows read at a time while planning (at most 65,536)
 MAX_CHANGED_IDS = 1000  # changed ids kept for the error message (all are counted)
 FINGERPRINT_BATCH_ROWS = 1024  # done rows fingerprinted at a time (bounds the texts alive)
+KEEP_TODO_ITEMS = 1024  # items to do that `make_plan` keeps for the first dispatch (~1 MB)
 
 
 class ItemKind(str, enum.Enum):
@@ -117,9 +121,11 @@ class PlanCounts:
 
 @dataclass(frozen=True)
 class Plan:
-    """The counting pass's result: its counts, and the rows to do of each chunk under `rules`."""
+    """The counting pass's result under `rules`: its counts, the first items to do (with their
+    fingerprints), and the rows to do after those, per chunk."""
 
     counts: PlanCounts
+    first: tuple[tuple[Item, str], ...] = field(repr=False)
     todo_rows: tuple[ChunkRows, ...] = field(repr=False)
     rules: Rules
 
@@ -199,7 +205,10 @@ def count_plan(
     **read,
 ) -> PlanCounts:
     """The counting pass's counts (and the first `keep_todo_ids` ids to dispatch)."""
-    return make_plan(manifest, spec, state, rules, keep_todo_ids=keep_todo_ids, **read).counts
+    plan = make_plan(
+        manifest, spec, state, rules, keep_todo_ids=keep_todo_ids, keep_todo_items=0, **read
+    )
+    return plan.counts
 
 
 def make_plan(
@@ -209,22 +218,33 @@ def make_plan(
     rules: Rules = Rules(),
     *,
     keep_todo_ids: int = 0,
+    keep_todo_items: int = KEEP_TODO_ITEMS,
     **read,
 ) -> Plan:
-    """The counting pass: counts, the first `keep_todo_ids` ids to dispatch, and the rows to do
-    of each chunk, for `iter_todo` (see the module's decisions)."""
+    """The counting pass: counts, the first `keep_todo_ids` ids to dispatch, the first
+    `keep_todo_items` items to do (with a spec) and the rows to do after them, for `iter_todo`
+    (see the module's decisions)."""
     counts = np.zeros(len(KINDS), dtype=np.int64)
     todo_codes = rules.todo_codes()
     changed_ids: list[str] = []
     todo_ids: list[str] = []
     todo_rows: list[ChunkRows] = []
+    first: list[tuple[Item, str]] = []
+    fingerprinter = _Fingerprinter(spec)
+    keep_items = keep_todo_items if spec is not None else 0
     for number, (chunk, kinds) in enumerate(iter_chunk_kinds(manifest, spec, state, **read)):
         counts += np.bincount(kinds, minlength=len(KINDS))
-        todo = np.isin(kinds, todo_codes)
-        if todo.any():
-            todo_rows.append(ChunkRows.of(number, todo))
+        is_todo = np.isin(kinds, todo_codes)
+        rest = is_todo  # the rows the dispatch pass reads again
+        if is_todo.any() and len(first) < keep_items:
+            kept = np.flatnonzero(is_todo)[: keep_items - len(first)]
+            first += zip(chunk_items(chunk, kept), fingerprinter.of(chunk, kept), strict=True)
+            rest = is_todo.copy()
+            rest[kept] = False
+        if rest.any():
+            todo_rows.append(ChunkRows.of(number, rest))
         if len(todo_ids) < keep_todo_ids:
-            todo_ids += [str(i) for i in chunk.ids[todo][: keep_todo_ids - len(todo_ids)]]
+            todo_ids += [str(i) for i in chunk.ids[is_todo][: keep_todo_ids - len(todo_ids)]]
         if len(changed_ids) < MAX_CHANGED_IDS:
             changed = chunk.ids[kinds == _CODE[ItemKind.CHANGED]]
             changed_ids += [str(i) for i in changed[: MAX_CHANGED_IDS - len(changed_ids)]]
@@ -241,7 +261,7 @@ def make_plan(
         changed_ids=tuple(changed_ids),
         todo_ids=tuple(todo_ids),
     )
-    return Plan(plan_counts, tuple(todo_rows), rules)
+    return Plan(plan_counts, tuple(first), tuple(todo_rows), rules)
 
 
 def iter_todo(
@@ -255,12 +275,15 @@ def iter_todo(
 ) -> Iterator[Pending]:
     """The dispatch pass, consumed as workers drain the driver's queue: the items to generate.
 
-    With the counting pass's `plan` (`make_plan`, same rules), only the rows it chose are read
-    and checked; without, every row is classified again.
+    With the counting pass's `plan` (`make_plan`, same rules), its first items come at once and
+    only the rows it chose after them are read and checked; without, every row is classified
+    again.
     """
     if plan is None or plan.rules != rules:
         yield from _iter_todo_all(manifest, spec, state, rules, **read)
         return
+    for item, fingerprint in plan.first:
+        yield Pending(item, fingerprint, cost=item.cost())
     chosen = {rows.chunk: rows.offsets() for rows in plan.todo_rows}
     identity = spec.identity()
     items = iter_chosen_items(manifest, spec, chosen, chunk_rows=PLAN_CHUNK_ROWS, **read)
