@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root
+from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root, commit_item, item_dict
 
 from pusa_batch.errors import ExportError
 from pusa_batch.outputs.common import HF_SCHEMA
@@ -187,3 +187,13 @@ def test_webdataset_export_replaces_stale_shards(root, tmp_path):
     few = export_webdataset(root, tmp_path, shard_size="1GB")
     assert len(many.files) == len(DONE_IDS) and few.files == ("shard-000000.tar",)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000.tar"]
+
+
+def test_hf_metadata_records_how_inputs_were_framed(tmp_path):
+    store = build_root(tmp_path)
+    commit_item(
+        store, item_dict("boxed", "a framed cat", 1, task="i2v", image="in.png", fit="contain")
+    )
+    export_hf(store, tmp_path / "hf")
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "hf" / "metadata.parquet").to_pylist()}
+    assert rows["boxed"]["fit"] == "contain"

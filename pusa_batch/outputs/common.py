@@ -52,6 +52,7 @@ HF_SCHEMA = pa.schema(
         ("steps", pa.int64()),
         ("guidance_scale", pa.float64()),
         ("shift", pa.float64()),
+        ("fit", pa.string()),
         ("input_image", pa.string()),
         ("input_images", pa.list_(pa.string())),
         ("input_video", pa.string()),
@@ -73,7 +74,7 @@ HF_SCHEMA = pa.schema(
 
 _ITEM_FIELDS = (
     "prompt negative_prompt task seed num_frames height width fps steps guidance_scale shift "
-    "cond_frames noise_multipliers"
+    "fit cond_frames noise_multipliers"
 ).split()
 
 
