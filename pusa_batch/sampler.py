@@ -21,13 +21,18 @@ Callback = Callable[[int, int, Tensor], None]
 
 
 def shifted_sigmas(steps: int, shift: float = 5.0) -> Tensor:
-    """Pusa V1 / Wan: s = linspace(1, 0, N+1), sigma = shift*s / (1 + (shift-1)*s); last is 0."""
+    """Pusa V1 / Wan: s = linspace(1, 0, N+1), sigma = shift*s / (1 + (shift-1)*s); last is 0.
+
+    In float32, as DiffSynth's FlowMatch scheduler computes it: the DiT's bf16 timesteps are then
+    the official pipelines' at every step count (from float64 they differ by one bf16 step at
+    some step of 60 of the counts 1..1000, the first at 84 steps; docs/parity.md).
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    sigmas = shift * s / (1.0 + (shift - 1.0) * s)
+    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float32)
+    sigmas = shift * s / (1 + (shift - 1) * s)
     sigmas[-1] = 0.0
-    return sigmas.float()
+    return sigmas
 
 
 def linear_quadratic_sigmas(
@@ -255,14 +260,20 @@ def guided(
     return one_pass if batched else two_pass
 
 
-def wan_timesteps(sigma_frames: Tensor, *, conditioned: bool = True) -> Tensor:
+def wan_timesteps(
+    sigma_frames: Tensor, *, conditioned: bool = True, multipliers: Tensor | None = None
+) -> Tensor:
     """Pusa V1's DiT timesteps, rounded in the order the official pipelines round them.
 
     The step's timestep `1000 * sigma_k` (sigma_k: the item's largest frame sigma, its free
     frames) is cast to bf16 first. Unconditioned (T2V, `wan_video_pusa.py`, `wan22_video_pusa.py`)
     that is all. Conditioned (`*_multi_frames.py`, `*_v2v.py`) each frame's bf16 timestep is
-    multiplied by its multiplier in bf16, then truncated to an integer and cast to bf16 again,
-    for every frame. E.g. sigma_k 0.9783: 978.3 -> 980 (both); at multiplier 0.2, 196.
+    multiplied by its multiplier (in float32, rounded to bf16, as a bf16 tensor times a Python
+    float is), then truncated to an integer and cast to bf16 again, for every frame. E.g. sigma_k
+    0.9783: 978.3 -> 980 (both); at multiplier 0.2, 196.
+    ``multipliers`` (F,) are the frames' noise multipliers (1 for free frames). Give them: without
+    them each is recovered as sigma_f / sigma_k, which can miss float32(m) by its last bit and so
+    land a product that is a bf16 tie (740 * 0.35 = 259) one bf16 step off.
     Returned as float32 of `sigma_frames`' shape `(B, F)`.
     """
     sigma = sigma_frames.float()
@@ -270,7 +281,10 @@ def wan_timesteps(sigma_frames: Tensor, *, conditioned: bool = True) -> Tensor:
     t = (step * 1000.0).to(torch.bfloat16)
     if not conditioned:
         return t.float().expand_as(sigma).contiguous()
-    multiplier = torch.where(step > 0, sigma / step.clamp_min(1e-30), torch.zeros_like(sigma))
+    if multipliers is not None:
+        multiplier = multipliers.to(device=sigma.device, dtype=torch.float32).expand_as(sigma)
+    else:
+        multiplier = torch.where(step > 0, sigma / step.clamp_min(1e-30), torch.zeros_like(sigma))
     scaled = (t.float() * multiplier).to(torch.bfloat16)  # bf16 tensor x python float, upstream
     return scaled.long().to(torch.bfloat16).float()
 

@@ -134,10 +134,11 @@ class Pipeline:
         positive: sampler.Context,
         negative: sampler.Context | None,
         scale: float,
-        conditioned: bool,
+        multipliers: Tensor | None,
     ) -> sampler.ModelFn:
-        """The item's model function; `conditioned` is False for an item with no conditioning
-        (some families round their timesteps differently then)."""
+        """The item's model function. `multipliers` (F,) are the frames' noise multipliers (1
+        for free frames), None for an item with no conditioning (some families round their
+        timesteps differently then, and from the multipliers themselves)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------ shared stages
@@ -251,7 +252,8 @@ class Pipeline:
     ) -> Tensor:
         pos = _to_device(positive, self.device)
         neg = None if negative is None else _to_device(negative, self.device)
-        model_fn = self._model_fn(pos, neg, scale, conditioned=cond is not None)
+        multipliers = None if cond is None else sampler.frame_scale(noise.shape[2], cond)
+        model_fn = self._model_fn(pos, neg, scale, multipliers)
         if cond is not None:
             cond = sampler.ConditioningSpec(
                 cond.latent_index, cond.clean.to(self.device), cond.multipliers

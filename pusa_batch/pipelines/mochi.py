@@ -208,7 +208,7 @@ class MochiPipeline(Pipeline):
         positive: sampler.Context,
         negative: sampler.Context | None,
         scale: float,
-        conditioned: bool,
+        multipliers: Tensor | None,
     ) -> sampler.ModelFn:
         def call(x: Tensor, sigma: Tensor, context: sampler.Context) -> Tensor:
             feat, mask = context

@@ -103,12 +103,12 @@ class WanPipeline(Pipeline):
         positive: sampler.Context,
         negative: sampler.Context | None,
         scale: float,
-        conditioned: bool,
+        multipliers: Tensor | None,
     ) -> sampler.ModelFn:
         opts = self.spec.options
 
         def expert_fn(name: str) -> sampler.ModelFn:
-            call = self._model_call(name, conditioned)
+            call = self._model_call(name, multipliers)
             return sampler.guided(call, positive, negative, scale, batched=opts.batched_cfg)
 
         if self.spec.family == "wan2.2":
@@ -136,12 +136,14 @@ class WanPipeline(Pipeline):
     def _pixel_encoder(self, item: Any) -> PixelEncoder:
         return self.encode_video
 
-    def _model_call(self, name: str, conditioned: bool) -> sampler.ModelCall:
+    def _model_call(self, name: str, multipliers: Tensor | None) -> sampler.ModelCall:
         model = self.experts[name]
+        conditioned = multipliers is not None
 
         def call(x: Tensor, sigma: Tensor, context: Tensor) -> Tensor:
             self._activate(name)
-            t = sampler.wan_timesteps(sigma, conditioned=conditioned).to(self.device)
+            t = sampler.wan_timesteps(sigma, conditioned=conditioned, multipliers=multipliers)
+            t = t.to(self.device)
             return model(x.to(self.dtype), t, context).float()
 
         return call
