@@ -115,3 +115,12 @@ def test_without_a_terminal_the_view_prints_plain_lines_only():
         "2 items: 0 already done, 2 to generate",
         "failed: b: ValueError: bad prompt",
     ]
+
+
+def test_a_loading_worker_shows_its_weight_staging():
+    view = RunView()
+    view.apply(WorkersStarting(1))
+    view.apply(WorkerStatus("w0", None, 0, 0, staging="staging 12.1/28.0 GB"))
+    assert "w0  staging 12.1/28.0 GB" in text_of(view)
+    view.apply(ActorLoaded("w0", 40.0, 11, "h"))
+    assert "staging" not in text_of(view)

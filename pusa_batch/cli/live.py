@@ -45,7 +45,7 @@ class WorkerView:
 
     def line(self) -> str:
         if self.state == "loading":
-            return "loading the pipeline..."
+            return self.doing or "loading the pipeline..."
         if self.state == "failed":
             return f"FAILED: {self.doing}"
         if self.state == "finished":
@@ -98,6 +98,8 @@ class RunView:
             worker = self.workers.setdefault(event.worker, WorkerView(state="ready"))
             if worker.state == "ready":
                 worker.doing = worker_activity(event)
+            elif worker.state == "loading" and event.staging:
+                worker.doing = event.staging
         elif isinstance(event, ItemDone):
             self.done += 1
             self.first_done_at = self.first_done_at or time.monotonic()

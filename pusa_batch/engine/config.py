@@ -158,6 +158,7 @@ class WorkerStatus(Event):
     steps: int
     preparing: str | None = None
     finishing: str | None = None
+    staging: str | None = None  # while loading: weight staging, e.g. "staging 12.1/28.0 GB"
 
 
 @dataclass(frozen=True)
