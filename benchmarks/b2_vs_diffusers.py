@@ -15,8 +15,12 @@ the medians are compared:
 
 Each figure is median(ours) / median(diffusers) over the timed rounds, wall clock; the range of
 the per-round ratios (the two calls of a round ran back to back) shows how noisy the machine
-was, and process CPU times are printed beside. One `B2` result line for the tiny default size
-and one for a larger size.
+was, and process CPU times are printed beside.
+
+The gated figure is the sampler-only ratio, one `B2` result line for the tiny default size and
+one for a larger size: the denoising loop is the part where the two implementations differ.
+End to end, over 90% of either side's time is the VAE decode, the same diffusers class in both,
+so that ratio sits at 1 and moves with the machine's noise; it is printed, not gated.
 Numerics: with the same noise and embeddings, diffusers' stock Euler schedule differs from Pusa's
 (before the shift, N points from 1 down to about 0.005 vs Pusa's N+1 from 1 to 0) and it feeds
 float timesteps where Pusa truncates and rounds them to bf16; a diffusers scheduler given Pusa's
@@ -24,8 +28,9 @@ sigmas and timesteps isolates everything else.
 
     python benchmarks/b2_vs_diffusers.py [--repeats 15] [--large 33x128x128] [--large-repeats 5]
 
-Prints `B2 time_ratio_ours_over_diffusers=<x> target<=1 pass|miss` (tiny default size), the same
-with a `_<size>` suffix for the larger size, and the absolute ms.
+Prints `B2 sampler_time_ratio_ours_over_diffusers=<x> target<=1 pass|miss` (tiny default size),
+the same with a `_<size>` suffix for the larger size, and the absolute ms. `--inject-slowdown S`
+adds S seconds to each of our timed calls.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import Target, add_slowdown_flag, result_line, slowdown
 
 from pusa_batch import sampler
 from pusa_batch.item import Item
@@ -47,7 +53,7 @@ from pusa_batch.pipelines import load_pipeline
 from pusa_batch.pipelines.base import Pipeline
 from pusa_batch.pipelines.spec import load_pipeline_spec
 
-TARGET = 1.0
+TARGET = Target("<=", 1.0)
 SPEC_PATH = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.toml"
 PROMPTS = (
     "a red car on a road at sunset",
@@ -196,11 +202,18 @@ def interleaved(ours: Callable[[int], object], theirs: Callable[[int], object], 
     return Timings(tuple(times["ours"]), tuple(times["theirs"]))
 
 
-def measure(ours: Pipeline, theirs, size: Size, repeats: int) -> dict[str, Timings]:
+def measure(
+    ours: Pipeline, theirs, size: Size, repeats: int, slow: float = 0.0
+) -> dict[str, Timings]:
     spec, max_len = ours.spec, ours.spec.options.text_max_length
 
     def ours_e2e(n: int):
+        time.sleep(slow)
         return ours.generate(make_item(spec, size, n))
+
+    def ours_loop(n: int):
+        time.sleep(slow)
+        return ours.sample(prepared[n])
 
     def theirs_e2e(n: int):
         item = make_item(spec, size, n)
@@ -231,7 +244,7 @@ def measure(ours: Pipeline, theirs, size: Size, repeats: int) -> dict[str, Timin
 
     return {
         "end to end": interleaved(ours_e2e, theirs_e2e, repeats),
-        "sampler only": interleaved(lambda n: ours.sample(prepared[n]), theirs_loop, repeats),
+        "sampler only": interleaved(ours_loop, theirs_loop, repeats),
     }
 
 
@@ -280,7 +293,7 @@ def numerics(ours: Pipeline, folder: Path, size: Size) -> dict[str, float]:
 
 
 def report(size: Size, parts: dict[str, Timings]) -> float:
-    """Print one size's figures; return its end-to-end wall-clock ratio of medians."""
+    """Print one size's figures; return its sampler-only wall-clock ratio of medians."""
     for label, t in parts.items():
         wall, cpu = t.paired(WALL), t.paired(CPU)
         ratio = t.median_ms("ours", WALL) / t.median_ms("theirs", WALL)
@@ -292,8 +305,8 @@ def report(size: Size, parts: dict[str, Timings]) -> float:
             f"{t.median_ms('theirs', CPU):.0f} ms, ratio {cpu_ratio:.3f} (rounds "
             f"{cpu[0]:.2f}..{cpu[-1]:.2f})"
         )
-    e2e = parts["end to end"]
-    return e2e.median_ms("ours", WALL) / e2e.median_ms("theirs", WALL)
+    loop = parts["sampler only"]
+    return loop.median_ms("ours", WALL) / loop.median_ms("theirs", WALL)
 
 
 def quiet_libraries() -> None:
@@ -314,7 +327,9 @@ def main() -> None:
     parser.add_argument("--large", type=parse_size, default=Size(33, 128, 128))
     parser.add_argument("--no-large", action="store_true", help="the tiny default size only")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_slowdown_flag(parser, "S seconds more in each of our timed calls")
     args = parser.parse_args()
+    slow = slowdown(args)
 
     torch.set_num_threads(args.threads)
     quiet_libraries()
@@ -332,11 +347,12 @@ def main() -> None:
         f"shift={d.shift} text_max_length={spec.options.text_max_length} "
         f"threads={args.threads} rounds={args.repeats} (larger size {args.large_repeats}); "
         "ratio = median(ours) / median(diffusers) after one warm-up each, "
-        "rounds = range of the per-round ratios"
+        "rounds = range of the per-round ratios; gated: sampler only (end to end is mostly the "
+        "same VAE decode on both sides)"
     )
     ratios = {}
     for size, repeats in zip(sizes, (args.repeats, args.large_repeats), strict=False):
-        ratios[size] = report(size, measure(ours, theirs, size, repeats))
+        ratios[size] = report(size, measure(ours, theirs, size, repeats, slow))
     num = numerics(ours, folder, sizes[0])
     print(
         f"  numerics at {sizes[0]}, same noise: prompt embeddings max|d|="
@@ -345,10 +361,11 @@ def main() -> None:
         f"timesteps max|d|={num['aligned_latents']:.2e}; uint8 frames (aligned) "
         f"max|d|={num['aligned_frames_uint8']:.0f}"
     )
+    if slow:
+        print(f"B2 injected: {slow:g} s more in each of our timed calls")
     for n, (size, ratio) in enumerate(ratios.items()):
-        name = "time_ratio_ours_over_diffusers" + ("" if n == 0 else f"_{size}")
-        verdict = "pass" if ratio <= TARGET else "miss"
-        print(f"B2 {name}={ratio:.3f} target<={TARGET:g} {verdict}")
+        name = "sampler_time_ratio_ours_over_diffusers" + ("" if n == 0 else f"_{size}")
+        print(result_line("B2", name, ratio, TARGET))
 
 
 if __name__ == "__main__":

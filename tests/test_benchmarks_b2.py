@@ -33,10 +33,10 @@ def figure(output: str, label: str) -> float:
 
 
 def test_prints_one_result_line_for_the_default_size(output):
-    lines = [line for line in output.splitlines() if line.startswith("B2 time_ratio")]
+    lines = [line for line in output.splitlines() if line.startswith("B2 sampler_time_ratio")]
     assert len(lines) == 1
     assert re.fullmatch(
-        r"B2 time_ratio_ours_over_diffusers=\d+\.\d{3} target<=1 (pass|miss)", lines[0]
+        r"B2 sampler_time_ratio_ours_over_diffusers=\d+\.\d{3} target<=1 (pass|miss)", lines[0]
     )
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 RUN_ALL = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all"
 NAMES = {
-    "B1": "b1_engine_efficiency.py",
+    "B1": "b1_throughput.py",
     "B2": "b2_vs_diffusers.py",
     "B3": "b3_modulation_memory.py",
     "B4": "b4_resume_plan.py",
     "B5": "b5_validate_1m.py",
     "B6": "b6_overlap.py",
+    "B7": "b7_batching.py",
 }
 
 
@@ -53,17 +54,59 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_pass_miss_and_missing_scripts_are_reported_and_exit_zero(tmp_path):
-    write_bench(
-        tmp_path, "B1", 'print("details"); print("B1 engine_efficiency=0.97 target>=0.90 pass")'
-    )
-    write_bench(tmp_path, "B3", 'print("B3 peak_memory_ratio=0.61 target<=0.5 miss")')
-    done = run_all(tmp_path, "--only", "B1", "B2", "B3")
+def test_a_run_where_every_result_passes_exits_zero(tmp_path):
+    write_bench(tmp_path, "B1", 'print("details"); print("B1 e2e_ratio=0.97 target>=0.8 pass")')
+    write_bench(tmp_path, "B3", 'print("B3 peak_memory_ratio=0.31 target<=0.5 pass")')
+    done = run_all(tmp_path, "--only", "B1", "B3")
     rows = table_rows(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert rows["B1"][0][1:4] == ["engine_efficiency=0.97", ">=0.90", "pass"]
-    assert rows["B3"][0][1:4] == ["peak_memory_ratio=0.61", "<=0.5", "miss"]
-    assert rows["B2"][0][3] == "missing"
+    assert rows["B1"][0][1:4] == ["e2e_ratio=0.97", ">=0.8", "pass"]
+    assert rows["B3"][0][1:4] == ["peak_memory_ratio=0.31", "<=0.5", "pass"]
+
+
+def test_a_miss_fails_the_run_and_is_named(tmp_path):
+    write_bench(tmp_path, "B1", 'print("B1 e2e_ratio=0.97 target>=0.8 pass")')
+    write_bench(tmp_path, "B3", 'print("B3 peak_memory_ratio=0.61 target<=0.5 miss")')
+    done = run_all(tmp_path, "--only", "B1", "B3")
+    assert done.returncode == 1
+    assert table_rows(done.stdout)["B3"][0][1:4] == ["peak_memory_ratio=0.61", "<=0.5", "miss"]
+    assert "- failed: B3 " in done.stdout
+
+
+def test_a_missing_script_fails_the_run(tmp_path):
+    write_bench(tmp_path, "B1", 'print("B1 e2e_ratio=0.97 target>=0.8 pass")')
+    done = run_all(tmp_path, "--only", "B1", "B2")
+    assert done.returncode == 1
+    assert table_rows(done.stdout)["B2"][0][3] == "missing"
+
+
+def test_the_lines_of_every_id_a_script_prints_get_rows_under_their_own_id(tmp_path):
+    # B1's script also prints B8 (start-up) and B9 (vs Ray Data); --only B8 runs it
+    write_bench(
+        tmp_path,
+        "B1",
+        'print("B1 e2e_ratio=0.91 target>=0.8 pass")\n'
+        'print("B8 first_item_extra_s=7.20 target<=5 miss")\n'
+        'print("B9 e2e_ratio_vs_ray_data=1.10 target>=1 pass")\n'
+        'print("B5 validate_1m_seconds=1.0 target<=10 pass")',  # not this script's id
+    )
+    done = run_all(tmp_path, "--only", "B8")
+    rows = table_rows(done.stdout)
+    assert set(rows) == {"B1", "B8", "B9"}
+    assert rows["B8"][0][1:4] == ["first_item_extra_s=7.20", "<=5", "miss"]
+    assert done.returncode == 1
+
+
+def test_an_injected_slowdown_reaches_every_script(tmp_path):
+    for bench in ("B5", "B7"):
+        write_bench(
+            tmp_path,
+            bench,
+            f'print("{bench} slowdown=" + os.environ.get("PUSA_BENCH_SLOWDOWN", "none") '
+            '+ " target<=0 miss")',
+        )
+    rows = table_rows(run_all(tmp_path, "--only", "B5", "B7", "--inject-slowdown", "2").stdout)
+    assert rows["B5"][0][1] == rows["B7"][0][1] == "slowdown=2.0"
 
 
 def test_every_result_line_of_a_script_gets_a_row(tmp_path):
@@ -127,8 +170,8 @@ def _state(pid: int) -> str:
 
 
 def test_flags_go_only_to_scripts_whose_help_lists_them(tmp_path):
-    # run_all passes B2 `--repeats 15 --large-repeats 5` and B6 `--items 12`; this B2 offers only
-    # --repeats, this B6 nothing.
+    # run_all passes B2 `--repeats 15 --large-repeats 5`; this B2 offers only --repeats, and B6
+    # is given no flags at all.
     echo_args = (
         "import argparse\n"
         "p = argparse.ArgumentParser()\n"
@@ -144,7 +187,7 @@ def test_flags_go_only_to_scripts_whose_help_lists_them(tmp_path):
 
 
 def test_the_report_names_machine_load_date_and_command(tmp_path):
-    write_bench(tmp_path, "B1", 'print("B1 engine_efficiency=0.97 target>=0.90 pass")')
+    write_bench(tmp_path, "B1", 'print("B1 e2e_ratio=0.97 target>=0.8 pass")')
     lines = run_all(tmp_path, "--only", "B1").stdout.splitlines()
     machine = next(line for line in lines if line.startswith("- machine:"))
     load = next(line for line in lines if line.startswith("- load average"))

@@ -1,0 +1,61 @@
+"""What every benchmark script shares: its result line, its verdict, and the injected slowdown.
+
+A result line is `B<n> name=value [name=value ...] target<op><x> pass|miss`, which
+`benchmarks/run_all` collects. `--inject-slowdown S` (or PUSA_BENCH_SLOWDOWN=S) makes the measured
+side of a benchmark worse by S (seconds added per measured item or call; for B3, which measures
+memory, S x 100 MiB held during our forward), so that a test and a reader can see each verdict
+turn to `miss`: a figure that cannot fail checks nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import os
+from dataclasses import dataclass
+
+SLOWDOWN_ENV = "PUSA_BENCH_SLOWDOWN"
+OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+@dataclass(frozen=True)
+class Target:
+    op: str  # one of OPERATORS
+    bound: float
+
+    def met_by(self, value: float) -> bool:
+        return OPERATORS[self.op](value, self.bound)
+
+    def __str__(self) -> str:
+        return f"target{self.op}{self.bound:g}"
+
+
+def verdict(value: float, target: Target) -> str:
+    return "pass" if target.met_by(value) else "miss"
+
+
+def result_line(bench_id: str, name: str, value: float, target: Target, digits: int = 3) -> str:
+    """`B1 e2e_ratio=0.912 target>=0.8 pass`, the line `run_all` parses."""
+    return f"{bench_id} {name}={value:.{digits}f} {target} {verdict(value, target)}"
+
+
+def add_slowdown_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--inject-slowdown",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"make the measured side worse on purpose: {what} (default: ${SLOWDOWN_ENV} or 0); "
+        "the verdict must then read miss",
+    )
+
+
+def slowdown(args: argparse.Namespace, environ=os.environ) -> float:
+    """The injected slowdown: `--inject-slowdown`, else $PUSA_BENCH_SLOWDOWN, else 0."""
+    if args.inject_slowdown is not None:
+        return max(0.0, args.inject_slowdown)
+    return max(0.0, float(environ.get(SLOWDOWN_ENV) or 0.0))
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
