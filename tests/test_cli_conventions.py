@@ -205,3 +205,14 @@ def test_builder_tasks_are_choices(tmp_path, capsys):
     assert main([*args, "--task", "dance"]) == 2
     assert "'dance' is not one of" in capsys.readouterr().err
     assert main([*args, "--task", "t2v"]) == 0
+
+
+def test_weights_storage_options_reach_the_spec_the_workers_load(tmp_path):
+    from pusa_batch.engine.runner import PipelineRunner, run_spec
+
+    toml = tmp_path / "remote.toml"
+    toml.write_text('family = "wan2.1"\n[weights]\nroot = "s3://models/wan/"\n')
+    spec = run_spec(str(toml), {"s3:anon": True})
+    assert spec.staging.storage_options["s3"] == {"anon": True}
+    assert PipelineRunner(str(toml), {"s3:anon": True}).weights_storage_options == {"s3:anon": True}
+    assert "anon" not in repr(spec)

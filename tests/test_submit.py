@@ -42,7 +42,7 @@ def request(project: Path, working_dir: str | None = None, **overrides) -> JobRe
     for name in ("manifest", "output", "pipeline"):
         if name in overrides:
             config_fields[name] = overrides.pop(name)
-    for name in ("address", "pip", "storage_options"):
+    for name in ("address", "pip", "storage_options", "weights_storage_options"):
         if name in overrides:
             request_fields[name] = overrides.pop(name)
     return JobRequest(config=RunConfig(**config_fields, **overrides), **request_fields)
@@ -79,6 +79,7 @@ def run_command_flags() -> set[str]:
 
 def test_every_run_option_a_user_can_set_has_a_way_to_the_job():
     where_the_job_says = {"--output", "--pipeline", "--storage-option", "--address", "--progress"}
+    where_the_job_says |= {"--weights-storage-option"}  # passed as given, like --storage-option
     where_the_job_says |= {"--help"}
     # how this terminal shows the run; the job's log is plain text
     where_the_job_says |= {"--dry-run", "--json", "--log-format", "--quiet", "--verbose"}
@@ -273,3 +274,9 @@ def test_a_pipeline_whose_weights_are_urls_is_submitted_with_its_local_paths_che
         'family = "wan2.1"\n[weights]\nroot = "s3://models/wan/"\n'
     )
     assert "remote.toml" in plan_job(request(project, pipeline="remote.toml")).argv
+
+
+def test_weight_storage_options_reach_the_entrypoint_as_given(project):
+    plan = plan_job(request(project, weights_storage_options=("s3:anon=true",)))
+    at = plan.argv.index("--weights-storage-option")
+    assert plan.argv[at + 1] == "s3:anon=true"

@@ -18,6 +18,13 @@ StorageOpt = typer.Option(
     help="KEY=VALUE passed to fsspec for the output root (repeatable). Never logged.",
 )
 
+WeightsStorageOpt = typer.Option(
+    None,
+    "--weights-storage-option",
+    help="[PROTOCOL:]KEY=VALUE passed to fsspec for weight URLs in the pipeline (repeatable). "
+    "Never logged.",
+)
+
 # The run options, shared by `run` and `submit` (which sends them to the cluster's run).
 WorkersOpt = typer.Option(None, help="Actors to start (default: one per GPU, else 1).")
 GpusPerWorkerOpt = typer.Option(None, help="GPUs per actor (default 1 with GPUs).")
@@ -64,15 +71,13 @@ def print_json(data: object) -> None:
     out.print_json(data=data, highlight=False)
 
 
-def parse_storage_options(pairs: list[str] | None) -> dict:
+def parse_storage_options(pairs: list[str] | None, flag: str = "--storage-option") -> dict:
     """`KEY=VALUE` pairs to a dict; values that parse as JSON (numbers, booleans, objects) do."""
     options: dict = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(
-                f"expected KEY=VALUE, got {pair!r}", param_hint="--storage-option"
-            )
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
         try:
             options[key] = json.loads(value)
         except ValueError:

@@ -27,6 +27,7 @@ from pusa_batch.cli.app import (
     StorageTimeoutOpt,
     TrustIndexOpt,
     VerboseOpt,
+    WeightsStorageOpt,
     WorkersOpt,
     err,
     load_spec_or_none,
@@ -121,7 +122,7 @@ class LogFormat(str, enum.Enum):
     json = "json"
 
 
-def run_config(manifest, output, pipeline, storage_option, **options):
+def run_config(manifest, output, pipeline, storage_option, weights_storage_option, **options):
     from pusa_batch.engine.config import RunConfig
 
     try:
@@ -130,6 +131,9 @@ def run_config(manifest, output, pipeline, storage_option, **options):
             output=str(output),
             pipeline=str(pipeline),
             storage_options=parse_storage_options(storage_option),
+            weights_storage_options=parse_storage_options(
+                weights_storage_option, "--weights-storage-option"
+            ),
             **options,
         )
     except ValueError as error:  # RunConfig names every bad setting at once
@@ -205,6 +209,7 @@ def run(
         "(default: RAY_ADDRESS, else an embedded local Ray).",
     ),
     storage_option: list[str] | None = StorageOpt,
+    weights_storage_option: list[str] | None = WeightsStorageOpt,
     gpus_per_worker: float | None = GpusPerWorkerOpt,
     max_retries: int = MaxRetriesOpt,
     retry_failed: bool = RetryFailedOpt,
@@ -231,7 +236,13 @@ def run(
     """Generate every pending item of MANIFEST into OUTPUT; rerun to resume."""
     level = verbosity(quiet, verbose)
     config = run_config(
-        manifest, output, pipeline, storage_option, address=address, **run_settings(locals())
+        manifest,
+        output,
+        pipeline,
+        storage_option,
+        weights_storage_option,
+        address=address,
+        **run_settings(locals()),
     )
     if dry_run:
         return print_preview(config, as_json)
@@ -348,6 +359,7 @@ def submit(
         None, help="pip spec(s) for the job's environment (default: ship this pusa_batch package)."
     ),
     storage_option: list[str] | None = StorageOpt,
+    weights_storage_option: list[str] | None = WeightsStorageOpt,
     gpus_per_worker: float | None = GpusPerWorkerOpt,
     max_retries: int = MaxRetriesOpt,
     retry_failed: bool = RetryFailedOpt,
@@ -362,13 +374,16 @@ def submit(
     """Send the same run to a Ray cluster as a Ray Job: every `run` option goes with it."""
     from pusa_batch.engine.submit import JobRequest, submit_job
 
-    config = run_config(manifest, output, pipeline, storage_option, **run_settings(locals()))
+    config = run_config(
+        manifest, output, pipeline, storage_option, weights_storage_option, **run_settings(locals())
+    )
     request = JobRequest(
         config=config,
         address=address,
         working_dir=str(working_dir),
         pip=tuple(pip or ()),
         storage_options=tuple(storage_option or ()),
+        weights_storage_options=tuple(weights_storage_option or ()),
     )
     return submit_job(
         request,

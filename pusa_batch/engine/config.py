@@ -16,6 +16,7 @@ class RunConfig:
     output: str
     pipeline: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    weights_storage_options: Mapping[str, Any] = field(default_factory=dict)  # weight URLs' fsspec
     workers: int | None = None  # None: one per GPU in the cluster, else 1
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0

@@ -39,11 +39,10 @@ from pusa_batch.engine.config import (
 )
 from pusa_batch.engine.dispatch import Driver
 from pusa_batch.engine.plan import Rules, changed_error, iter_todo, make_plan
-from pusa_batch.engine.runner import PipelineRunner
+from pusa_batch.engine.runner import PipelineRunner, run_spec
 from pusa_batch.engine.worker import ItemRunner
 from pusa_batch.errors import UsageError
 from pusa_batch.manifest.read import validate_manifest
-from pusa_batch.pipelines.spec import load_pipeline_spec
 from pusa_batch.store.io import RetryPolicy, add_retry_listener
 from pusa_batch.store.store import Store
 
@@ -64,7 +63,7 @@ def run(
     started = time.monotonic()
     emit(Phase("validating the manifest"))
     address = ray_address(config.address, os.environ)
-    spec = load_pipeline_spec(config.pipeline)
+    spec = run_spec(config.pipeline, dict(config.weights_storage_options))
     validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
     retry = RetryPolicy(deadline_s=config.storage_timeout_s)
     store = Store(config.output, dict(config.storage_options), retry=retry)
@@ -110,7 +109,8 @@ def _run_on(config, spec, store, address, emit, make_runner, started) -> RunSumm
             emit(Notice(_damaged_notice(plan.damaged, state.damaged, store.url)))
         # resolved here: a worker elsewhere on a cluster has another working directory
         pipeline_path = str(Path(config.pipeline).expanduser().resolve())
-        runner = make_runner or functools.partial(PipelineRunner, pipeline_path)
+        weight_options = dict(config.weights_storage_options)
+        runner = make_runner or functools.partial(PipelineRunner, pipeline_path, weight_options)
         driver = Driver(config, store, emit, runner, lease)
         if plan.todo:
             try:

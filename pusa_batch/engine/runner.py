@@ -13,17 +13,29 @@ from pusa_batch.pipelines.spec import load_pipeline_spec
 from pusa_batch.video import encode_mp4, loop_seam
 
 
+def run_spec(pipeline_path: str, weights_storage_options: dict | None = None):
+    """The pipeline spec a run uses: the TOML, plus `--weights-storage-option`s if any."""
+    spec = load_pipeline_spec(pipeline_path)
+    return (
+        spec.with_weight_storage_options(weights_storage_options)
+        if weights_storage_options
+        else spec
+    )
+
+
 class PipelineRunner:
     """The real `ItemRunner`: a `Pipeline` loaded once from a pipeline TOML file."""
 
-    def __init__(self, pipeline_path: str):
+    def __init__(self, pipeline_path: str, weights_storage_options: dict | None = None):
         self.pipeline_path = pipeline_path
+        self.weights_storage_options = dict(weights_storage_options or {})
 
-    def load(self) -> dict[str, Any]:
-        self.spec = load_pipeline_spec(self.pipeline_path)
+    def load(self, on_staging: Any = None) -> dict[str, Any]:
+        """Load the pipeline once; weight URLs are staged first (`on_staging` gets progress)."""
+        self.spec = run_spec(self.pipeline_path, self.weights_storage_options)
         if self.spec.weights.tiny is None:
             self.spec.check_weights()  # before the slow imports: a missing file fails fast
-        self.pipeline = load_pipeline(self.spec)
+        self.pipeline = load_pipeline(self.spec, on_staging=on_staging)
         self.description = self.pipeline.describe()  # once: it stats the weight files
         return {"pipeline": self.spec.name, "identity": self.description["identity"]}
 

@@ -98,6 +98,7 @@ class JobRequest:
     working_dir: str = "."
     pip: tuple[str, ...] = ()
     storage_options: tuple[str, ...] = ()
+    weights_storage_options: tuple[str, ...] = ()
 
     @property
     def manifest(self) -> str:
@@ -186,7 +187,7 @@ def plan_job(request: JobRequest) -> JobPlan:
         runtime_env["pip"] = list(request.pip)
     else:
         runtime_env["py_modules"] = [str(Path(pusa_batch.__file__).resolve().parent)]
-    if any(_looks_secret(pair) for pair in request.storage_options):
+    if any(_looks_secret(p) for p in (*request.storage_options, *request.weights_storage_options)):
         notes.append(
             "storage options are visible in the job's entrypoint to anyone who can list the "
             "cluster's jobs; prefer credentials from the nodes' environment"
@@ -199,6 +200,8 @@ def build_argv(request: JobRequest, manifest: str, pipeline: str) -> list[str]:
     argv += ["--pipeline", pipeline, *run_flags(request.config)]
     for pair in request.storage_options:
         argv += ["--storage-option", pair]
+    for pair in request.weights_storage_options:
+        argv += ["--weights-storage-option", pair]
     return argv + ["--address", "auto", "--no-progress"]
 
 
