@@ -12,7 +12,7 @@ from pathlib import Path
 
 from test_export_support import commit_item, frames, item_dict
 
-from pusa_batch.manifest.builders import sweep
+from pusa_batch.manifest.builders_sweep import sweep
 from pusa_batch.outputs.gallery_cards import Card
 from pusa_batch.outputs.gallery_html import render_page
 from pusa_batch.store.store import Store

@@ -13,14 +13,9 @@ from PIL import Image
 
 from pusa_batch.errors import ManifestError
 from pusa_batch.manifest import builders
-from pusa_batch.manifest.builders import (
-    from_folder,
-    from_prompts,
-    parse_grid,
-    safe_id,
-    sweep,
-    vbench_name,
-)
+from pusa_batch.manifest.builders import from_folder, from_prompts, safe_id
+from pusa_batch.manifest.builders_sweep import parse_grid, sweep
+from pusa_batch.manifest.builders_vbench import vbench_name
 from pusa_batch.manifest.read import iter_items
 from pusa_batch.manifest.schema import ID_PATTERN
 from pusa_batch.manifest.write import write_manifest

@@ -9,7 +9,8 @@ import pytest
 
 from pusa_batch.cli.main import main
 from pusa_batch.errors import ManifestError
-from pusa_batch.manifest.builders import from_vbench, prompt_id, read_vbench_suites
+from pusa_batch.manifest.builders import prompt_id
+from pusa_batch.manifest.builders_vbench import from_vbench, read_vbench_suites
 from pusa_batch.manifest.read import validate_manifest
 
 # Lines as VBench ships them (prompts/prompts_per_dimension/*.txt, no final newline); the

@@ -12,7 +12,7 @@ from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root, commit_item
 
 from pusa_batch.cli.main import main
 from pusa_batch.errors import ExportError
-from pusa_batch.manifest.builders import vbench_name
+from pusa_batch.manifest.builders_vbench import vbench_name
 from pusa_batch.outputs.vbench import export_vbench
 from pusa_batch.store.store import Store
 

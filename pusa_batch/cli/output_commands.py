@@ -279,7 +279,7 @@ def manifest_from_vbench(
     pipeline: Path | None = PipelineOpt,
 ) -> int:
     """VBench's standard prompt suite: t2v rows, each prompt once, seeds 0..samples-1."""
-    from pusa_batch.manifest.builders import from_vbench
+    from pusa_batch.manifest.builders_vbench import from_vbench
 
     summary = from_vbench(
         str(prompts),
@@ -298,7 +298,7 @@ def manifest_sweep(
     pipeline: Path | None = PipelineOpt,
 ) -> int:
     """Every base row over the Cartesian product of the grids."""
-    from pusa_batch.manifest.builders import parse_grid, sweep
+    from pusa_batch.manifest.builders_sweep import parse_grid, sweep
 
     columns = dict(parse_grid(spec) for spec in grid)
     summary = sweep(str(base), str(output), columns, spec=load_spec_or_none(pipeline))

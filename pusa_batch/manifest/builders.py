@@ -1,4 +1,5 @@
-"""Manifest builders: from a folder of images, a prompt list, VBench's prompt suite, and sweeps.
+"""Manifest builders: from a folder of images and a prompt list (VBench's prompt suite is in
+`builders_vbench`, sweeps in `builders_sweep`), and what every builder shares.
 
 Every builder streams rows into `manifest_write` (Parquet, CSV or JSONL by suffix), validates
 the result with the validator `run` uses, and returns a `BuildSummary`.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import re
 import unicodedata
@@ -65,7 +65,7 @@ class BuildSummary:
 # --------------------------------------------------------------------------- ids and names
 
 
-def _hash(text: str, n: int = 8) -> str:
+def short_hash(text: str, n: int = 8) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
 
 
@@ -78,7 +78,7 @@ def safe_id(text: str) -> str:
     if safe.startswith("."):  # no hidden names, no "." or ".."
         safe = "_" + safe[1:]
     if len(ascii_text) < len(base) or not safe:
-        safe = f"{safe}-{_hash(text)}" if safe else _hash(text)
+        safe = f"{safe}-{short_hash(text)}" if safe else short_hash(text)
     return cap_id(safe)
 
 
@@ -86,29 +86,7 @@ def cap_id(text: str) -> str:
     """Ids longer than 128 characters keep their head and end in a hash of the whole."""
     if len(text) <= MAX_ID:
         return text
-    return f"{text[: MAX_ID - 11]}-{_hash(text, 10)}"
-
-
-def vbench_name(prompt: str, index: int) -> str:
-    """VBench's ``{prompt}-{index}.mp4`` file name, kept verbatim whenever it is safe.
-
-    VBench matches videos by the exact prompt text, so only what POSIX and object stores cannot
-    hold is changed: ``/``, ``\\`` and control characters become ``_``. Names longer than 255
-    UTF-8 bytes (the usual file-name limit) keep the longest prefix that fits, cut on a character
-    boundary, followed by ``~`` and 8 hex of sha1(prompt), so distinct prompts stay distinct.
-    """
-    if not prompt.strip():
-        raise ValueError("vbench_name needs a non-empty prompt")
-    if index < 0:
-        raise ValueError(f"vbench index must be >= 0, got {index}")
-    stem = re.sub(r"[/\\\x00-\x1f\x7f]", "_", prompt)
-    tail = f"-{index}.mp4"
-    if len((stem + tail).encode("utf-8")) <= 255:
-        return stem + tail
-    tail = f"~{_hash(prompt)}{tail}"
-    budget = 255 - len(tail.encode("utf-8"))
-    cut = stem.encode("utf-8")[:budget].decode("utf-8", "ignore")
-    return cut + tail
+    return f"{text[: MAX_ID - 11]}-{short_hash(text, 10)}"
 
 
 SLUG_CHARS = 40
@@ -130,7 +108,7 @@ def prompt_slug(prompt: str) -> str:
 
 def prompt_key(prompt: str) -> int:
     """The prompt's hash as an integer: what repeats are counted by (8 bytes of memory each)."""
-    return int(_hash(prompt, PROMPT_HASH), 16)
+    return int(short_hash(prompt, PROMPT_HASH), 16)
 
 
 def prompt_id(prompt: str, seed: int, repeat: int = 0) -> str:
@@ -142,7 +120,7 @@ def prompt_id(prompt: str, seed: int, repeat: int = 0) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _open_text(path: str):
+def open_text(path: str):
     return fsspec.open(str(path), "r", encoding="utf-8-sig", newline="")
 
 
@@ -156,7 +134,7 @@ def iter_rows(path: str) -> Iterator[tuple[int, dict]]:
             yield number, {k: v for k, v in plain.items() if not is_empty(v)}
 
 
-def _columns_of(path: str) -> list[str]:
+def columns_of(path: str) -> list[str]:
     """Every column of a manifest in first-seen order (JSONL rows may differ in their keys)."""
     if manifest_format(path) == "parquet":
         with fsspec.open(str(path), "rb") as f:
@@ -167,7 +145,9 @@ def _columns_of(path: str) -> list[str]:
     return list(seen)
 
 
-def _finish(out, rows: Iterable[dict], columns, skipped, notes, validate, spec) -> BuildSummary:
+def finish_build(
+    out, rows: Iterable[dict], columns, skipped, notes, validate, spec
+) -> BuildSummary:
     """Write, then check the result with the validator `run` uses (raises its ManifestError)."""
     count, tasks = write_rows(rows, out, columns, CHUNK_ROWS)
     notes = list(notes)
@@ -179,7 +159,7 @@ def _finish(out, rows: Iterable[dict], columns, skipped, notes, validate, spec) 
     return BuildSummary(out, count, dict(tasks), tuple(skipped), tuple(notes), validate)
 
 
-def _check_defaults(defaults: Mapping[str, Any], owned: Sequence[str]) -> None:
+def check_defaults(defaults: Mapping[str, Any], owned: Sequence[str]) -> None:
     clash = [k for k in defaults if k in owned]
     if clash:
         raise ManifestError(f"{', '.join(clash)} is set by the builder itself; remove it")
@@ -188,7 +168,7 @@ def _check_defaults(defaults: Mapping[str, Any], owned: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- from_folder
 
 
-def _list_files(root: str, suffixes: tuple[str, ...]) -> tuple[dict[str, str], list[Skipped]]:
+def list_files(root: str, suffixes: tuple[str, ...]) -> tuple[dict[str, str], list[Skipped]]:
     """{relative posix path: url or local path} of files with these suffixes; hidden skipped."""
     fs, base = fsspec.core.url_to_fs(str(root))
     if not fs.isdir(base):
@@ -224,7 +204,7 @@ def _image_cell(path: str, out: str) -> str:
 
 def _read_prompt(path: str) -> str | None:
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             return f.read().strip() or None
     except UnicodeDecodeError:
         return None
@@ -250,10 +230,10 @@ def from_folder(
     """
     images_dir, out = os.fspath(images_dir), os.fspath(out)
     prompts_dir = None if prompts_dir is None else os.fspath(prompts_dir)
-    _check_defaults(defaults, ("id", "task", "prompt", "image"))
-    images, skipped = _list_files(images_dir, IMAGE_SUFFIXES)
+    check_defaults(defaults, ("id", "task", "prompt", "image"))
+    images, skipped = list_files(images_dir, IMAGE_SUFFIXES)
     prompt_root = images_dir if prompts_dir is None else prompts_dir
-    prompts, hidden = _list_files(prompt_root, (".txt",))
+    prompts, hidden = list_files(prompt_root, (".txt",))
     skipped += hidden if prompts_dir is not None else []
     prompt_of = {_stem(rel): path for rel, path in prompts.items()}
     by_stem: dict[str, list[str]] = {}
@@ -291,7 +271,7 @@ def from_folder(
     counts = Counter(item_id for item_id, _, _ in planned)
     rows = [
         {
-            "id": item_id if counts[item_id] == 1 else cap_id(f"{item_id}-{_hash(rel)}"),
+            "id": item_id if counts[item_id] == 1 else cap_id(f"{item_id}-{short_hash(rel)}"),
             "task": task,
             "prompt": prompt,
             "image": _image_cell(images[rel], out),
@@ -300,14 +280,14 @@ def from_folder(
         for item_id, rel, prompt in planned
     ]
     columns = ["id", "task", "prompt", "image", *defaults]
-    return _finish(out, rows, columns, skipped, notes, validate, spec)
+    return finish_build(out, rows, columns, skipped, notes, validate, spec)
 
 
 # --------------------------------------------------------------------------- from_prompts
 
 
 def _iter_txt(path: str) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             text = line.strip()
             if text and not text.startswith("#"):
@@ -369,10 +349,10 @@ def from_prompts(
     path, out = os.fspath(path), os.fspath(out)
     if seeds_per_prompt < 1:
         raise ManifestError(f"seeds_per_prompt must be >= 1, got {seeds_per_prompt}")
-    _check_defaults(defaults, ("id", "prompt"))
+    check_defaults(defaults, ("id", "prompt"))
     columns = ["id", "task", "prompt", "seed", *defaults]
     if not str(path).lower().endswith(".txt"):
-        found = _columns_of(path)
+        found = columns_of(path)
         if "prompt" not in found:
             raise ManifestError(f"{path}: no 'prompt' column/key; found {found or 'none'}")
         columns += [c for c in found if c not in columns]
@@ -403,228 +383,4 @@ def from_prompts(
                     item_id = str(own_id) if seeds_per_prompt == 1 else f"{own_id}-s{seed}"
                 yield {**base, "id": item_id, "seed": seed}
 
-    return _finish(out, rows(), columns, skipped, (), validate, spec)
-
-
-# --------------------------------------------------------------------------- from_vbench
-
-VBENCH_SAMPLES = 5  # videos per prompt that VBench's standard mode scores (indices 0-4)
-# VBench's evaluation dimensions that share another one's prompt file (VBench's prompts/README.md)
-VBENCH_SUITE_OF = {
-    "background_consistency": "scene",
-    "aesthetic_quality": "overall_consistency",
-    "imaging_quality": "overall_consistency",
-    "motion_smoothness": "subject_consistency",
-    "dynamic_degree": "subject_consistency",
-}
-
-
-def vbench_prompt_folder(prompts_dir: str) -> str:
-    """The folder of ``{dimension}.txt`` files: ``prompts_dir`` itself, or its
-    ``prompts_per_dimension`` (VBench's ``prompts/``) or ``prompts/prompts_per_dimension``
-    (a VBench checkout)."""
-    fs, base = fsspec.core.url_to_fs(str(prompts_dir))
-    for sub in ("prompts_per_dimension", "prompts/prompts_per_dimension"):
-        if fs.isdir(f"{base.rstrip('/')}/{sub}"):
-            return f"{str(prompts_dir).rstrip('/')}/{sub}"
-    return str(prompts_dir)
-
-
-def read_vbench_suites(prompts_dir: str) -> dict[str, tuple[str, ...]]:
-    """{dimension: its prompts in file order}, one per ``{dimension}.txt`` of VBench's
-    ``prompts_per_dimension`` folder; lines are stripped (as VBench does), blank ones skipped."""
-    folder = vbench_prompt_folder(prompts_dir)
-    files, _ = _list_files(folder, (".txt",))
-    suites = {}
-    for rel, path in sorted(files.items()):
-        if "/" in rel:
-            continue  # the suite is the folder's own .txt files
-        with _open_text(path) as f:
-            prompts = tuple(line.strip() for line in f if line.strip())
-        if prompts:
-            suites[rel[: -len(".txt")]] = prompts
-    if not suites:
-        raise ManifestError(
-            f"{prompts_dir}: no VBench prompt files ({{dimension}}.txt); give VBench's "
-            "prompts/prompts_per_dimension folder"
-        )
-    return suites
-
-
-def vbench_dimensions_of(suites: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
-    """{prompt: the dimensions whose prompt file lists it, sorted}."""
-    found: dict[str, list[str]] = {}
-    for dimension in sorted(suites):
-        for prompt in suites[dimension]:
-            if dimension not in found.setdefault(prompt, []):
-                found[prompt].append(dimension)
-    return {prompt: tuple(dims) for prompt, dims in found.items()}
-
-
-def select_vbench_suites(available: Sequence[str], requested: Sequence[str]) -> list[str]:
-    """The prompt files to build from, sorted: all of them, or the requested dimensions (an
-    evaluation dimension without its own file, e.g. ``dynamic_degree``, names the file it uses)."""
-    if not requested:
-        return sorted(available)
-    chosen, unknown = set(), []
-    for name in requested:
-        suite = name if name in available else VBENCH_SUITE_OF.get(name)
-        if suite in available:
-            chosen.add(suite)
-        else:
-            unknown.append(name)
-    if unknown:
-        raise ManifestError(
-            f"no VBench prompt file for dimension(s) {', '.join(unknown)}; "
-            f"the folder has: {', '.join(sorted(available))}"
-        )
-    return sorted(chosen)
-
-
-def from_vbench(
-    prompts_dir: str,
-    out: str,
-    *,
-    dimensions: Sequence[str] = (),
-    samples: int = VBENCH_SAMPLES,
-    validate: bool = True,
-    spec: Any = None,
-    **defaults: Any,
-) -> BuildSummary:
-    """VBench's standard prompt suite: one t2v row per prompt and seed ``0 .. samples - 1``.
-
-    ``prompts_dir`` is VBench's ``prompts/prompts_per_dimension`` folder (one
-    ``{dimension}.txt`` each; VBench's ``prompts/`` or a checkout's root also work), and
-    ``dimensions`` keeps only those files. A prompt listed by several dimensions is one set of
-    rows: VBench scores each video under every dimension of its prompt. Ids as `prompt_id`.
-    """
-    prompts_dir, out = os.fspath(prompts_dir), os.fspath(out)
-    if samples < 1:
-        raise ManifestError(f"samples must be >= 1, got {samples}")
-    _check_defaults(defaults, ("id", "task", "prompt", "seed"))
-    suites = read_vbench_suites(prompts_dir)
-    chosen = select_vbench_suites(list(suites), dimensions)
-    prompts = list(dict.fromkeys(p for dimension in chosen for p in suites[dimension]))
-    counts = ", ".join(f"{d} {len(suites[d])}" for d in chosen)
-    notes = [f"{len(prompts)} prompt(s) from VBench dimension(s): {counts}"]
-    repeats = sum(len(suites[d]) for d in chosen) - len(prompts)
-    if repeats:
-        notes.append(f"{repeats} line(s) repeat a prompt listed before: each prompt is built once")
-    rows = (
-        {"id": prompt_id(prompt, seed), "task": "t2v", "prompt": prompt, "seed": seed, **defaults}
-        for prompt in prompts
-        for seed in range(samples)
-    )
-    columns = ["id", "task", "prompt", "seed", *defaults]
-    return _finish(out, rows, columns, (), notes, validate, spec)
-
-
-# --------------------------------------------------------------------------- sweep
-
-_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
-
-
-def _parse_values(text: str) -> list:
-    try:
-        return json.loads(f"[{text}]")
-    except json.JSONDecodeError:
-        if any(c in text for c in '[]{}"'):
-            raise
-        # Bare words (task=i2v,t2v): each comma-separated item is JSON if it parses, else text.
-        out = []
-        for item in (part.strip() for part in text.split(",")):
-            try:
-                out.append(json.loads(item))
-            except json.JSONDecodeError:
-                out.append(item)
-        return out
-
-
-def parse_grid(spec: str) -> tuple[str, list]:
-    """A grid spec -> (column, values).
-
-    ``steps=10,20,30``, ``seed=0..4`` (inclusive) or ``noise_multipliers=[0,0.2],[0.2,0.5]``
-    (comma-separated JSON values; bare words such as ``task=i2v,t2v`` are text)."""
-    column, sep, text = spec.partition("=")
-    column = column.strip()
-    if not sep or not column or not text.strip():
-        raise ManifestError(
-            f"grid {spec!r}: expected column=values, e.g. steps=10,20 or seed=0..4 or "
-            "noise_multipliers='[0,0.2],[0.2,0.5]'"
-        )
-    if column == "id":
-        raise ManifestError(f"grid {spec!r}: 'id' cannot be swept; ids are built from the grid")
-    if match := _RANGE.match(text):
-        low, high = int(match[1]), int(match[2])
-        if high < low:
-            raise ManifestError(f"grid {spec!r}: range {low}..{high} is empty; write low..high")
-        return column, list(range(low, high + 1))
-    try:
-        values = _parse_values(text)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"grid {spec!r}: values are not valid JSON ({e.msg})") from e
-    canon = [json.dumps(v, sort_keys=True) for v in values]
-    if len(set(canon)) != len(canon):
-        raise ManifestError(f"grid {spec!r}: repeated values would repeat ids; remove them")
-    return column, values
-
-
-def _value_text(value: Any) -> str:
-    if isinstance(value, list):
-        return "_".join(_value_text(v) for v in value) or "empty"
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return safe_id(str(value))
-
-
-def _suffixes(column: str, values: list) -> list[str]:
-    """Id part per value, e.g. 'steps_10'; hashed when two values would read the same."""
-    texts = [_value_text(v) for v in values]
-    if len(set(texts)) != len(texts):
-        texts = [_hash(json.dumps(v, sort_keys=True)) for v in values]
-    return [f"{safe_id(column)}_{t}" for t in texts]
-
-
-def sweep(
-    base_manifest: str,
-    out: str,
-    grid: Mapping[str, Sequence],
-    *,
-    validate: bool = True,
-    spec: Any = None,
-) -> BuildSummary:
-    """Every base row repeated over the Cartesian product of ``grid`` (last column fastest).
-
-    Grid values replace the base row's own. New ids are ``{base_id}--{col}_{value}--...``
-    (safe, <= 128 characters, hashed tail when longer); rows without an id stay without one.
-    """
-    base_manifest, out = os.fspath(base_manifest), os.fspath(out)
-    if not grid:
-        raise ManifestError("sweep needs at least one grid column, e.g. steps=10,20")
-    if "id" in grid:
-        raise ManifestError("'id' cannot be swept; ids are built from the grid")
-    names = list(grid)
-    values = [list(grid[c]) for c in names]
-    if any(not v for v in values):
-        empty = [c for c, v in zip(names, values, strict=True) if not v]
-        raise ManifestError(f"grid column(s) {', '.join(empty)} have no values")
-    suffixes = [_suffixes(c, v) for c, v in zip(names, values, strict=True)]
-    points = list(
-        zip(
-            itertools.product(*values),
-            ("--".join(parts) for parts in itertools.product(*suffixes)),
-            strict=True,
-        )
-    )
-    base_columns = _columns_of(base_manifest)
-    columns = list(dict.fromkeys(["id", *base_columns, *names]))
-
-    def rows() -> Iterator[dict]:
-        for _, row in iter_rows(base_manifest):
-            base_id = row.get("id")
-            for point, suffix in points:
-                new = {**row, **dict(zip(names, point, strict=True))}
-                new["id"] = None if is_empty(base_id) else cap_id(f"{base_id}--{suffix}")
-                yield new
-
-    return _finish(out, rows(), columns, (), (), validate, spec)
+    return finish_build(out, rows(), columns, skipped, (), validate, spec)

@@ -1,7 +1,7 @@
 """What the gallery shows, before any HTML: cards, their groups, the filters and sweep points.
 
 Pure functions over the records of an output root (markers and failure records). A sweep row's
-id is ``{base_id}--{column}_{value}--...`` (see `pusa_batch.manifest.builders.sweep`): the id
+id is ``{base_id}--{column}_{value}--...`` (see `pusa_batch.manifest.builders_sweep.sweep`): the id
 is the only place a root records that an item belongs to a sweep, so the base id and the swept
 columns are read back from it; the values themselves come from the item, where they are exact.
 """

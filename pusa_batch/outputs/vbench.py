@@ -49,7 +49,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pusa_batch.errors import ExportError
-from pusa_batch.manifest.builders import (
+from pusa_batch.manifest.builders_vbench import (
     VBENCH_SAMPLES,
     read_vbench_suites,
     vbench_dimensions_of,
