@@ -123,6 +123,11 @@ def test_b6_sampler_busy_is_sampling_seconds_over_the_steady_window():
     assert b6_overlap.busy_fraction(marks, run) == pytest.approx(1.0 / 2.0)
 
 
+def test_b6s_ideal_is_sample_plus_finish_over_the_longer_of_the_two():
+    marks = [{"sample_batch": 1, "timings": {"sample": 0.3, "decode": 0.05, "encode": 0.01}}]
+    assert b6_overlap.ideal_ratio(marks) == pytest.approx(0.36 / 0.3)
+
+
 def test_b7_misses_when_batched_items_are_slowed():
     alone = side("batch 1", 32, 0.35, start_up=5.0)
     batched = side("batch 4", 32, 0.18, start_up=5.0)
