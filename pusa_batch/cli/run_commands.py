@@ -96,21 +96,31 @@ class TinyKind(str, enum.Enum):
     mochi = "mochi"
 
 
+class TinyLayout(str, enum.Enum):
+    diffusers = "diffusers"
+    original = "original"
+
+
+TINY_SEED = 20250717  # = models.tiny.TINY_SEED (the help must not import torch)
+
+
 def make_tiny_model(
     directory: Path = typer.Argument(..., help="Folder to write the tiny checkpoint into."),
     kind: TinyKind = typer.Option(TinyKind.wan21, help="The family of the real checkpoint."),
+    layout: TinyLayout = typer.Option(
+        TinyLayout.diffusers,
+        help="diffusers: the -Diffusers repos' folders; original: what the Pusa README "
+        "downloads (Wan2.1_VAE.pth, umT5 .pth, DiT shards; genmo's VAE halves).",
+    ),
+    seed: int = typer.Option(
+        TINY_SEED, help="Weights seed: the same seed gives the same weights in either layout."
+    ),
 ) -> int:
     """Write a tiny random-weight twin of a real Pusa checkpoint, in the real on-disk layout."""
-    kind = kind.value
-    if kind == "mochi":
-        from pusa_batch.models.tiny_mochi import make_tiny_mochi
+    from pusa_batch.models.tiny import make_tiny_model as make
 
-        path = make_tiny_mochi(directory)
-    else:
-        from pusa_batch.models.tiny import make_tiny_model as make
-
-        path = make(kind, directory)
-    out.print(f"wrote tiny {kind} model to {path}", highlight=False)
+    path = make(kind.value, directory, layout=layout.value, seed=seed)
+    out.print(f"wrote tiny {kind.value} model ({layout.value} layout) to {path}", highlight=False)
     return 0
 
 

@@ -2,7 +2,13 @@
 
 Accepted layouts: one `.safetensors` file; a sharded checkpoint with a `*.safetensors.index.json`;
 a directory of `name-0000i-of-0000n.safetensors` shards without an index (original Wan layout);
-`.pt`/`.pth` only through `torch.load(weights_only=True)`.
+`.pt`/`.pth` only through `torch.load(weights_only=True)` (memory-mapped).
+
+A Wan transformer is a diffusers `transformer/` folder, an original Wan folder (its `config.json`
+has `dim`, `num_heads`...; Wan2.2 leaves `text_dim` out, read then off the weights), or one
+`.safetensors` file (ComfyUI-style, `model.diffusion_model.` prefix): its config from a
+`config.json` beside it, else off the shapes (`models.wan_keys.wan_config_from_shapes`).
+`read_header` lists any of them as {key: (dtype, shape)} without reading tensor data.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ from safetensors.torch import load_file
 
 from pusa_batch.errors import CheckpointError
 from pusa_batch.models.wan import MergedWeights, PusaWanTransformer, WanConfig
-from pusa_batch.models.wan_keys import is_wan_format, wan_config_to_diffusers, wan_to_diffusers
+from pusa_batch.models.wan_keys import (
+    is_wan_format,
+    strip_prefix,
+    wan_config_from_shapes,
+    wan_config_to_diffusers,
+    wan_to_diffusers,
+)
 
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<i>\d+)-of-(?P<n>\d+)\.safetensors$")
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -100,9 +112,21 @@ def read_state_dict(
     return out
 
 
-def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+def _read_torch(path: Path, *, mmap: bool = True) -> dict[str, torch.Tensor]:
+    """A `.pt`/`.pth` dictionary of tensors through `torch.load(weights_only=True)`.
+
+    Memory-mapped when the file is in torch's zip format (tensor bytes are read only when used);
+    an old-format file is read whole.
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as exc:
+        if mmap and "mmap" in str(exc):  # legacy (non-zip) serialization cannot be mapped
+            return _read_torch(path, mmap=False)
+        raise CheckpointError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); only plain "
+            "tensor dictionaries are accepted, convert it to safetensors"
+        ) from exc
     except Exception as exc:
         raise CheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); only plain "
@@ -114,6 +138,47 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a dictionary of tensors")
     return obj
+
+
+_DTYPE_CODES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float64: "F64",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+}
+
+
+def read_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{key: (safetensors dtype code, shape)} of a checkpoint, its tensor data never read:
+    safetensors headers (every shard, a truncated file refused), or a `.pt`/`.pth` memory-mapped
+    through `torch.load(weights_only=True, mmap=True)` (the pickle is read, the tensors are not)."""
+    path = Path(path)
+    if path.is_file() and path.suffix in _TORCH_SUFFIXES:
+        return {
+            k: (_DTYPE_CODES.get(v.dtype, str(v.dtype).removeprefix("torch.")), tuple(v.shape))
+            for k, v in _read_torch(path).items()
+        }
+    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for file in weight_files(path):
+        header = read_safetensors_header(file)
+        header.pop("__metadata__", None)
+        clash = sorted(set(header) & set(entries))
+        if clash:
+            raise CheckpointError(f"{file}: key(s) also found in another shard: {_shown(clash)}")
+        with file.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+        end = 8 + size + max((info["data_offsets"][1] for info in header.values()), default=0)
+        if file.stat().st_size < end:
+            raise CheckpointError(
+                f"{file}: truncated ({file.stat().st_size} bytes, the header needs {end}); "
+                "download it again"
+            )
+        entries.update((k, (v["dtype"], tuple(v["shape"]))) for k, v in header.items())
+    return entries
 
 
 def read_safetensors_header(file: str | Path) -> dict:
@@ -169,8 +234,15 @@ def check_keys(
         )
 
 
-def read_transformer_config(folder: Path) -> WanConfig:
-    config_path = folder / "config.json"
+def read_transformer_config(path: Path) -> WanConfig:
+    """The config of a transformer folder (diffusers or original Wan `config.json`) or of one
+    `.safetensors` file (a `config.json` beside it, else read off its shapes)."""
+    path = Path(path)
+    config_path = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if path.is_file() and not _is_wan_config(config_path):
+        shapes = {k: s for k, (_, s) in strip_prefix(read_header(path)).items()}
+        raw = wan_config_from_shapes(shapes, source=str(path))
+        return WanConfig.from_dict(wan_config_to_diffusers(raw, source=str(path)), source=str(path))
     try:
         raw = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
@@ -178,8 +250,28 @@ def read_transformer_config(folder: Path) -> WanConfig:
             f"{config_path}: a transformer directory needs a readable config.json ({exc})"
         ) from exc
     if "num_attention_heads" not in raw and "dim" in raw:
+        if "text_dim" not in raw:  # Wan's WanModel leaves it out of config.json (ignore_for_config)
+            raw = {**raw, "text_dim": _text_dim(path)}
         raw = wan_config_to_diffusers(raw, source=str(config_path))
     return WanConfig.from_dict(raw, source=str(config_path))
+
+
+def _is_wan_config(path: Path) -> bool:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and ("dim" in raw or "num_attention_heads" in raw)
+
+
+def _text_dim(path: Path) -> int:
+    """The text embedding's input width, from the weights' headers (4096 if not found)."""
+    try:
+        entries = strip_prefix(read_header(path))
+    except CheckpointError:
+        return 4096
+    shape = entries.get("text_embedding.0.weight", (None, (0, 4096)))[1]
+    return int(shape[1])
 
 
 def load_wan_transformer(
@@ -189,16 +281,21 @@ def load_wan_transformer(
     device: str | torch.device = "cpu",
     attention: str = "sdpa",
 ) -> PusaWanTransformer:
-    """A diffusers `transformer/` dir or an original Wan dir (config.json + shards), strictly.
+    """A diffusers `transformer/` dir, an original Wan dir (config.json + shards) or one
+    `.safetensors` DiT file (original names, any `model.diffusion_model.` prefix), strictly.
 
     Weights are read onto `device`, then cast to `dtype` with norms, modulation tables and the
     time embedder kept in fp32 (as diffusers does). `attention` is "sdpa" or "flash".
     """
     folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: expected a directory holding config.json and weights")
+    if not folder.is_dir() and not (folder.is_file() and folder.suffix == ".safetensors"):
+        raise CheckpointError(
+            f"{folder}: expected a directory holding config.json and weights, or one "
+            ".safetensors DiT file"
+        )
     config = read_transformer_config(folder)
     state_dict = read_state_dict(folder, device=device)  # no host copy when loading to a GPU
+    state_dict = strip_prefix(state_dict)
     if is_wan_format(state_dict):
         state_dict = wan_to_diffusers(state_dict, source=str(folder))
     with torch.device("meta"):

@@ -4,6 +4,10 @@ Tokenize to `max_length` (512 for the real model), run the encoder with the atte
 zero every position past the prompt's real length (Pusa's `wan_prompter`, diffusers'
 `_get_t5_prompt_embeds`). Embeddings are kept on the CPU in the cache and returned as
 `(1, max_length, d_model)` tensors.
+
+The umT5 is a transformers `UMT5EncoderModel` folder (`-Diffusers` layout) or Wan's original
+`models_t5_umt5-xxl-enc-bf16.pth` (`models.original_wan.load_umt5_file`); either way the tokenizer
+is a transformers folder (`tokenizer/`, or the original layout's `google/umt5-xxl/`).
 """
 
 from __future__ import annotations
@@ -51,13 +55,16 @@ def load_text_model(
     tokenizer_path: str | os.PathLike,
     dtype: torch.dtype,
 ) -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, encoder) from two transformers folders; a PipelineError names the bad one."""
+    """(tokenizer, encoder) from two transformers folders; a PipelineError names the bad one.
+    `model_cls` None loads the tokenizer only (the encoder is then None)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_path))
     except (OSError, ValueError) as e:
         raise PipelineError(f"cannot load the {name} tokenizer from {tokenizer_path}: {e}") from e
+    if model_cls is None:
+        return tokenizer, None
     try:
         with no_hub_progress_bars():
             model = model_cls.from_pretrained(os.fspath(text_encoder_path), dtype=dtype)
@@ -121,15 +128,22 @@ class TextEncoder:
         dtype: torch.dtype,
         cache_size: int = 256,
     ) -> TextEncoder:
-        """Load a transformers `UMT5EncoderModel` folder and its tokenizer folder.
+        """Load a transformers `UMT5EncoderModel` folder, or Wan's original umT5 `.pth`, and
+        its tokenizer folder.
 
         `device` is where the encoder runs (the CPU when the pipeline offloads it).
         """
         from transformers import UMT5EncoderModel
 
-        tokenizer, model = load_text_model(
-            UMT5EncoderModel, "umT5", text_encoder_path, tokenizer_path, dtype
-        )
+        if os.path.isfile(text_encoder_path):
+            from pusa_batch.models.original_wan import load_umt5_file
+
+            tokenizer, _ = load_text_model(None, "umT5", None, tokenizer_path, dtype)
+            model = load_umt5_file(text_encoder_path, dtype)
+        else:
+            tokenizer, model = load_text_model(
+                UMT5EncoderModel, "umT5", text_encoder_path, tokenizer_path, dtype
+            )
         return cls(
             tokenizer,
             model.to(device),

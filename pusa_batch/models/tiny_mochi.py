@@ -8,6 +8,11 @@
       text_encoder/             transformers T5EncoderModel
       tokenizer/                a T5 tokenizer (Unigram over a small word list), built offline
 
+`layout="original"` writes the VAE as genmo's two halves instead, `encoder.safetensors` and
+`decoder.safetensors` beside the DiT (Pusa V0.5's `RaphaelLiu/Pusa-V0.5` layout), the same
+weights renamed by `models.original_mochi.diffusers_to_genmo_vae`; the T5 stays in
+`text_encoder/` and `tokenizer/` (the real release ships none: its TOML names them).
+
 Every file is a pure function of `seed`: the same seed gives the same bytes.
 """
 
@@ -94,7 +99,7 @@ def _write_text_encoder(out: Path, seed: int, dim: int) -> None:
         T5EncoderModel(config).eval().save_pretrained(out)
 
 
-def _write_vae(out: Path, seed: int) -> None:
+def _build_vae(seed: int):
     from diffusers import AutoencoderKLMochi
 
     with torch.random.fork_rng():
@@ -105,11 +110,26 @@ def _write_vae(out: Path, seed: int) -> None:
             layers_per_block=(1, 1, 1, 1, 1),
             add_attention_block=(False, False, False, False, False),
         )
-    vae.eval().save_pretrained(out)
+    return vae.eval()
 
 
-def make_tiny_mochi(out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Write the tiny twin to `out_dir` (created if needed) and return it."""
+def _write_vae(out: Path, seed: int) -> None:
+    _build_vae(seed).save_pretrained(out)
+
+
+def _write_genmo_vae(out: Path, seed: int) -> None:
+    """genmo's `encoder.safetensors` and `decoder.safetensors` in `out`."""
+    from safetensors.torch import save_file
+
+    from pusa_batch.models.original_mochi import diffusers_to_genmo_vae
+
+    for name, state in diffusers_to_genmo_vae(_build_vae(seed)).items():
+        save_file(state, str(out / name))
+
+
+def make_tiny_mochi(out_dir: str | Path, *, seed: int = 0, layout: str = "diffusers") -> Path:
+    """Write the tiny twin to `out_dir` (created if needed) in `layout` ("diffusers": the VAE
+    in `vae/`; "original": genmo's VAE halves in the root) and return it."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -118,7 +138,10 @@ def make_tiny_mochi(out_dir: str | Path, *, seed: int = 0) -> Path:
     state = {k: v.contiguous() for k, v in dit.state_dict().items()}
     save_file(state, str(out / CHECKPOINT_NAME))
     (out / "config.json").write_text(json.dumps(TINY_CONFIG.to_dict(), indent=2) + "\n")
-    _write_vae(out / "vae", seed + 1)
+    if layout == "original":
+        _write_genmo_vae(out, seed + 1)
+    else:
+        _write_vae(out / "vae", seed + 1)
     _write_text_encoder(out / "text_encoder", seed + 2, TINY_CONFIG.t5_feat_dim)
     _write_tokenizer(out / "tokenizer")
     return out

@@ -7,6 +7,7 @@ LoRA files) alike. It agrees with diffusers' `convert_wan_transformer_to_diffuse
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -137,4 +138,44 @@ def wan_config_to_diffusers(raw: Mapping[str, Any], *, source: str = "config.jso
         "cross_attn_norm": raw.get("cross_attn_norm", True),
         "qk_norm": "rms_norm_across_heads" if raw.get("qk_norm", True) else None,
         "eps": raw.get("eps", 1e-6),
+    }
+
+
+WAN_HEAD_DIM = 128
+
+
+def wan_config_from_shapes(
+    shapes: Mapping[str, tuple[int, ...]], *, source: str = "Wan DiT"
+) -> dict[str, Any]:
+    """An original-format Wan config (`dim`, `num_heads`, ...) read off a T2V DiT's shapes
+    (original names, prefix stripped), the head size being Wan's 128 at every size (Wan2.1
+    `wan/configs`: 1.3B dim 1536 / 12 heads, 14B dim 5120 / 40 heads)."""
+    try:
+        dim, in_dim, *patch = shapes["patch_embedding.weight"]
+        ffn_dim = shapes["blocks.0.ffn.0.weight"][0]
+        text_dim = shapes["text_embedding.0.weight"][1]
+        freq_dim = shapes["time_embedding.0.weight"][1]
+        head_out = shapes["head.head.weight"][0]
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"{source}: cannot read a Wan T2V config off its tensors (no {exc}); put the Wan "
+            "config.json beside it"
+        ) from exc
+    if dim % WAN_HEAD_DIM:
+        raise CheckpointError(
+            f"{source}: dim {dim} is not a multiple of Wan's head size {WAN_HEAD_DIM}; put the "
+            "Wan config.json (num_heads) beside it"
+        )
+    layers = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks."))
+    return {
+        "model_type": "t2v",
+        "patch_size": list(patch),
+        "in_dim": in_dim,
+        "dim": dim,
+        "ffn_dim": ffn_dim,
+        "freq_dim": freq_dim,
+        "text_dim": text_dim,
+        "out_dim": head_out // math.prod(patch),
+        "num_heads": dim // WAN_HEAD_DIM,
+        "num_layers": layers,
     }
