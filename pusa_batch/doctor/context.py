@@ -4,7 +4,10 @@ models built on the `meta` device from their configs (no memory, no tensor data)
 Families differ only here: Wan has `transformer/` (and Wan2.2 `transformer_2/`) folders in
 diffusers layout, a Wan VAE and umT5; Mochi has one genmo-layout DiT file
 (`pusa_v0_dit.safetensors`, with an optional `config.json` beside it, else the 10B defaults), a
-Mochi VAE and T5.
+Mochi VAE and T5. The original layouts (models/layouts.py: Wan-AI's `Wan2.1_VAE.pth` and umT5
+`.pth`, genmo's `encoder`/`decoder.safetensors`, a single-file DiT) are read the same way, their
+headers renamed to the loading class's keys (`component_tensors`) and their modules built on
+`meta` from their shapes; a `.pth` is memory-mapped, its tensors never read.
 
 Weights named by URL are read through header twins (`pipelines.staging.header_twins`): their
 small files fetched whole, each safetensors header by two range reads, no tensor data.
@@ -22,8 +25,10 @@ from typing import Any
 import torch
 
 from pusa_batch.errors import CheckpointError
+from pusa_batch.models.layouts import component_problems
 from pusa_batch.models.loading import read_safetensors_header, read_transformer_config, weight_files
 from pusa_batch.models.mochi import CHECKPOINT_NAME, PusaMochiTransformer, load_mochi_config
+from pusa_batch.models.original_headers import original_header, original_on_meta
 from pusa_batch.models.tiny import TINY_VERSION, default_cache_root, tiny_marker
 from pusa_batch.models.wan import PusaWanTransformer
 from pusa_batch.pipelines.device import resolve_device, resolve_dtype
@@ -145,7 +150,10 @@ class Context:
         return self._cache[key]
 
     def tensors(self, component: str) -> Tensors:
-        return self._once(("tensors", component), lambda: read_tensors(self.paths[component]))
+        return self._once(
+            ("tensors", component),
+            lambda: component_tensors(self.spec.family, component, self.paths[component]),
+        )
 
     def expert(self, component: str) -> Denoiser:
         """The denoiser built on `meta` from its config (no memory, no data)."""
@@ -178,6 +186,9 @@ def build_on_meta(family: str, component: str, path: Path) -> torch.nn.Module:
     from diffusers import AutoencoderKLMochi, AutoencoderKLWan
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
+    original = original_on_meta(family, component, path)  # Wan2.1_VAE.pth, umT5 .pth, genmo VAE
+    if original is not None:
+        return original
     mochi = family == "mochi"
     with torch.device("meta"):
         if component == "vae":
@@ -217,10 +228,22 @@ def component_paths(spec: PipelineSpec) -> dict[str, Path] | None:
 
 def file_problems(spec: PipelineSpec, paths: dict[str, Path]) -> dict[str, list[str]]:
     """{component or lora[i]: problems} for every part whose files are missing."""
-    problems = {c: _component_problems(c, p) for c, p in paths.items()}
+    problems = {c: _layout_problems(spec.family, c, p) for c, p in paths.items()}
     for i, lora in enumerate(spec.loras):
         problems[f"lora[{i}]"] = [] if lora.path.is_file() else [f"{lora.path} not found"]
     return {k: v for k, v in problems.items() if v}
+
+
+def _layout_problems(family: str, component: str, path: Path) -> list[str]:
+    """An original-layout file or folder (models/layouts.py) has its own checks."""
+    found = component_problems(family, component, path)
+    return _component_problems(component, path) if found is None else found
+
+
+def component_tensors(family: str, component: str, path: Path) -> Tensors:
+    """`read_tensors`, an original-layout VAE or umT5 under the loading class's names."""
+    entries = original_header(family, component, path)
+    return read_tensors(path) if entries is None else Tensors(path, entries)
 
 
 def _component_problems(component: str, path: Path) -> list[str]:

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from pusa_batch import sampler
-from pusa_batch.errors import PipelineError
 from pusa_batch.models.mochi import LATENT_CHANNELS, load_mochi_transformer
 from pusa_batch.models.mochi_conventions import (
     decode_mochi_latents,
@@ -221,18 +220,9 @@ class MochiPipeline(Pipeline):
 
 
 def _load_mochi_vae(path: Path, device: torch.device, *, tiling: bool) -> torch.nn.Module:
-    from diffusers import AutoencoderKLMochi
+    from pusa_batch.models.original_mochi import load_mochi_vae
 
-    try:
-        vae = AutoencoderKLMochi.from_pretrained(
-            str(path), torch_dtype=torch.float32, low_cpu_mem_usage=False
-        )
-    except (OSError, ValueError) as e:
-        raise PipelineError(
-            f"cannot load the Mochi VAE from {path}: {e}. It must be a diffusers "
-            "AutoencoderKLMochi folder (config.json + diffusion_pytorch_model.safetensors), "
-            "e.g. the vae/ folder of genmo/mochi-1-preview."
-        ) from e
+    vae = load_mochi_vae(path)  # a diffusers folder, or genmo's encoder/decoder.safetensors
     if tiling:
         vae.enable_tiling()
     return vae.to(device).eval().requires_grad_(False)

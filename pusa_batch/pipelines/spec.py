@@ -33,6 +33,8 @@ from typing import Any
 
 from pusa_batch.errors import PipelineError
 from pusa_batch.item import FITS
+from pusa_batch.models.layouts import DECLARED as DECLARED_LAYOUTS
+from pusa_batch.models.layouts import root_components
 from pusa_batch.models.tiny import TINY_VERSION
 from pusa_batch.weights import StagingConfig, WeightURL, is_url, list_source, url_problem
 from pusa_batch.weights.fetch import MIB
@@ -468,11 +470,17 @@ def _parse_staging(
 def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Path) -> WeightPaths:
     if family != "wan2.2" and "transformer_2" in raw:
         raise where.fail("weights.transformer_2", "only a wan2.2 pipeline has a second expert")
-    allowed = ("tiny", "root", *FAMILY_COMPONENTS[family])
+    allowed = ("tiny", "root", "layout", *FAMILY_COMPONENTS[family])
     where.no_unknown(raw, allowed, "weights.")
     for key, value in raw.items():
         if not isinstance(value, str) or not value:
             raise where.fail(f"weights.{key}", f"must be a non-empty string, got {value!r}")
+    if raw.get("layout", "auto") not in DECLARED_LAYOUTS or ("layout" in raw and "root" not in raw):
+        raise where.fail(
+            "weights.layout",
+            f"must be one of {', '.join(DECLARED_LAYOUTS)}, with a root (the layout the root holds "
+            f"before it is downloaded; a root that exists is detected), got {raw['layout']!r}",
+        )
     if "tiny" in raw:
         if raw["tiny"] != family:
             raise where.fail(
@@ -482,14 +490,16 @@ def _parse_weights(where: _Where, raw: Mapping[str, Any], family: str, base: Pat
             raise where.fail("weights", "`tiny` uses generated weights: give no other weight keys")
         return WeightPaths(tiny=family)
     root = _weight_path(where, "weights.root", base, raw["root"]) if "root" in raw else None
+    # diffusers or original layout: detected from the root's files (models/layouts.py)
+    under_root = {} if root is None else root_components(root, family, raw.get("layout", "auto"))
     paths: dict[str, WeightPath] = {}
     for comp in FAMILY_COMPONENTS[family]:
         if comp in raw:
             paths[comp] = _weight_path(where, f"weights.{comp}", base, raw[comp])
         elif root is not None:
-            paths[comp] = root / (MOCHI_DIT_FILE if comp == "dit" else comp)
+            paths[comp] = under_root[comp]
         else:
-            raise where.fail(f"weights.{comp}", "missing: give it, or `root` (a diffusers folder)")
+            raise where.fail(f"weights.{comp}", "missing: give it, or `root` (a model folder)")
     return WeightPaths(**paths)
 
 

@@ -173,18 +173,9 @@ def _vae_tile(opts: Any) -> dict[str, int]:
 def _load_vae(
     path: Path, device: torch.device, *, tiling: bool, tile: dict[str, int] | None = None
 ) -> torch.nn.Module:
-    from diffusers import AutoencoderKLWan
+    from pusa_batch.models.original_wan import load_wan_vae
 
-    try:
-        # The VAE is small: plain loading, and no warning when `accelerate` is absent.
-        vae = AutoencoderKLWan.from_pretrained(
-            str(path), torch_dtype=torch.float32, low_cpu_mem_usage=False
-        )
-    except (OSError, ValueError) as e:
-        raise PipelineError(
-            f"cannot load the Wan VAE from {path}: {e}. It must be a diffusers AutoencoderKLWan "
-            "folder (config.json + diffusion_pytorch_model.safetensors)."
-        ) from e
+    vae = load_wan_vae(path)  # a diffusers folder, or the original layout's Wan2.1_VAE.pth
     if tiling:
         try:
             vae.enable_tiling(**(tile or {}))  # encode and decode alike, as upstream tiles both
