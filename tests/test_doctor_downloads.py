@@ -132,7 +132,7 @@ def test_cli_doctor_prints_one_missing_file_per_line_and_the_fetch_command(capsy
     assert cli.main(["doctor", "--pipeline", str(toml)]) == 2
     lines = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["FAIL", "files:"])
-    body = [line.strip() for line in lines[start + 1 : start + 7]]
+    body = [line.strip() for line in lines[start + 1 : start + 8]]
     assert body[0].startswith("weights.dit: ") and body[0].endswith(
         "pusa_v0_dit.safetensors missing: download pusa_v0_dit.safetensors (RaphaelLiu/Pusa-V0.5)"
     )
@@ -140,12 +140,15 @@ def test_cli_doctor_prints_one_missing_file_per_line_and_the_fetch_command(capsy
         f"fetch: (cd {PIPELINES} && hf download RaphaelLiu/Pusa-V0.5 pusa_v0_dit.safetensors "
         "--local-dir ../model_zoo/Pusa-V0.5)"
     )
-    assert [line.split(":")[0] for line in body[2:5]] == [
-        "weights.vae",
-        "weights.text_encoder",
-        "weights.tokenizer",
-    ]
-    assert body[5].startswith(f"fetch: (cd {PIPELINES} && hf download genmo/mochi-1-preview ")
+    # the VAE is genmo's two halves in the Pusa-V0.5 root itself (its original layout)
+    assert body[2] == f"weights.vae: {PIPELINES.parent / 'model_zoo/Pusa-V0.5'} missing"
+    assert body[3] == (
+        f"fetch: (cd {PIPELINES} && hf download RaphaelLiu/Pusa-V0.5 --local-dir "
+        "../model_zoo/Pusa-V0.5)"
+    )
+    names = [line.split(":")[0] for line in body[4:6]]
+    assert names == ["weights.text_encoder", "weights.tokenizer"]
+    assert body[6].startswith(f"fetch: (cd {PIPELINES} && hf download genmo/mochi-1-preview ")
 
 
 # ------------------------------------------------------------------------------ real commands
