@@ -1,164 +1,267 @@
-"""B4: resume planning over 100,000 manifest entries with 99,000 done.
+"""B4: a resume over 1,000,000 manifest rows with 990,000 done, up to the first dispatch.
 
-The done items sit as a finished run leaves them: one compacted index part, plus a few hundred
-real commits since the last compaction and a few failure records. Reading the root's state and
-classifying every entry (what `run` and `status` do) is timed on local disk and on a moto S3
-server, trusting the index (`--trust-index`), and its storage calls are counted by a wrapping
-filesystem; the same is done with 10,000 done items to show that the call count does not depend
-on it. On local disk the default, verified state is timed too, with every compacted item's video
-and marker on disk: it adds one listing each of `videos/` and `items/` (on S3, one
-ListObjectsV2 page per 1,000 keys: 200 requests per 100,000 done items).
+What `run` does between taking the lease and handing the first item to a worker: read the root's
+state (`Store.state`), the counting pass (`make_plan`) and the dispatch pass's first item
+(`iter_todo`). The root is faked fast (`fake_root.py`): the done rows' index parts as a long run
+leaves them (tiers of compactions, each row's real fingerprint), 100 real commits since the last
+compaction and 50 failure records; the 10,000 rows still to do are the manifest's last, so the
+dispatch pass reads up to its very end. Each measurement runs in a fresh process, which reports
+its seconds, its peak RSS and its storage calls (a counting filesystem).
 
-    python benchmarks/b4_resume_plan.py [--skip-s3]
+- local, trusting the index (`--trust-index`): the target, <= 10 s and <= 1 GiB;
+- local, verified (the default of `run`): one listing each of `videos/` and `items/`, of hard
+  links (`--verified-rows`, 100,000 rows by default: a million links take minutes to make;
+  the target scales with the rows);
+- S3 (a moto server on localhost), trusting the index;
+- the baseline, measured in the same run: the old per-row plan (each row made an `Item`,
+  fingerprinted alone and looked up in dicts), timed over 50,000 rows and scaled to the
+  manifest, twice (it read the manifest once to count and once to dispatch).
+
+    python benchmarks/b4_resume_plan.py [--rows N] [--verified-rows N] [--skip-s3] [--skip-verified]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections import Counter
 from pathlib import Path
 
-import fsspec
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import fake_root  # noqa: E402
 
-from s3server import s3_server  # noqa: E402
-from test_store_fswrap import CountingFS  # noqa: E402
+from pusa_batch.pipelines.spec import load_pipeline_spec  # noqa: E402
 
-from pusa_batch.engine.plan import classify  # noqa: E402
-from pusa_batch.store.index import INDEX_DIR, encode_part, part_name  # noqa: E402
-from pusa_batch.store.store import Store  # noqa: E402
-
-N_ENTRIES = 100_000
-N_RECENT = 300
-N_FAILED = 50
-TARGET_S = 3.0
-
-
-def item_id(n: int) -> str:
-    return f"item-{n:06d}"
+TINY = HERE.parent / "pipelines" / "tiny.toml"
+DONE_SHARE = 0.99
+RECENT = 100
+FAILED = 50
+BASELINE_ROWS = 50_000
+TARGET_S = 10.0
+TARGET_RSS_MB = 1024.0
+SLOWDOWN_ENV = "PUSA_BENCH_SLOWDOWN"
 
 
-def fingerprint(n: int) -> str:
-    return f"{n * 2654435761 % 2**32:08x}{'0' * 56}"
+# --------------------------------------------------------------------------- the measured side
 
 
-def compacted_marker(n: int) -> dict:
-    """What a real commit records, for an item of a finished run."""
+def measure(args: dict) -> dict:
+    """state + counting pass + first dispatched item, in this (fresh) process."""
+    import fsspec
+    from test_store_fswrap import CountingFS
+
+    from pusa_batch.engine.plan import Rules, iter_todo, make_plan
+    from pusa_batch.store.store import Store
+
+    spec = load_pipeline_spec(TINY)
+    inner, _ = fsspec.core.url_to_fs(args["url"], **args["options"])
+    counting = CountingFS(inner)
+    store = Store(args["url"], args["options"], filesystem=counting)
+    rss_before = peak_rss_mb()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    state = store.state(verify=args["verify"])
+    read_s = time.perf_counter() - started
+    plan = make_plan(args["manifest"], spec, state, Rules())
+    counted_s = time.perf_counter() - started
+    first = next(iter_todo(args["manifest"], spec, state, Rules(), plan=plan))
+    time.sleep(args["slowdown"])
+    seconds = time.perf_counter() - started
     return {
-        "id": item_id(n),
-        "fingerprint": fingerprint(n),
-        "video": f"videos/{item_id(n)}.mp4",
-        "video_bytes": 16,
-        "video_sha256": f"{n:064x}",
-        "committed_at": "2026-01-01T00:00:00.000+00:00",
-        "commit_token": f"{1_700_000_000_000_000_000 + n:020d}-{n:012x}",
-        "prompt": f"a slow dolly shot of scene {n}, golden hour, 35mm film grain",
-        "task": "t2v",
-        "seed": n,
-        "num_frames": 81,
-        "height": 480,
-        "width": 832,
-        "steps": 10,
-        "timings": {"sample_s": 61.2, "decode_s": 4.1, "encode_s": 0.6},
+        "seconds": seconds,
+        "cpu_s": time.process_time() - cpu_started,
+        "state_s": read_s,
+        "count_s": counted_s - read_s,
+        "first_s": seconds - counted_s,
+        "rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss_before,
+        "calls": dict(counting.calls),
+        "first": first.id,
+        "kinds": {
+            k: getattr(plan.counts, k) for k in ("total", "done", "pending", "failed", "todo")
+        },
+        "damaged": plan.counts.damaged,
     }
 
 
-def write_files(folder: Path, markers: list[dict]) -> list[int]:
-    """Each compacted item's 16-byte video and its marker on local disk; the markers' sizes."""
-    (folder / "videos").mkdir(parents=True, exist_ok=True)
-    (folder / "items").mkdir(exist_ok=True)
-    sizes = []
-    for marker in markers:
-        (folder / "videos" / f"{marker['id']}.mp4").write_bytes(b"\0" * 16)
-        data = json.dumps(marker, sort_keys=True).encode()
-        (folder / "items" / f"{marker['id']}.json").write_bytes(data)
-        sizes.append(len(data))
-    return sizes
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    with open("/proc/self/status") as status:
+        for text in status:
+            if text.startswith("VmHWM:"):
+                return int(text.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def fill_root(url: str, options: dict, n_done: int, with_files: bool = False) -> None:
-    store = Store(url, options)
-    n_compacted = n_done - N_RECENT
-    markers = [compacted_marker(n) for n in range(n_compacted)]
-    sizes = write_files(Path(url), markers) if with_files else None
-    store.root.write_bytes(f"{INDEX_DIR}/{part_name(1)}", encode_part(markers, sizes))
-    for n in range(n_compacted, n_done):
-        store.commit(item_id(n), b"\0" * 2048, {"fingerprint": fingerprint(n), "seed": n})
-    for n in range(n_done, n_done + N_FAILED):
-        store.record_failure(item_id(n), {"error_type": "OutOfMemoryError", "attempts": 3})
-
-
-def timed_plan(
-    url: str, options: dict, entries: list, repeats: int, verify: bool = False
-) -> tuple[float, int, dict]:
-    """Best of `repeats` state reads + classifications; calls counted on the last one."""
-    best, counting, kinds = float("inf"), None, Counter()
-    for _ in range(repeats):
-        inner, _ = fsspec.core.url_to_fs(url, **options)
-        counting = CountingFS(inner)
-        store = Store(url, options, filesystem=counting)
-        start = time.perf_counter()
-        state = store.state(verify=verify)
-        kinds = Counter(classify(state, i, f).value for i, f in entries)
-        best = min(best, time.perf_counter() - start)
-    return best, counting.total, dict(kinds) | {"calls": dict(counting.calls)}
-
-
-def measure(label: str, make_url, options: dict, repeats: int) -> float:
-    entries = [(item_id(n), fingerprint(n)) for n in range(N_ENTRIES)]
-    results = {}
-    for n_done in (99_000, 10_000):
-        url = make_url()
-        start = time.perf_counter()
-        fill_root(url, options, n_done)
-        setup_s = time.perf_counter() - start
-        seconds, calls, counts = timed_plan(url, options, entries, repeats)
-        results[n_done] = (seconds, calls)
-        print(f"  {label} done={n_done}: setup {setup_s:.1f} s, plan {seconds:.3f} s, {counts}")
-    (seconds, calls), (_, calls_10k) = results[99_000], results[10_000]
-    same = "yes" if calls == calls_10k else "no"
-    print(
-        f"B4 resume_plan_{label}_calls={calls} calls_at_10k_done={calls_10k} same={same} "
-        f"(recent markers={N_RECENT}, failures={N_FAILED})"
+def measured(url: str, options: dict, manifest: Path, verify: bool, slowdown: float) -> dict:
+    """`measure` in a child process (so its RSS is the plan's, not the setup's)."""
+    args = {"url": url, "options": options, "manifest": str(manifest), "verify": verify}
+    args["slowdown"] = slowdown
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    return seconds
+    if done.returncode != 0:
+        raise SystemExit(f"measurement failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- the baseline
+
+
+def old_per_row_pass(manifest: Path, spec, rows: int, done: dict[str, str]) -> float:
+    """Seconds for `rows` rows of the old plan's pass: an Item, a fingerprint and dict lookups
+    per row."""
+    from pusa_batch.manifest.read import item_fingerprint, iter_items
+
+    identity = spec.identity()
+    started = time.perf_counter()
+    for n, item in enumerate(iter_items(str(manifest), spec, chunk_rows=8192)):
+        if n == rows:
+            break
+        fp = item_fingerprint(item, identity, temporal_factor=spec.temporal_factor)
+        _ = done.get(item.id) == fp
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- roots
+
+
+def fill(store, folder: Path | None, manifest_rows: int, fps) -> None:
+    """Index parts for the done rows but the last RECENT, which are committed for real."""
+
+    n_done = len(fps)
+    compacted = fps.slice(0, n_done - RECENT)
+    fake_root.write_parts(store, compacted)
+    if folder is not None:
+        fake_root.link_files(folder, n_done - RECENT)
+    commits = range(n_done - RECENT, n_done)
+    failures = range(n_done, min(manifest_rows, n_done + FAILED))
+    fake_root.commit_and_fail(store, commits, failures, fps)
+
+
+def line(name: str, figures: dict, value: float, target: float, unit_digits: int = 3) -> str:
+    extra = " ".join(f"{k}={v}" for k, v in figures.items())
+    verdict = "pass" if value <= target else "miss"
+    return f"B4 {name}={value:.{unit_digits}f} {extra} target<={target:g} {verdict}".replace(
+        "  ", " "
+    )
+
+
+def describe(label: str, result: dict) -> None:
+    print(
+        f"  {label}: {result['seconds']:.2f} s, {result['cpu_s']:.2f} s of CPU (state "
+        f"{result['state_s']:.2f}, count pass "
+        f"{result['count_s']:.2f}, first item {result['first_s']:.2f}), peak RSS "
+        f"{result['rss_mb']:.0f} MB ({result['rss_before_mb']:.0f} before planning), "
+        f"first={result['first']} {result['kinds']} damaged={result['damaged']}, "
+        f"calls {result['calls']}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="manifest rows")
     parser.add_argument("--skip-s3", action="store_true", help="local disk only")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        local_s = measure("local", lambda: f"{tmp}/{uuid.uuid4().hex[:8]}", {}, repeats=3)
-    verdict = "pass" if local_s <= TARGET_S else "miss"
-    print(f"B4 resume_plan_local_seconds={local_s:.3f} target<={TARGET_S:g} {verdict}")
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"{tmp}/verified"
-        fill_root(url, {}, 99_000, with_files=True)
-        entries = [(item_id(n), fingerprint(n)) for n in range(N_ENTRIES)]
-        verified_s, calls, counts = timed_plan(url, {}, entries, repeats=3, verify=True)
-    verdict = "pass" if verified_s <= TARGET_S else "miss"
-    print(f"  local verified done=99000: plan {verified_s:.3f} s, {counts}")
-    print(
-        f"B4 resume_plan_local_verified_seconds={verified_s:.3f} calls={calls} "
-        f"target<={TARGET_S:g} {verdict} (baseline: trusting the index {local_s:.3f} s)"
+    parser.add_argument("--skip-verified", action="store_true", help="no verified local root")
+    parser.add_argument(
+        "--verified-rows",
+        type=int,
+        default=100_000,
+        help="manifest rows of the verified root (its videos and markers are hard links: a "
+        "million of each take minutes to make); the target scales with them",
     )
+    parser.add_argument(
+        "--inject-slowdown",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"add S seconds to each measured plan (default: ${SLOWDOWN_ENV} or 0); the "
+        "verdicts must then read miss",
+    )
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+        return
+    slowdown = args.inject_slowdown
+    slowdown = max(0.0, float(os.environ.get(SLOWDOWN_ENV) or 0) if slowdown is None else slowdown)
+    from pusa_batch.store.store import Store
+
+    spec = load_pipeline_spec(TINY)
+    rows = args.rows
+    n_done = int(rows * DONE_SHARE)
+    tag = "1m" if rows == 1_000_000 else str(rows)
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "manifest.csv"
+        began = time.perf_counter()
+        fake_root.write_manifest(manifest, rows)
+        fps = fake_root.fingerprints(manifest, spec, n_done)
+        local = f"{tmp}/trusted"
+        fill(Store(local), None, rows, fps)
+        print(f"  setup: manifest, fingerprints and root in {time.perf_counter() - began:.1f} s")
+        trusted = measured(local, {}, manifest, verify=False, slowdown=slowdown)
+        describe("local, trusting the index", trusted)
+
+        done = {fake_root.item_id(n): fps[n].as_py() for n in range(min(n_done, BASELINE_ROWS))}
+        sample = min(rows, BASELINE_ROWS)
+        baseline = old_per_row_pass(manifest, spec, sample, done) * rows / sample * 2
+        print(f"  baseline: the old per-row pass, {sample} rows, scaled: {baseline:.1f} s")
+        figures = {
+            "cpu_s": f"{trusted['cpu_s']:.1f}",
+            "rss_mb": f"{trusted['rss_mb']:.0f}",
+            "baseline_s": f"{baseline:.1f}",
+        }
+        print(line(f"resume_{tag}_first_dispatch_s", figures, trusted["seconds"], TARGET_S))
+        print(line(f"resume_{tag}_peak_rss_mb", {}, trusted["rss_mb"], TARGET_RSS_MB, 0))
+
+        if not args.skip_verified:
+            v_rows = min(rows, args.verified_rows)
+            v_done = int(v_rows * DONE_SHARE)
+            began = time.perf_counter()
+            folder = Path(tmp) / "verified"
+            v_manifest = manifest if v_rows == rows else Path(tmp) / "verified.csv"
+            if v_rows != rows:
+                fake_root.write_manifest(v_manifest, v_rows)
+            fill(Store(str(folder)), folder, v_rows, fps.slice(0, v_done))
+            print(f"  setup: verified root (hard links) in {time.perf_counter() - began:.1f} s")
+            verified = measured(str(folder), {}, v_manifest, verify=True, slowdown=slowdown)
+            describe(f"local, verified, {v_rows} rows", verified)
+            figures = {"cpu_s": f"{verified['cpu_s']:.1f}", "rss_mb": f"{verified['rss_mb']:.0f}"}
+            v_tag = "1m" if v_rows == 1_000_000 else str(v_rows)
+            name = f"resume_{v_tag}_verified_first_dispatch_s"
+            target = TARGET_S * v_rows / 1_000_000
+            print(line(name, figures, verified["seconds"], target))
     if args.skip_s3:
         return
-    with s3_server() as server:
-        bucket = server.make_bucket("b4-bench")
-        new_url = lambda: f"{bucket}/{uuid.uuid4().hex[:8]}"  # noqa: E731
-        s3_s = measure("s3", new_url, server.storage_options, repeats=1)
-    print(
-        f"B4 resume_plan_s3_seconds={s3_s:.3f} (moto_server on localhost; its per-request "
-        "cost dominates: the time is the recent markers, not the 99,000 indexed items)"
-    )
+    from s3server import s3_server
+
+    with s3_server() as server, tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "manifest.csv"
+        fake_root.write_manifest(manifest, rows)
+        url = f"{server.make_bucket('b4-bench')}/resume"
+        began = time.perf_counter()
+        fill(Store(url, server.storage_options), None, rows, fps)
+        print(f"  setup: S3 root in {time.perf_counter() - began:.1f} s")
+        s3 = measured(url, server.storage_options, manifest, verify=False, slowdown=slowdown)
+        describe("S3 (moto), trusting the index", s3)
+        figures = {
+            "cpu_s": f"{s3['cpu_s']:.1f}",
+            "calls": sum(s3["calls"].values()),
+            "rss_mb": f"{s3['rss_mb']:.0f}",
+        }
+        print(line(f"resume_{tag}_s3_first_dispatch_s", figures, s3["seconds"], TARGET_S))
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

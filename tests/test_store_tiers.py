@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from store_support import planned
@@ -113,14 +114,17 @@ def test_a_runs_state_rechecks_only_the_items_it_found_damaged(store):
     assert final_index(store)["id"].to_pylist() == ["a", "c"]
 
 
-def old_part(markers: list[dict]) -> bytes:
-    """A part as versions before the tiers wrote it: state columns and markers only."""
-    import pyarrow as pa
+OLD_COLUMNS = ["id", "fingerprint", "video", "video_bytes", "video_sha256", "committed_at"]
 
-    columns = {n: [m.get(n) for m in markers] for n in PART_SCHEMA.names[:-2]}
+
+def old_part(markers: list[dict]) -> bytes:
+    """A part as versions before the tiers wrote it: these columns, then the marker's size and
+    the marker, in this order, and nothing of the final index."""
+    columns = {n: [m.get(n) for m in markers] for n in [*OLD_COLUMNS, "commit_token"]}
     columns["marker_bytes"] = [None] * len(markers)
     columns["marker_json"] = [json.dumps(m, sort_keys=True) for m in markers]
-    return table_bytes(pa.table(columns, schema=PART_SCHEMA))
+    schema = pa.schema([PART_SCHEMA.field(n) for n in columns])
+    return table_bytes(pa.table(columns, schema=schema))
 
 
 def test_a_part_written_by_an_older_version_is_read_merged_and_indexed(store):

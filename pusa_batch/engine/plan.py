@@ -47,7 +47,7 @@ from pusa_batch.store.keys import text_keys
 
 PLAN_CHUNK_ROWS = 8192  # manifest rows read at a time while planning (at most 65,536)
 MAX_CHANGED_IDS = 1000  # changed ids kept for the error message (all are counted)
-FINGERPRINT_BATCH_ROWS = 1024  # done rows fingerprinted at a time (bounds the texts alive)
+FINGERPRINT_BATCH_ROWS = 4096  # done rows fingerprinted at a time (bounds the texts alive)
 KEEP_TODO_ITEMS = 1024  # items to do that `make_plan` keeps for the first dispatch (~1 MB)
 
 

@@ -20,6 +20,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -165,10 +166,19 @@ class Indexed:
     (kept only while the state is read)."""
 
     keys: KeyTable  # id key -> fingerprint key
-    ids: pa.Array  # the id, as text
     video_bytes: np.ndarray  # int64, -1 where not recorded
     marker_bytes: np.ndarray
+    rows: np.ndarray  # each winner's row in the parts' ids, end to end
+    ids: list[pa.Array]  # each part's ids, as text
     corrupt: list[str]
+
+    def id_at(self, winner: int) -> str:
+        row = int(self.rows[winner])
+        for ids in self.ids:
+            if row < len(ids):
+                return ids[row].as_py()
+            row -= len(ids)
+        raise IndexError(winner)
 
 
 def read_indexed(root: Root) -> Indexed:
@@ -183,29 +193,36 @@ def read_indexed(root: Root) -> Indexed:
 
 
 def _read_indexed_once(root: Root, parts: list[Part]) -> Indexed:
-    tables, corrupt = [], []
+    """Part by part, so only one part's fingerprint texts are ever alive (the keys stay)."""
+    id_keys, fp_keys, video, marker, ids, corrupt = [], [], [], [], [], []
     for part in parts:
         try:
-            tables.append(read_columns(root, part.rel, STATE_COLUMNS))
+            table = read_columns(root, part.rel, STATE_COLUMNS)
         except UnreadablePart:
             log.warning("skipping unreadable index part %s", root.where(part.rel))
             corrupt.append(part.rel)
-    if not tables:
+            continue
+        id_keys.append(text_keys(table["id"]))
+        fp_keys.append(text_keys(table["fingerprint"]))
+        video.append(_sizes(table["video_bytes"]))
+        marker.append(_sizes(table["marker_bytes"]))
+        ids.append(table["id"].combine_chunks())
+        del table
+    if not id_keys:
         empty = np.zeros(0, dtype=np.int64)
-        return Indexed(KeyTable.empty(), pa.array([], pa.string()), empty, empty, corrupt)
-    table = pa.concat_tables(tables).combine_chunks()
-    id_keys = text_keys(table["id"])
-    order = np.argsort(id_keys, kind="stable")  # rows of later parts come later: they win
-    sorted_keys = id_keys[order]
+        return Indexed(KeyTable.empty(), empty, empty, empty, [], corrupt)
+    all_keys = np.concatenate(id_keys)
+    order = np.argsort(all_keys, kind="stable")  # rows of later parts come later: they win
+    sorted_keys = all_keys[order]
     last = np.ones(len(order), dtype=bool)
     last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
     rows = order[last]
-    table = table.take(rows)
     return Indexed(
-        keys=KeyTable(sorted_keys[last], text_keys(table["fingerprint"])),
-        ids=table["id"].combine_chunks(),
-        video_bytes=_sizes(table["video_bytes"]),
-        marker_bytes=_sizes(table["marker_bytes"]),
+        keys=KeyTable(sorted_keys[last], np.concatenate(fp_keys)[rows]),
+        video_bytes=np.concatenate(video)[rows],
+        marker_bytes=np.concatenate(marker)[rows],
+        rows=rows,
+        ids=ids,
         corrupt=corrupt,
     )
 
@@ -230,16 +247,22 @@ def read_recent(root: Root, pointers: dict[str, list[str]] | None = None) -> Rec
     pointers = read_pointers(root) if pointers is None else pointers
     ids = list(pointers)
     done, sizes, still_open, orphans = {}, {}, set(), set()
-    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        results = pool.map(lambda i: verify_recent(root, i, pointers[i][-1]), ids)
-        for item_id, (marker, has_video, marker_bytes) in zip(ids, results):
-            if marker is not None:
-                done[item_id], sizes[item_id] = marker, marker_bytes
-            else:
-                still_open.add(item_id)
-                if has_video:
-                    orphans.add(item_id)
+    results = _reader_pool().map(lambda i: verify_recent(root, i, pointers[i][-1]), ids)
+    for item_id, (marker, has_video, marker_bytes) in zip(ids, results):
+        if marker is not None:
+            done[item_id], sizes[item_id] = marker, marker_bytes
+        else:
+            still_open.add(item_id)
+            if has_video:
+                orphans.add(item_id)
     return Recent(pointers, done, sizes, still_open, orphans)
+
+
+@functools.cache
+def _reader_pool() -> ThreadPoolExecutor:
+    """One pool for the per-item reads, started once: starting 16 threads for every compaction
+    cost more than the reads of a 200-item one on local disk."""
+    return ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="pusa-read")
 
 
 def read_pointers(root: Root) -> dict[str, list[str]]:
@@ -301,7 +324,7 @@ def verify_files(indexed: Indexed, skip: np.ndarray, videos: KeyTable, markers: 
     bad = (~has_video | wrong_video | ~has_marker | wrong_marker) & ~np.isin(keys, skip)
     damaged = {}
     for row in np.flatnonzero(bad):
-        item_id = indexed.ids[int(row)].as_py()
+        item_id = indexed.id_at(int(row))
         if not has_video[row]:
             damaged[item_id] = "video missing"
         elif wrong_video[row]:
@@ -341,6 +364,19 @@ def read_state(root: Root, *, verify: bool = True) -> RootState:
     return state
 
 
+def recent_state(root: Root) -> RootState:
+    """The state of the items committed since the last compaction only (no part is read): what
+    the final index needs besides the parts it merges itself."""
+    recent = read_recent(root)
+    return RootState(
+        recent_done=recent.done,
+        recent_open=recent.open,
+        orphans=recent.orphans,
+        pointers=recent.pointers,
+        source=root,
+    )
+
+
 def done_table(indexed: KeyTable, state: RootState) -> KeyTable:
     """The indexed items less those committed since or damaged, plus the recent and rebuilt
     ones with their own fingerprints."""
@@ -369,10 +405,9 @@ def rebuild_from_markers(root: Root, known: np.ndarray) -> dict[str, tuple[dict,
         return (marker if whole else None), size
 
     rebuilt = {}
-    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
-        for item_id, (marker, size) in zip(ids, pool.map(check, ids)):
-            if marker is not None:
-                rebuilt[item_id] = (marker, size)
+    for item_id, (marker, size) in zip(ids, _reader_pool().map(check, ids)):
+        if marker is not None:
+            rebuilt[item_id] = (marker, size)
     return rebuilt
 
 
@@ -467,15 +502,23 @@ def write_final_index(root: Root, state: RootState) -> FinalIndex:
     existing = _final_source(root)
     if existing is not None and existing[0] == digest:
         return FinalIndex(existing[1], written=False)
-    schema, sources = merge_sources(root, parts, skip_unreadable=True)
+    schema, sources = merge_sources(root, parts)  # an unreadable part: UnreadablePart
     if extra:
         table = part_table(list(extra.values()))
         sources.append(Source(table=table))
         schema = unified_schema([schema, table.schema], PART_SCHEMA.names)
     columns, names = final_columns(schema)
     metadata = {SOURCE_KEY.decode(): digest}
-    data, rows = write_merged(root, sources, columns, skip=skip, names=names, metadata=metadata)
-    root.write_bytes(FINAL_INDEX, data)
+    rows, _ = write_merged(
+        root,
+        FINAL_INDEX,
+        sources,
+        columns,
+        exclusive=False,
+        skip=skip,
+        names=names,
+        metadata=metadata,
+    )
     return FinalIndex(rows, written=True)
 
 

@@ -81,7 +81,10 @@ class KeyTable:
         """(whether each key is in the table, its value there, NO_KEY where absent)."""
         if len(self.keys) == 0:
             return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=KEY)
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        order = np.argsort(keys)  # sorted queries walk the table in order: far fewer misses
+        pos = np.empty(len(keys), dtype=np.intp)
+        pos[order] = np.searchsorted(self.keys, keys[order])
+        pos = np.minimum(pos, len(self.keys) - 1)
         found = self.keys[pos] == keys
         return found, np.where(found, self.values[pos], NO_KEY)
 

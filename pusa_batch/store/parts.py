@@ -23,9 +23,14 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import posixpath
 import re
+import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,26 +39,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pusa_batch.store.io import Root
+from pusa_batch.store.io import TMP_DIR, Root
 
 INDEX_DIR = "index"
 FANOUT = 4  # parts of one tier merged into one part of the next
-ROW_GROUP_ROWS = 65_536
-MERGE_BATCH_ROWS = 65_536
+ROW_GROUP_ROWS = 16_384  # a row group of real markers is ~40 MB decoded
+MERGE_BATCH_ROWS = 16_384
 FLAT_PREFIX = "flat:"
 NESTED_JSON = "nested_json"
 STATE_COLUMNS = ["id", "fingerprint", "video_bytes", "marker_bytes"]
+# Plain encoding: ids, hashes, prompts and markers hardly repeat, and trying a dictionary for
+# each costs more than the whole compression.
+WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": False, "write_statistics": False}
 
+# The state columns first: a read of them alone is one contiguous range per row group.
 PART_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("fingerprint", pa.string()),
-        ("video", pa.string()),
         ("video_bytes", pa.int64()),
+        ("marker_bytes", pa.int64()),  # the marker file's own size, to spot a truncated one
+        ("video", pa.string()),
         ("video_sha256", pa.string()),
         ("committed_at", pa.string()),
         ("commit_token", pa.string()),
-        ("marker_bytes", pa.int64()),  # the marker file's own size, to spot a truncated one
         ("marker_json", pa.string()),
     ]
 )
@@ -106,12 +115,15 @@ def part_table(markers: list[dict], marker_bytes: Sequence[int | None] | None = 
     sizes = list(marker_bytes) if marker_bytes is not None else [None] * len(markers)
     order = sorted(range(len(markers)), key=lambda i: markers[i]["id"])
     markers = [markers[i] for i in order]
-    columns: dict[str, pa.Array] = {
-        name: pa.array([m.get(name) for m in markers], PART_SCHEMA.field(name).type)
-        for name in PART_SCHEMA.names[:-2]
-    }
-    columns["marker_bytes"] = pa.array([sizes[i] for i in order], pa.int64())
-    columns["marker_json"] = pa.array([json.dumps(m, sort_keys=True) for m in markers], pa.string())
+    columns: dict[str, pa.Array] = {}
+    for field in PART_SCHEMA:
+        if field.name == "marker_bytes":
+            values = [sizes[i] for i in order]
+        elif field.name == "marker_json":
+            values = [json.dumps(m, sort_keys=True) for m in markers]
+        else:
+            values = [m.get(field.name) for m in markers]
+        columns[field.name] = pa.array(values, field.type)
     for name, values in flat_columns(markers).items():
         columns[FLAT_PREFIX + name] = values
     return pa.table(columns)
@@ -119,7 +131,7 @@ def part_table(markers: list[dict], marker_bytes: Sequence[int | None] | None = 
 
 def table_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **WRITE_OPTIONS)
     return sink.getvalue()
 
 
@@ -195,7 +207,7 @@ def read_columns(root: Root, rel: str, columns: list[str]) -> pa.Table:
 
 def _read_projected(root: Root, rel: str, columns: list[str]) -> pa.Table:
     with root.fs.open(root.path(rel), "rb") as handle:
-        parquet = pq.ParquetFile(handle)
+        parquet = pq.ParquetFile(handle, pre_buffer=True)  # coalesced ranges: fewer requests
         present = [c for c in columns if c in parquet.schema_arrow.names]
         return _with_columns(parquet.read(columns=present), columns)
 
@@ -235,10 +247,7 @@ def winners(ids: list[pa.Array], skip: Iterable[str] = (), only: Iterable[str] |
     all_ids = pa.concat_arrays([a.cast(pa.large_string()) for a in ids])
     source = np.repeat(np.arange(len(ids), dtype=np.int32), lengths)
     row = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
-    order = pc.sort_indices(
-        pa.table({"id": all_ids, "source": source}),
-        sort_keys=[("id", "ascending"), ("source", "ascending")],
-    ).to_numpy()
+    order = pc.sort_indices(all_ids).to_numpy()  # stable: a later source's row comes later
     sorted_ids = all_ids.take(order)
     last = np.ones(len(order), dtype=bool)
     if len(order) > 1:
@@ -282,7 +291,11 @@ class _Cursor:
         pieces = []
         for group in np.unique(group_of):
             table = self._group(int(group))
-            pieces.append(table.take(rows[group_of == group] - self.starts[group]))
+            local = rows[group_of == group] - self.starts[group]
+            if local[-1] - local[0] + 1 == len(local):  # a run of rows: no copy
+                pieces.append(table.slice(int(local[0]), len(local)))
+            else:
+                pieces.append(table.take(local))
         if forget_before and self.handle is not None:
             for old in [g for g in self.groups if g < group_of.max()]:
                 del self.groups[old]
@@ -295,8 +308,10 @@ class _Cursor:
         return self.groups[group]
 
     def close(self) -> None:
+        self.groups.clear()
         if self.handle is not None:
             self.handle.close()
+            self.handle = None
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -359,14 +374,22 @@ def iter_merged(
     monotone = [s.table is None and _is_sorted(i) for s, i in zip(sources, ids)]
     source_of, row_of = winners(ids, skip, only)
     del ids
+    last_use = np.full(len(sources), -1, dtype=np.int64)  # the last output row each source gives
+    last_use[source_of] = np.arange(len(source_of))  # (a later assignment wins)
     cursors: list[_Cursor] = []
     try:
         cursors.extend(_Cursor(root, s, schema) for s in sources)
         for start in range(0, len(source_of), batch_rows):
+            for index in np.flatnonzero(last_use < start):
+                cursors[index].close()  # done with: its row groups go
             picked_source = source_of[start : start + batch_rows]
             picked_row = row_of[start : start + batch_rows]
+            present = np.unique(picked_source)
+            if len(present) == 1:
+                yield cursors[present[0]].take(picked_row, monotone[present[0]])
+                continue
             pieces, positions = [], []
-            for index in np.unique(picked_source):
+            for index in present:
                 where = np.flatnonzero(picked_source == index)
                 pieces.append(cursors[index].take(picked_row[where], monotone[index]))
                 positions.append(where)
@@ -394,26 +417,57 @@ def _is_sorted(ids: pa.Array) -> bool:
 
 def write_merged(
     root: Root,
+    rel: str,
     sources: Sequence[Source],
     schema: pa.Schema,
     *,
+    exclusive: bool,
     skip: Iterable[str] = (),
     names: Sequence[str] | None = None,
     metadata: dict[str, str] | None = None,
-) -> tuple[bytes, int]:
-    """(the Parquet bytes of the merged sources, their row count), written batch by batch;
-    `names` renames the schema's columns in the output."""
+) -> tuple[int, int]:
+    """Write the merged sources to `rel`, batch by batch through a local file, so only a few
+    row groups are ever in memory; `names` renames the schema's columns. (rows, bytes)."""
     out_schema = pa.schema(
         [pa.field(n, f.type) for n, f in zip(names or schema.names, schema, strict=True)],
         metadata=metadata,
     )
-    sink = io.BytesIO()
     rows = 0
-    with pq.ParquetWriter(sink, out_schema, compression="zstd") as writer:
-        for table in iter_merged(root, sources, schema, skip=skip):
-            writer.write_table(pa.table(list(table.columns), schema=out_schema), ROW_GROUP_ROWS)
-            rows += table.num_rows
-    return sink.getvalue(), rows
+    with staged_file(root, rel, exclusive=exclusive) as path:
+        with pq.ParquetWriter(path, out_schema, **WRITE_OPTIONS) as writer:
+            for table in iter_merged(root, sources, schema, skip=skip):
+                writer.write_table(pa.table(list(table.columns), schema=out_schema), ROW_GROUP_ROWS)
+                rows += table.num_rows
+        size = os.path.getsize(path)
+    return rows, size
+
+
+@contextlib.contextmanager
+def staged_file(root: Root, rel: str, *, exclusive: bool) -> Iterator[str]:
+    """A local path to write `rel` at; published when the block ends without an error. Local
+    roots stage it under `.tmp/` and rename (or hard-link, for `exclusive`) it into place, as
+    `Root` does; object stores upload it with one `put_file`, visible once complete."""
+    if root.is_local:
+        folder = root.path(TMP_DIR)
+        root.call(
+            "write", rel, lambda: root.fs.makedirs(root.path(posixpath.dirname(rel)), exist_ok=True)
+        )
+        root.call("write", rel, lambda: root.fs.makedirs(folder, exist_ok=True))
+        path = f"{folder}/{uuid.uuid4().hex}-{posixpath.basename(rel)}"
+        try:
+            yield path
+            publish = root.fs.link if exclusive else root.fs.mv
+            root.call("publish", rel, lambda: publish(path, root.path(rel)))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="pusa-batch-") as folder:
+        path = f"{folder}/{posixpath.basename(rel)}"
+        yield path
+        if exclusive and root.size(rel) is not None:
+            raise FileExistsError(root.where(rel))
+        root.call("write", rel, lambda: root.fs.put_file(path, root.path(rel)))
 
 
 def merge_sources(
@@ -506,8 +560,7 @@ def merge_tiers(root: Root, fanout: int = FANOUT, max_parts: int | None = None) 
 def merge(root: Root, parts: Sequence[Part], tier: int, number: int) -> tuple[Part, MergeResult]:
     """Write these parts as one part of `tier` numbered `number`, then delete them."""
     schema, sources = merge_sources(root, parts, skip_unreadable=True)
-    data, rows = write_merged(root, sources, schema)
     new = Part(number, tier, f"{INDEX_DIR}/{part_name(number, tier)}")
-    root.create_exclusive(new.rel, data)
+    rows, size = write_merged(root, new.rel, sources, schema, exclusive=True)
     root.delete_many([s.rel for s in sources if s.rel is not None])  # unreadable ones stay
-    return new, MergeResult(len(parts), rows, len(data))
+    return new, MergeResult(len(parts), rows, size)

@@ -47,6 +47,7 @@ from pusa_batch.store.index import (
     pointer_path,
     read_marker,
     read_state,
+    recent_state,
     video_path,
     write_final_index,
 )
@@ -59,6 +60,7 @@ from pusa_batch.store.io import (
     storage_hint,
 )
 from pusa_batch.store.lease import Lease, OnWait, acquire_lease
+from pusa_batch.store.parts import UnreadablePart
 
 RUN_FILE = "run.json"
 DEFAULT_STORAGE_TIMEOUT_S = 30.0  # how long transient storage errors are retried
@@ -275,11 +277,16 @@ class Store:
         checked again one by one; without, the root is read and verified whole.
         """
         if state is None:
-            now = self.state()
-        else:
+            return write_final_index(self._root, self.state()).rows
+        damaged = self._still_damaged(state.damaged)
+        now = recent_state(self._root)  # the merge reads the parts itself
+        now.damaged = damaged
+        try:
+            return write_final_index(self._root, now).rows
+        except UnreadablePart:  # found since the run began: rebuild its items from markers
             now = self.state(verify=False)
-            now.damaged = self._still_damaged(state.damaged)
-        return write_final_index(self._root, now).rows
+            now.damaged = damaged
+            return write_final_index(self._root, now).rows
 
     def _still_damaged(self, suspects: dict[str, str]) -> dict[str, str]:
         """The suspects whose files are still not as their index row says (made again since:
