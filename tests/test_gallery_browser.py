@@ -99,7 +99,7 @@ def swept(tmp_path_factory) -> Iterator[Site]:
         yield running
 
 
-def chromium(tmp_path: Path, *args: str) -> str:
+def chromium(tmp_path: Path, *args: str, budget_ms: int = 10000) -> str:
     command = [
         CHROMIUM,
         "--headless",
@@ -109,7 +109,7 @@ def chromium(tmp_path: Path, *args: str) -> str:
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
-        "--virtual-time-budget=10000",
+        f"--virtual-time-budget={budget_ms}",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
         *args,
     ]
@@ -117,8 +117,20 @@ def chromium(tmp_path: Path, *args: str) -> str:
     return done.stdout
 
 
-def dump_dom(tmp_path: Path, url: str, size: str = "1200,900") -> str:
-    return chromium(tmp_path, f"--window-size={size}", "--dump-dom", url)
+def dump_dom(tmp_path: Path, url: str, size: str = "1200,900", budget_ms: int = 10000) -> str:
+    return chromium(tmp_path, f"--window-size={size}", "--dump-dom", url, budget_ms=budget_ms)
+
+
+def settled_attrs(site, tmp_path: Path, size: str) -> dict[str, str]:
+    """The body's attributes once every mounted medium has loaded or failed (the site's request
+    log then holds that page load only); a loaded machine gets a longer virtual-time budget
+    instead of a flaky verdict."""
+    for budget_ms in (10000, 30000, 90000):
+        site.forget_requests()
+        attrs = body_attrs(dump_dom(tmp_path, site.url, size=size, budget_ms=budget_ms))
+        if attrs.get("data-media-done") == "1":
+            break
+    return attrs
 
 
 def body_attrs(dom: str) -> dict[str, str]:
@@ -136,8 +148,7 @@ def visible_ids(dom: str) -> list[str]:
 
 
 def test_every_video_poster_and_input_image_in_view_loads(site, tmp_path):
-    site.forget_requests()
-    attrs = body_attrs(dump_dom(tmp_path, site.url, size="1200,4000"))  # every card in view
+    attrs = settled_attrs(site, tmp_path, size="1200,4000")  # every card in view
     n_videos = len(DONE_IDS) + 1
     assert attrs["data-media-done"] == "1"
     assert attrs["data-media-errors"] == "0", attrs["data-media-error-codes"]

@@ -38,7 +38,7 @@ def test_the_old_output_spelling_still_works_with_a_notice(root, tmp_path, capsy
     assert main(["gallery", str(root), spelling, str(page)]) == 0
     captured = capsys.readouterr()
     assert page.is_file()
-    assert "deprecated; use --html PAGE" in captured.err and "deprecated" not in captured.out
+    assert "deprecated here; use --html PAGE" in captured.err and "deprecated" not in captured.out
 
 
 def test_html_and_output_together_are_refused(root, tmp_path, capsys):
@@ -63,7 +63,7 @@ def test_group_by_none_writes_one_flat_grid(root, tmp_path, capsys):
 
 def test_an_unknown_group_by_exits_2_listing_the_choices(root, tmp_path, capsys):
     assert main(["gallery", str(root), "--html", str(tmp_path / "x.html"), "--group-by", "x"]) == 2
-    assert "auto, prompt, base, none" in capsys.readouterr().err
+    assert "'x' is not one of 'auto', 'prompt', 'base', 'none'" in capsys.readouterr().err
 
 
 def test_a_missing_root_exits_2_naming_it_and_creates_nothing(tmp_path, capsys):

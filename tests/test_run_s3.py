@@ -45,7 +45,7 @@ IDS = sorted(pd.read_csv(DEMO)["id"])
 RUN_TIMEOUT_S = 600
 SLOW_STEPS = 300  # about 1.5 s an item on the tiny model, one worker: 5 items left = several s
 FINAL_LAYOUT = re.compile(
-    r"^(videos/[^/]+\.mp4|items/[^/]+\.json|index/part-\d{6}\.parquet|index\.parquet|run\.json)$"
+    r"^(videos/[^/]+\.mp4|items/[^/]+\.json|index/part-\d{6}(-t\d+)?\.parquet|index\.parquet|run\.json)$"
 )
 
 pytestmark = pytest.mark.slow
