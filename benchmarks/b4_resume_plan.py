@@ -88,6 +88,8 @@ def measure(args: dict) -> dict:
             k: getattr(plan.counts, k) for k in ("total", "done", "pending", "failed", "todo")
         },
         "damaged": plan.counts.damaged,
+        "state_bytes_per_done": (state.done.keys.nbytes + state.done.values.nbytes)
+        / max(1, state.done_count()),
     }
 
 
@@ -163,7 +165,8 @@ def describe(label: str, result: dict) -> None:
         f"{result['state_s']:.2f}, count pass "
         f"{result['count_s']:.2f}, first item {result['first_s']:.2f}), peak RSS "
         f"{result['rss_mb']:.0f} MB ({result['rss_before_mb']:.0f} before planning), "
-        f"first={result['first']} {result['kinds']} damaged={result['damaged']}, "
+        f"first={result['first']} {result['kinds']} damaged={result['damaged']}, state "
+        f"{result['state_bytes_per_done']:.0f} B per done item, "
         f"calls {result['calls']}"
     )
 
