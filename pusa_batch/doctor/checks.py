@@ -20,14 +20,13 @@ from pusa_batch.doctor.context import (
     count,
     dit_config_source,
     file_count,
-    load_torch_tensors,
     models,
     read_tensors,
     tiny_cache_dir,
 )
 from pusa_batch.doctor.memory import latent_frames, rope_limit
 from pusa_batch.errors import CheckpointError
-from pusa_batch.models.loading import check_keys
+from pusa_batch.models.loading import check_keys, read_torch_tensors
 from pusa_batch.models.mochi_keys import check_state_dict
 from pusa_batch.models.wan import check_attention_backend
 from pusa_batch.models.wan_keys import is_wan_format, strip_prefix, wan_name_to_diffusers
@@ -173,7 +172,7 @@ def _lora_as_meta(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         shapes = {k: s for k, (_, s) in read_tensors(path).entries.items()}
     else:
-        shapes = {k: tuple(v.shape) for k, v in load_torch_tensors(path).items()}
+        shapes = {k: tuple(v.shape) for k, v in read_torch_tensors(path).items()}
     return {
         k: torch.ones(s) if math.prod(s) == 1 else torch.empty(s, device="meta")
         for k, s in shapes.items()

@@ -16,7 +16,6 @@ small files fetched whole, each safetensors header by two range reads, no tensor
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,11 @@ import torch
 
 from pusa_batch.errors import CheckpointError
 from pusa_batch.models.layouts import component_problems
-from pusa_batch.models.loading import read_safetensors_header, read_transformer_config, weight_files
+from pusa_batch.models.loading import (
+    read_header,
+    read_transformer_config,
+    weight_files,
+)
 from pusa_batch.models.mochi import CHECKPOINT_NAME, PusaMochiTransformer, load_mochi_config
 from pusa_batch.models.original_headers import original_header, original_on_meta
 from pusa_batch.models.tiny import TINY_VERSION, default_cache_root, tiny_marker
@@ -77,49 +80,7 @@ def read_tensors(path: Path) -> Tensors:
 
     A `.pt` file (a Mochi DiT may be one) is memory-mapped: shapes and dtypes, no data read.
     """
-    if path.is_file() and path.suffix in _TORCH_SUFFIXES:
-        return Tensors(path, _torch_entries(path))
-    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for file in weight_files(path):
-        header = read_safetensors_header(file)
-        header.pop("__metadata__", None)
-        clash = sorted(set(header) & set(entries))
-        if clash:
-            raise CheckpointError(f"{file}: key(s) also in another shard: {', '.join(clash[:10])}")
-        with file.open("rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-        end = 8 + size + max((info["data_offsets"][1] for info in header.values()), default=0)
-        if file.stat().st_size < end:
-            raise CheckpointError(
-                f"{file}: truncated ({file.stat().st_size} bytes, the header needs {end}); "
-                "download it again"
-            )
-        entries.update((k, (v["dtype"], tuple(v["shape"]))) for k, v in header.items())
-    return Tensors(path, entries)
-
-
-def load_torch_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A `.pt` dictionary of tensors, memory-mapped (`weights_only=True`; data never touched)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises many kinds for a bad file
-        raise CheckpointError(
-            f"{path}: not readable with torch.load(weights_only=True) ({e}); "
-            "convert it to safetensors"
-        ) from e
-    for wrapper in ("state_dict", "module"):  # as `read_state_dict` unwraps them
-        if isinstance(obj, dict) and set(obj) == {wrapper}:
-            obj = obj[wrapper]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dictionary of tensors")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def _torch_entries(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    return {
-        k: (_TORCH_DTYPES.get(v.dtype, str(v.dtype).removeprefix("torch.")), tuple(v.shape))
-        for k, v in load_torch_tensors(path).items()
-    }
+    return Tensors(path, read_header(path))
 
 
 def tiny_cache_dir(kind: str) -> Path:

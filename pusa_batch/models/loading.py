@@ -98,7 +98,7 @@ def read_state_dict(
     """All tensors of a checkpoint in their stored dtype; safetensors go straight to `device`."""
     path = Path(path)
     if path.is_file() and path.suffix in _TORCH_SUFFIXES:
-        return {k: v.to(device) for k, v in _read_torch(path).items()}
+        return {k: v.to(device) for k, v in read_torch_tensors(path).items()}
     out: dict[str, torch.Tensor] = {}
     for file in weight_files(path):
         try:
@@ -112,7 +112,7 @@ def read_state_dict(
     return out
 
 
-def _read_torch(path: Path, *, mmap: bool = True) -> dict[str, torch.Tensor]:
+def read_torch_tensors(path: Path, *, mmap: bool = True) -> dict[str, torch.Tensor]:
     """A `.pt`/`.pth` dictionary of tensors through `torch.load(weights_only=True)`.
 
     Memory-mapped when the file is in torch's zip format (tensor bytes are read only when used);
@@ -122,7 +122,7 @@ def _read_torch(path: Path, *, mmap: bool = True) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except RuntimeError as exc:
         if mmap and "mmap" in str(exc):  # legacy (non-zip) serialization cannot be mapped
-            return _read_torch(path, mmap=False)
+            return read_torch_tensors(path, mmap=False)
         raise CheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); only plain "
             "tensor dictionaries are accepted, convert it to safetensors"
@@ -160,7 +160,7 @@ def read_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     if path.is_file() and path.suffix in _TORCH_SUFFIXES:
         return {
             k: (_DTYPE_CODES.get(v.dtype, str(v.dtype).removeprefix("torch.")), tuple(v.shape))
-            for k, v in _read_torch(path).items()
+            for k, v in read_torch_tensors(path).items()
         }
     entries: dict[str, tuple[str, tuple[int, ...]]] = {}
     for file in weight_files(path):
