@@ -525,16 +525,10 @@ def item_fingerprint(
 
 # Columns of a plain t2v row that its fingerprint reads, and how each is written in the JSON.
 ROW_FIELDS = {
-    "prompt": "text",
-    "negative_prompt": "text",
-    "num_frames": "int",
-    "height": "int",
-    "width": "int",
-    "fps": "int",
-    "seed": "int",
-    "steps": "int",
-    "guidance_scale": "float",
-    "shift": "float",
+    name: COLUMNS[name]
+    for name in (
+        "prompt negative_prompt num_frames height width fps seed steps guidance_scale shift"
+    ).split()
 }
 _HOLE = "@@pusa-batch-fingerprint:{}@@"
 _HOLES = re.compile('"' + re.escape(_HOLE).replace(r"\{\}", r"(\w+)") + '"')
