@@ -90,6 +90,9 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
     settings = {
         "workers": 3,
         "gpus_per_worker": 0.5,
+        "cpus_per_worker": 4.0,
+        "resources": {"accelerator_type:H100": 0.001},
+        "node_labels": {"pool": "gpu", "zone": "!us-east-1a"},
         "max_retries": 5,
         "retry_failed": True,
         "regenerate_changed": True,
@@ -100,14 +103,22 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
         "trust_index": True,
         "storage_timeout_s": 90.0,
     }
-    assert set(settings) == set(RUN_FLAGS)
+    auto = {"max_workers": 6}  # caps --workers auto, so not with workers=3
+    assert set(settings) | set(auto) == set(RUN_FLAGS)
     argv = list(plan_job(request(project, **settings)).argv)
     tail = argv[argv.index("tiny.toml") + 1 : argv.index("--address")]
     assert tail == [
-        "--workers", "3", "--gpus-per-worker", "0.5", "--max-retries", "5", "--retry-failed",
+        "--workers", "3", "--gpus-per-worker", "0.5", "--cpus-per-worker", "4.0",
+        "--resources", '{"accelerator_type:H100": 0.001}', "--node-label", "pool=gpu",
+        "--node-label", "zone=!us-east-1a", "--max-retries", "5", "--retry-failed",
         "--regenerate-changed", "--longest-first", "--batch-size", "4", "--lease-stale-s", "30.0",
         "--no-wait", "--trust-index", "--storage-timeout", "90.0",
     ]  # fmt: skip
+
+
+def test_an_auto_pool_cap_reaches_the_entrypoint(project):
+    argv = list(plan_job(request(project, max_workers=6)).argv)
+    assert argv[argv.index("tiny.toml") + 1 : argv.index("--address")] == ["--max-workers", "6"]
 
 
 def test_default_run_settings_add_no_flags(project):

@@ -26,8 +26,34 @@ WeightsStorageOpt = typer.Option(
 )
 
 # The run options, shared by `run` and `submit` (which sends them to the cluster's run).
-WorkersOpt = typer.Option(None, help="Actors to start (default: one per GPU, else 1).")
+WorkersOpt = typer.Option(
+    None,
+    "--workers",
+    metavar="N|auto",
+    help="Actors to start, or auto (the default): on a cluster one per free GPU (without GPUs, "
+    "one per --cpus-per-worker free CPUs), more as nodes join, up to --max-workers; on an "
+    "embedded local Ray one per GPU, else 1.",
+)
 GpusPerWorkerOpt = typer.Option(None, help="GPUs per actor (default 1 with GPUs).")
+CpusPerWorkerOpt = typer.Option(
+    1.0, help="CPUs per actor (without GPUs, also its torch threads and its --workers auto slot)."
+)
+MaxWorkersOpt = typer.Option(
+    None, help="The most actors --workers auto grows to (default: no cap)."
+)
+ResourcesOpt = typer.Option(
+    None,
+    "--resources",
+    metavar="JSON",
+    help="Custom Ray resources each actor needs, e.g. '{\"accelerator_type:H100\": 0.001}', to "
+    "place actors on suitable nodes.",
+)
+NodeLabelOpt = typer.Option(
+    None,
+    "--node-label",
+    metavar="KEY=VALUE",
+    help="Place actors only on nodes with this Ray label (repeatable; VALUE may be !v, in(a,b)).",
+)
 MaxRetriesOpt = typer.Option(2, help="Retries of a failing item before it is recorded.")
 RetryFailedOpt = typer.Option(False, help="Run again the items that failed before.")
 RegenerateChangedOpt = typer.Option(False, help="Replace done items whose inputs changed.")
@@ -83,6 +109,45 @@ def parse_storage_options(pairs: list[str] | None, flag: str = "--storage-option
         except ValueError:
             options[key] = value
     return options
+
+
+def parse_workers(value: str | None) -> int | None:
+    """`--workers`: a number, or auto (None)."""
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected a number or auto, got {value!r}", param_hint="--workers"
+        ) from None
+
+
+def parse_resources(value: str | None) -> dict:
+    """`--resources`: a JSON object of resource names and amounts."""
+    if not value:
+        return {}
+    try:
+        resources = json.loads(value)
+    except ValueError as error:
+        raise typer.BadParameter(f"not JSON: {error}", param_hint="--resources") from None
+    if not isinstance(resources, dict):
+        raise typer.BadParameter(
+            "expected a JSON object such as '{\"accelerator_type:H100\": 0.001}'",
+            param_hint="--resources",
+        )
+    return resources
+
+
+def parse_labels(pairs: list[str] | None) -> dict:
+    """`--node-label KEY=VALUE` pairs to a label selector."""
+    labels: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--node-label")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def load_spec_or_none(pipeline: Path | None):

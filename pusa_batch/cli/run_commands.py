@@ -14,14 +14,18 @@ from rich.table import Table
 
 from pusa_batch.cli.app import (
     BatchSizeOpt,
+    CpusPerWorkerOpt,
     GpusPerWorkerOpt,
     LeaseStaleOpt,
     LongestFirstOpt,
     MaxRetriesOpt,
+    MaxWorkersOpt,
+    NodeLabelOpt,
     NoWaitOpt,
     PipelineOpt,
     QuietOpt,
     RegenerateChangedOpt,
+    ResourcesOpt,
     RetryFailedOpt,
     StorageOpt,
     StorageTimeoutOpt,
@@ -32,7 +36,10 @@ from pusa_batch.cli.app import (
     err,
     load_spec_or_none,
     out,
+    parse_labels,
+    parse_resources,
     parse_storage_options,
+    parse_workers,
     print_json,
     safe_text,
     verbosity,
@@ -151,8 +158,9 @@ def run_config(manifest, output, pipeline, storage_option, weights_storage_optio
 
 
 RUN_SETTINGS = (
-    "workers",
     "gpus_per_worker",
+    "cpus_per_worker",
+    "max_workers",
     "max_retries",
     "retry_failed",
     "regenerate_changed",
@@ -167,7 +175,13 @@ RUN_SETTINGS = (
 def run_settings(given: dict) -> dict:
     """The RunConfig settings among a command's parameters (`--no-wait` is lease_wait=False);
     `run` and `submit` share them, so a submitted run is the same run."""
-    return {**{name: given[name] for name in RUN_SETTINGS}, "lease_wait": not given["no_wait"]}
+    return {
+        **{name: given[name] for name in RUN_SETTINGS},
+        "workers": parse_workers(given["workers"]),
+        "resources": parse_resources(given["resources"]),
+        "node_labels": parse_labels(given["node_label"]),
+        "lease_wait": not given["no_wait"],
+    }
 
 
 def summary_dict(summary) -> dict:
@@ -212,7 +226,7 @@ def run(
     manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
     output: str = typer.Option(..., "-o", "--output", help="Output root: a path or fsspec URL."),
     pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML (see pipelines/)."),
-    workers: int | None = WorkersOpt,
+    workers: str | None = WorkersOpt,
     address: str | None = typer.Option(
         None,
         help="Ray cluster to join: auto, ray://HOST:10001 or HOST:6379 "
@@ -221,6 +235,10 @@ def run(
     storage_option: list[str] | None = StorageOpt,
     weights_storage_option: list[str] | None = WeightsStorageOpt,
     gpus_per_worker: float | None = GpusPerWorkerOpt,
+    cpus_per_worker: float = CpusPerWorkerOpt,
+    max_workers: int | None = MaxWorkersOpt,
+    resources: str | None = ResourcesOpt,
+    node_label: list[str] | None = NodeLabelOpt,
     max_retries: int = MaxRetriesOpt,
     retry_failed: bool = RetryFailedOpt,
     regenerate_changed: bool = RegenerateChangedOpt,
@@ -361,7 +379,7 @@ def submit(
         "(default: RAY_API_SERVER_ADDRESS, then RAY_ADDRESS).",
     ),
     wait: bool = typer.Option(False, help="Stream the job's logs and return its exit status."),
-    workers: int | None = WorkersOpt,
+    workers: str | None = WorkersOpt,
     working_dir: Path = typer.Option(
         Path("."), help="Folder shipped to the cluster as the job's cwd."
     ),
@@ -371,6 +389,10 @@ def submit(
     storage_option: list[str] | None = StorageOpt,
     weights_storage_option: list[str] | None = WeightsStorageOpt,
     gpus_per_worker: float | None = GpusPerWorkerOpt,
+    cpus_per_worker: float = CpusPerWorkerOpt,
+    max_workers: int | None = MaxWorkersOpt,
+    resources: str | None = ResourcesOpt,
+    node_label: list[str] | None = NodeLabelOpt,
     max_retries: int = MaxRetriesOpt,
     retry_failed: bool = RetryFailedOpt,
     regenerate_changed: bool = RegenerateChangedOpt,

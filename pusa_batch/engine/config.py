@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -17,9 +19,16 @@ class RunConfig:
     pipeline: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     weights_storage_options: Mapping[str, Any] = field(default_factory=dict)  # weight URLs' fsspec
-    workers: int | None = None  # None: one per GPU in the cluster, else 1
+    # None (`--workers auto`): on a cluster (an address, or RAY_ADDRESS), one per free GPU (on
+    # CPU, one per `cpus_per_worker` free CPUs), more as nodes join, up to `max_workers`; on an
+    # embedded local Ray, one per GPU, else 1. A number: that many, replaced when a node is lost.
+    workers: int | None = None
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0
+    max_workers: int | None = None  # the most actors `workers=None` grows to (None: no cap)
+    resources: Mapping[str, float] = field(default_factory=dict)  # custom Ray resources per actor
+    node_labels: Mapping[str, str] = field(default_factory=dict)  # Ray label selector per actor
+    pool_poll_s: float = 5.0  # how often the driver looks for room in the cluster and lost nodes
     address: str | None = None  # None: embedded local Ray on 127.0.0.1; "auto", "ray://..."
     max_retries: int = 2
     max_actor_restarts: int = 3
@@ -49,9 +58,20 @@ class RunConfig:
                 ("compact_every_items", self.compact_every_items >= 1, "at least 1"),
                 ("lease_stale_s", self.lease_stale_s > 0, "positive"),
                 ("storage_timeout_s", self.storage_timeout_s > 0, "positive"),
+                ("max_workers", self.max_workers is None or self.max_workers >= 1, "at least 1"),
+                ("pool_poll_s", self.pool_poll_s > 0, "positive"),
             )
             if not ok
         ]
+        if self.max_workers is not None and self.workers is not None:
+            problems.append("max_workers caps workers=auto; give one of workers and max_workers")
+        for name, amount in dict(self.resources).items():
+            if name in RAY_BUILTIN_RESOURCES:
+                problems.append(
+                    f"resources: {name} is set by cpus_per_worker / gpus_per_worker, not here"
+                )
+            elif not isinstance(amount, int | float) or isinstance(amount, bool) or amount <= 0:
+                problems.append(f"resources: {name} must be a positive number, got {amount!r}")
         if problems:
             raise ValueError("invalid run settings: " + "; ".join(problems))
 
@@ -99,6 +119,8 @@ class Phase(Event):
 
 @dataclass(frozen=True)
 class WorkersStarting(Event):
+    """Workers w0 .. w{count-1} exist or are starting (sent again, larger, as the pool grows)."""
+
     kind: ClassVar[str] = "workers_starting"
     count: int
 
@@ -118,6 +140,16 @@ class ActorLoaded(Event):
     seconds: float
     pid: int
     host: str
+
+
+@dataclass(frozen=True)
+class WorkerLeft(Event):
+    """A worker left the pool without failing (its node was lost or preempted): its items went
+    back to the queue, uncharged."""
+
+    kind: ClassVar[str] = "worker_left"
+    worker: str
+    reason: str
 
 
 @dataclass(frozen=True)

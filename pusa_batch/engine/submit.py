@@ -27,6 +27,7 @@ Decisions (and trade-offs a user should know):
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shlex
@@ -70,6 +71,10 @@ POLL_S = 1.0
 RUN_FLAGS: dict[str, str] = {
     "workers": "--workers",
     "gpus_per_worker": "--gpus-per-worker",
+    "cpus_per_worker": "--cpus-per-worker",
+    "max_workers": "--max-workers",
+    "resources": "--resources",
+    "node_labels": "--node-label",
     "max_retries": "--max-retries",
     "retry_failed": "--retry-failed",
     "regenerate_changed": "--regenerate-changed",
@@ -213,7 +218,14 @@ def run_flags(config: RunConfig) -> list[str]:
         value = getattr(config, name)
         if value == getattr(defaults, name):
             continue
-        flags += [flag] if isinstance(value, bool) else [flag, str(value)]
+        if isinstance(value, bool):
+            flags += [flag]
+        elif name == "node_labels":  # repeated: --node-label KEY=VALUE
+            flags += [arg for key, rule in value.items() for arg in (flag, f"{key}={rule}")]
+        elif isinstance(value, Mapping):
+            flags += [flag, json.dumps(dict(value), sort_keys=True)]
+        else:
+            flags += [flag, str(value)]
     return flags
 
 

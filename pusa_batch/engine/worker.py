@@ -14,11 +14,16 @@ committed, and the next ones are prepared. The driver bounds how many items an a
 `run` takes a `Task` and returns a `Result` (`contract.py`). Item errors never escape it: they come
 back as a failed `Result` with its `ItemError`, so that a Ray error on the returned reference always
 means the actor process itself is gone. The real `ItemRunner` is `runner.PipelineRunner`.
+
+The pipeline loads in a thread started by the constructor, so the actor answers `progress()` while
+it loads (with the latest weight-staging event, for the live view) and the driver learns at once
+on which node it was placed; `info()` waits for the load to end and reports its error, if any.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import socket
 import threading
@@ -42,7 +47,7 @@ OnStep = Callable[[int, int], None]
 class ItemRunner(Protocol):
     """The unit of work a worker drives; `PipelineRunner` is the real one."""
 
-    def load(self) -> dict[str, Any]: ...
+    def load(self, on_staging: Callable[[Any], None] | None = None) -> dict[str, Any]: ...
 
     def prepare(self, item: Item) -> Any: ...
 
@@ -125,19 +130,39 @@ class WorkerCore:
         self._to_finish = 0  # the finish lane: sampled items not yet committed (or failed)
         self._busy_s = 0.0
         self.load_error: ItemError | None = None
+        self.load_s = 0.0
+        self.host = socket.gethostname()
+        self.node_id = _node_id()
+        self.device = "unknown"
+        self.versions: dict[str, str] = {}
+        self._staging: Any = None  # the latest StagingProgress while the weights are staged
+        self._loaded = threading.Event()
+        threading.Thread(
+            target=self._load, args=(make_runner,), name="pusa-load", daemon=True
+        ).start()
+
+    def _load(self, make_runner: Callable[[], ItemRunner]) -> None:
         started = time.perf_counter()
         try:
             self.runner = make_runner()
-            self.runner.load()
+            if "on_staging" in inspect.signature(self.runner.load).parameters:
+                self.runner.load(on_staging=self._on_staging)
+            else:
+                self.runner.load()
+            self.device = device_name()
+            self.versions = versions()
         except Exception as exc:  # noqa: BLE001 - reported by `info`; the driver retires it
             self.load_error = item_error(exc, stage="load")
-        self.load_s = time.perf_counter() - started
-        self.host = socket.gethostname()
-        self.node_id = _node_id()
-        self.device = device_name()
-        self.versions = versions()
+        finally:
+            self.load_s = time.perf_counter() - started
+            self._loaded.set()
+
+    def _on_staging(self, event: Any) -> None:
+        self._staging = event  # read by `progress`, from another thread
 
     def info(self) -> dict[str, Any]:
+        """Once the pipeline is loaded (or failed to load): where, how long, and its error."""
+        self._loaded.wait()
         return {
             "worker": self.settings.worker_id,
             "pid": os.getpid(),
@@ -149,7 +174,10 @@ class WorkerCore:
         }
 
     def progress(self) -> dict[str, Any]:
+        """What the worker does now; answers at once, also while the pipeline loads."""
         item, step, steps = self._progress
+        loading = not self._loaded.is_set()
+        staging = self._staging if loading else None
         return {
             "item": item,
             "step": step,
@@ -157,10 +185,20 @@ class WorkerCore:
             "preparing": self._preparing,
             "finishing": self._finishing,
             "busy_s": self._busy_s,
+            "loading": loading,
+            "staging": None if staging is None else str(staging),
+            "staging_state": getattr(staging, "state", None),
+            "staging_bytes": int(getattr(staging, "done_bytes", 0) or 0),
+            "node_id": self.node_id,
+            "host": self.host,
+            "pid": os.getpid(),
         }
 
     def run(self, task: Task) -> Result:
         """Prepare, sample, decode, encode and commit one item; never raises for item errors."""
+        self._loaded.wait()
+        if self.load_error is not None:
+            return self._result(task, Outcome.FAILED, {}, self.load_error)
         item = task.item
         timings: dict[str, float] = {}
         stage = "prepare"
@@ -402,9 +440,10 @@ def _node_id() -> str | None:
     return ray.get_runtime_context().get_node_id()
 
 
-@ray.remote(concurrency_groups={"control": 2})
+@ray.remote(concurrency_groups={"control": 4})
 class Worker(WorkerCore):
-    """`WorkerCore` as an actor; `info`, `progress` and `pid` answer while items run."""
+    """`WorkerCore` as an actor; `info`, `progress` and `pid` answer while items run, and
+    `progress` and `pid` while the pipeline loads (`info` waits for the load in its own thread)."""
 
     @ray.method(concurrency_group="control")
     def info(self) -> dict[str, Any]:
