@@ -124,3 +124,17 @@ def test_a_loading_worker_shows_its_weight_staging():
     assert "w0  staging 12.1/28.0 GB" in text_of(view)
     view.apply(ActorLoaded("w0", 40.0, 11, "h"))
     assert "staging" not in text_of(view)
+
+
+def test_a_worker_whose_node_left_is_shown_gone_and_not_counted_as_loading():
+    from pusa_batch.engine.config import WorkerLeft
+
+    view = RunView()
+    view.apply(WorkersStarting(2))
+    view.apply(WorkerLeft("w1", "its node was lost"))
+    shown = text_of(view)
+    assert "left the pool: its node was lost" in shown
+    assert "loading models: 0/1 workers ready" in shown
+    assert event_line(WorkerLeft("w1", "its node was lost")) == (
+        "worker w1 left the pool: its node was lost"
+    )

@@ -32,6 +32,7 @@ from pusa_batch.engine.config import (
     Notice,
     Phase,
     Started,
+    WorkerLeft,
     WorkersStarting,
     WorkerStatus,
 )
@@ -39,7 +40,7 @@ from pusa_batch.engine.config import (
 
 @dataclass
 class WorkerView:
-    state: str = "loading"  # loading | ready | failed | finished
+    state: str = "loading"  # loading | ready | failed | left | finished
     doing: str = ""
     loaded: str = ""
 
@@ -48,6 +49,8 @@ class WorkerView:
             return self.doing or "loading the pipeline..."
         if self.state == "failed":
             return f"FAILED: {self.doing}"
+        if self.state == "left":
+            return f"left the pool: {self.doing}"
         if self.state == "finished":
             return "finished"
         return self.doing or ("idle" + (f" ({self.loaded})" if self.loaded else ""))
@@ -94,6 +97,9 @@ class RunView:
             worker = self.workers.setdefault(event.worker, WorkerView())
             worker.state, worker.doing = "failed", event.reason
             self.notes.append(f"worker {event.worker} failed: {event.reason}")
+        elif isinstance(event, WorkerLeft):
+            worker = self.workers.setdefault(event.worker, WorkerView())
+            worker.state, worker.doing = "left", event.reason
         elif isinstance(event, WorkerStatus):
             worker = self.workers.setdefault(event.worker, WorkerView(state="ready"))
             if worker.state == "ready":
@@ -114,7 +120,7 @@ class RunView:
         elif isinstance(event, Finished):
             self.finished = True
             for worker in self.workers.values():
-                if worker.state != "failed":
+                if worker.state not in ("failed", "left"):
                     worker.state = "finished"
 
     def ready_workers(self) -> int:
@@ -126,7 +132,9 @@ class RunView:
             return None
         if not any(w.state == "loading" for w in list(self.workers.values())):
             return None
-        return f"loading models: {self.ready_workers()}/{self.workers_expected} workers ready"
+        gone = sum(1 for w in list(self.workers.values()) if w.state in ("failed", "left"))
+        expected = max(self.workers_expected, len(self.workers)) - gone
+        return f"loading models: {self.ready_workers()}/{expected} workers ready"
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started_at
@@ -239,6 +247,8 @@ def event_line(event: Event, verbosity: int = 0) -> str | None:
         return f"failed: {event.id}: {event.error_type}: {event.message}"
     if isinstance(event, ActorFailed):
         return f"worker {event.worker} failed: {event.reason}"
+    if isinstance(event, WorkerLeft) and verbosity >= 0:
+        return f"worker {event.worker} left the pool: {event.reason}"
     if verbosity < 0:
         return None
     if isinstance(event, Started):
