@@ -8,14 +8,20 @@ The difference is the timestep path: the sinusoid, the time MLP and the 6-way pr
 per latent frame, giving a `(B, F, 6, D)` modulation. Blocks apply it by viewing the token axis as
 `(F, h*w)`, so no per-token `(B, N, 6, D)` tensor is ever built (Pusa's original code builds one,
 about 5 GB at 720p). A scalar timestep `(B,)` is the one-group case `(B, 1, 6, D)`.
+
+Speed options (pipeline `[options]`): `attention` picks the kernel (`ATTENTION_BACKENDS`),
+`compile_blocks` runs each block through `torch.compile`, and `forward(..., cache=)` takes a
+`BlockCache` (`models/teacache.py`) that may skip the blocks and reuse their last residual.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +29,12 @@ from torch import nn
 
 from pusa_batch.errors import PipelineError
 
-ATTENTION_BACKENDS = ("sdpa", "flash")
+ATTENTION_BACKENDS = ("sdpa", "flash", "sage")
+# The package each optional kernel needs and how to install it (checked by the doctor and at load).
+ATTENTION_PACKAGES = {  # backend: (module, package, install command)
+    "flash": ("flash_attn", "flash-attn", "pip install 'pusa-batch[flash]'"),
+    "sage": ("sageattention", "sageattention", "pip install sageattention"),
+}
 # Parameters diffusers keeps in fp32 whatever the load dtype (`_keep_in_fp32_modules`).
 FP32_MODULES = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
 
@@ -252,6 +263,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -
         from flash_attn import flash_attn_func
 
         return flash_attn_func(q, k, v)
+    if backend == "sage":
+        from sageattention import sageattn
+
+        return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
@@ -333,10 +348,25 @@ class PusaWanTransformer(nn.Module):
         proj = embedder.time_proj(F.silu(temb)).unflatten(1, (6, -1))
         return temb[inverse], proj[inverse]
 
+    def compile_blocks(self, backend: str = "inductor", **options: Any) -> PusaWanTransformer:
+        """`torch.compile` each transformer block in place (`nn.Module.compile`): parameter names,
+        LoRA merges and `state_dict()` are unchanged; the embeddings and head stay eager."""
+        for block in self.blocks:
+            block.compile(backend=backend, **options)
+        return self
+
     def forward(
-        self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        cache: BlockCache | None = None,
     ) -> torch.Tensor:
-        """x (B, C, F, H, W), timestep (B,) or (B, F // p_t), context (B, L, text_dim)."""
+        """x (B, C, F, H, W), timestep (B,) or (B, F // p_t), context (B, L, text_dim).
+
+        With a `cache`, the blocks run through `cache.run(tokens, mod, blocks)`, which may skip
+        them; the patch embedding, the modulation and the head always run."""
         cfg = self.config
         b, _, f, h, w = x.shape
         pt, ph, pw = cfg.patch_size
@@ -355,8 +385,13 @@ class PusaWanTransformer(nn.Module):
         context = context.to(dtype)
         temb, mod = self.frame_modulation(timestep.to(x.device), grid[0], context)
         context = self.condition_embedder.text_embedder(context)
-        for block in self.blocks:
-            tokens = block(tokens, context, mod, rope)
+
+        def blocks(tokens: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                tokens = block(tokens, context, mod, rope)
+            return tokens
+
+        tokens = blocks(tokens) if cache is None else cache.run(tokens, mod, blocks)
 
         shift, scale = (self.scale_shift_table[:, None] + temb[:, :, None]).unbind(2)
         tokens = modulate(layer_norm_fp32(tokens, cfg.eps), scale, shift).type_as(tokens)
@@ -364,16 +399,29 @@ class PusaWanTransformer(nn.Module):
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
 
+class BlockCache(Protocol):
+    """What `PusaWanTransformer.forward(cache=)` takes (`models.teacache.TeaCache` is one)."""
+
+    def run(
+        self,
+        tokens: torch.Tensor,
+        mod: torch.Tensor,
+        blocks: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor: ...
+
+
 def check_attention_backend(name: str) -> str:
+    """The backend name, or a `PipelineError` naming the package to install and how."""
     if name not in ATTENTION_BACKENDS:
         raise PipelineError(f"attention={name!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
-    if name == "flash":
+    if name in ATTENTION_PACKAGES:
+        module, package, command = ATTENTION_PACKAGES[name]
         try:
-            import flash_attn  # noqa: F401
+            importlib.import_module(module)
         except ImportError as exc:
             raise PipelineError(
-                "attention='flash' needs the flash-attn package (pip install 'pusa-batch[flash]' "
-                "on a CUDA machine); use attention='sdpa' otherwise"
+                f"attention={name!r} needs the {package} package (import {module} failed: "
+                f"{exc}); install it with `{command}` on a CUDA machine, or use attention='sdpa'"
             ) from exc
     return name
 

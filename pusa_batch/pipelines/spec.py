@@ -35,6 +35,7 @@ from pusa_batch.errors import PipelineError
 from pusa_batch.item import FITS
 from pusa_batch.models.layouts import DECLARED as DECLARED_LAYOUTS
 from pusa_batch.models.layouts import root_components
+from pusa_batch.models.teacache import COEFFICIENTS as TEACACHE_MODELS
 from pusa_batch.models.tiny import TINY_VERSION
 from pusa_batch.weights import StagingConfig, WeightURL, is_url, list_source, url_problem
 from pusa_batch.weights.fetch import MIB
@@ -59,7 +60,7 @@ SCHEDULES = ("auto", "shifted", "linear_quadratic")
 CONDITION_LATENTS = ("sample", "mean")
 MOCHI_ONLY_OPTIONS = ("condition_latents", "normalize_condition")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-ATTENTIONS = ("sdpa", "flash")
+ATTENTIONS = ("sdpa", "flash", "sage")  # flash and sage: checked installed by doctor and load
 IDLE_EXPERT = ("keep", "offload")
 NUMERICS = ("fp32", "upstream")  # docs/parity.md
 LORA_KINDS = ("pusa", "lightx2v")
@@ -139,6 +140,10 @@ class Options:
     normalize_condition: bool = False
     numerics: str = "fp32"  # "upstream": the official pipelines' bf16 start (docs/parity.md)
     deterministic: bool = False  # torch's determinism settings at load (docs/parity.md)
+    compile: bool = False  # torch.compile each DiT block (Wan); same frames up to rounding
+    # TeaCache (models/teacache.py): 0 = off; > 0 skips DiT blocks, upstream's tea_cache_l1_thresh
+    teacache_threshold: float = 0.0
+    teacache_model: str = "Wan2.1-T2V-14B"  # upstream's tea_cache_model_id: the polynomial
 
 
 MOCHI_OPTIONS = Options(text_max_length=256)
@@ -310,6 +315,8 @@ class PipelineSpec:
             options.update({k: getattr(self.options, k) for k in MOCHI_ONLY_OPTIONS})
         if self.options.numerics != "fp32":  # fp32 specs hash as they always did
             options["numerics"] = self.options.numerics
+        if self.options.teacache_threshold > 0:  # TeaCache off hashes as it always did
+            options["teacache"] = [self.options.teacache_threshold, self.options.teacache_model]
         tile = [getattr(self.options, k) for k in VAE_TILE_OPTIONS]
         if self.options.vae_tiling and any(tile):  # diffusers' own tiles hash as they always did
             options["vae_tile"] = tile
@@ -636,7 +643,26 @@ def _check_options(where: _Where, o: Options, family: str) -> None:
         raise where.fail("options.threshold_noise", "must be between 0 and 1 (Mochi uses 0.025)")
     if family == "mochi" and o.attention != "sdpa":
         raise where.fail("options.attention", 'the Mochi DiT runs on sdpa only: use "sdpa"')
+    _check_speed_options(where, o, family)
     _check_vae_tile(where, o, family)
+
+
+def _check_speed_options(where: _Where, o: Options, family: str) -> None:
+    """`compile` and TeaCache are Wan options; the threshold is >= 0, the model one of
+    upstream's polynomials."""
+    if family == "mochi" and o.compile:
+        raise where.fail("options.compile", "only wan pipelines compile their DiT blocks")
+    if not 0 <= o.teacache_threshold <= 10:
+        raise where.fail(
+            "options.teacache_threshold",
+            f"must be 0 (off) or a positive number up to 10, got {o.teacache_threshold:g}",
+        )
+    if family == "mochi" and o.teacache_threshold > 0:
+        raise where.fail("options.teacache_threshold", "TeaCache is for wan pipelines only")
+    if o.teacache_model not in TEACACHE_MODELS:
+        raise where.fail(
+            "options.teacache_model", f"must be one of {', '.join(TEACACHE_MODELS)} (upstream's)"
+        )
 
 
 def _check_vae_tile(where: _Where, o: Options, family: str) -> None:

@@ -1,11 +1,16 @@
 """`WanPipeline`: Pusa V1 on Wan2.1 (one transformer) or Wan2.2 (two experts).
 
 The Wan family's hooks for the shared `Pipeline`: T5 prompts, the Wan VAE's latent
-normalisation, the expert switch and idle-expert offload, LoRAs merged once at load.
+normalisation, the expert switch and idle-expert offload, LoRAs merged once at load. Speed
+options: `compile` compiles each expert's blocks after the merge; `teacache_threshold` > 0 gives
+every sampling run its own TeaCache per CFG branch (`models/teacache.py`).
 """
 
 from __future__ import annotations
 
+import contextvars
+import importlib.util
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +21,13 @@ from torch import Tensor
 from pusa_batch import sampler
 from pusa_batch.errors import PipelineError
 from pusa_batch.models.loading import load_wan_transformer
+from pusa_batch.models.teacache import BranchCaches
 from pusa_batch.models.text import TextEncoder
 from pusa_batch.pipelines.base import Pipeline, PixelEncoder, apply_determinism
 from pusa_batch.pipelines.spec import PipelineSpec
+
+# The current sampling run's step count, for TeaCache's always-compute last step (`_denoise`).
+_RUN_STEPS: contextvars.ContextVar[int] = contextvars.ContextVar("wan_run_steps")
 
 
 class WanPipeline(Pipeline):
@@ -44,6 +53,8 @@ class WanPipeline(Pipeline):
         # diffusers keeps 1/std and divides by it to un-normalise; same arithmetic, same bits.
         self._inv_std = 1.0 / torch.tensor(vae_cfg.latents_std).view(1, -1, 1, 1, 1)
         self.z_dim = int(vae_cfg.z_dim)
+        # The latest sampling run's TeaCaches (None with TeaCache off): its calls and skips.
+        self.teacache: BranchCaches | None = None
 
     @classmethod
     def build(
@@ -56,6 +67,8 @@ class WanPipeline(Pipeline):
     ) -> WanPipeline:
         apply_determinism(spec.options)  # first: before anything reaches the GPU
         opts = spec.options
+        if opts.compile:
+            _check_compiler(dev)  # at load, not at the first forward
         text = TextEncoder.load(
             paths["text_encoder"],
             paths["tokenizer"],
@@ -73,6 +86,9 @@ class WanPipeline(Pipeline):
                 paths[name], dtype=dtype, device=home, attention=opts.attention
             )
         _merge_loras(spec, experts)
+        if opts.compile:
+            for model in experts.values():
+                model.compile_blocks()
         return cls(
             spec,
             device=dev,
@@ -96,7 +112,32 @@ class WanPipeline(Pipeline):
             "loras": loras,
             "lora_merges": merges,
             "timesteps": dict(sampler.TIMESTEP_RULES),
+            "compile": self.spec.options.compile,
+            "teacache": self._teacache_settings(),
         }
+
+    def _teacache_settings(self) -> dict[str, Any] | None:
+        opts = self.spec.options
+        if opts.teacache_threshold <= 0:
+            return None
+        return {"threshold": opts.teacache_threshold, "model": opts.teacache_model}
+
+    def _denoise(
+        self,
+        noise: Tensor,
+        positive: sampler.Context,
+        negative: sampler.Context | None,
+        cond: sampler.ConditioningSpec | None,
+        sigmas: Tensor,
+        scale: float,
+        callback: sampler.Callback | None,
+    ) -> Tensor:
+        """The shared loop, with the run's step count known to `_model_fn` (TeaCache)."""
+        token = _RUN_STEPS.set(len(sigmas) - 1)
+        try:
+            return super()._denoise(noise, positive, negative, cond, sigmas, scale, callback)
+        finally:
+            _RUN_STEPS.reset(token)
 
     def _model_fn(
         self,
@@ -106,9 +147,24 @@ class WanPipeline(Pipeline):
         multipliers: Tensor | None,
     ) -> sampler.ModelFn:
         opts = self.spec.options
+        caches = None
+        if opts.teacache_threshold > 0:
+            steps = _RUN_STEPS.get(None)
+            if steps is None:
+                raise RuntimeError("TeaCache needs the run's step count: sample through _denoise")
+            caches = BranchCaches(steps, opts.teacache_threshold, opts.teacache_model)
+            if negative is positive:  # one cached prompt for both: still two branches
+                negative = negative.view_as(negative)
+        self.teacache = caches
+
+        def branch(context: sampler.Context) -> str:
+            """Which CFG pass `guided` is making: it passes our contexts themselves."""
+            if context is positive:
+                return "positive"
+            return "negative" if context is negative else "batched"
 
         def expert_fn(name: str) -> sampler.ModelFn:
-            call = self._model_call(name, multipliers)
+            call = self._model_call(name, multipliers, caches, branch)
             return sampler.guided(call, positive, negative, scale, batched=opts.batched_cfg)
 
         if self.spec.family == "wan2.2":
@@ -136,7 +192,13 @@ class WanPipeline(Pipeline):
     def _pixel_encoder(self, item: Any) -> PixelEncoder:
         return self.encode_video
 
-    def _model_call(self, name: str, multipliers: Tensor | None) -> sampler.ModelCall:
+    def _model_call(
+        self,
+        name: str,
+        multipliers: Tensor | None,
+        caches: BranchCaches | None = None,
+        branch: Any = None,
+    ) -> sampler.ModelCall:
         model = self.experts[name]
         conditioned = multipliers is not None
 
@@ -144,7 +206,8 @@ class WanPipeline(Pipeline):
             self._activate(name)
             t = sampler.wan_timesteps(sigma, conditioned=conditioned, multipliers=multipliers)
             t = t.to(self.device)
-            return model(x.to(self.dtype), t, context).float()
+            cache = None if caches is None else caches.get(branch(context))
+            return model(x.to(self.dtype), t, context, cache=cache).float()
 
         return call
 
@@ -156,6 +219,20 @@ class WanPipeline(Pipeline):
             target = self.device if other == name else torch.device("cpu")
             if next(model.parameters()).device != target:
                 model.to(target)
+
+
+def _check_compiler(device: torch.device) -> None:
+    """`compile = true` compiles with inductor: C++ on the CPU, triton on CUDA."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise PipelineError(
+            "options.compile on the CPU needs a C++ compiler (torch.compile's inductor builds "
+            "C++ kernels): install one (apt-get install g++), or set compile = false"
+        )
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise PipelineError(
+            "options.compile on CUDA needs the triton package (torch.compile's inductor builds "
+            "triton kernels): pip install triton, or set compile = false"
+        )
 
 
 def _vae_tile(opts: Any) -> dict[str, int]:
