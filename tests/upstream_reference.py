@@ -702,8 +702,25 @@ conditioned frame's timestep is multiplied by its multiplier itself, not by sigm
 x 19 multipliers) combinations). Both are checked over 1..200 and 1..300 step counts.
 
 Outside the loop, and so outside this comparison: prompt encoding, image and video
-preprocessing (the upstream scripts size and crop differently; the research brief
-`pusa-method.md`, section 2.2), the VAE (ours runs in float32) and decoding.
+preprocessing, the VAE (ours runs in float32) and decoding. There:
+
+9. **Framing** is data (`image_fit` / `video_fit`, a `fit` column; manifests/TASKS.md,
+   "Framing"), and each real spec frames as its upstream script does: Wan2.1 multi-frames
+   `native` (the size from the first image, rounded down to x16, plain resize;
+   `wan_14b_multi_frames_pusa.py:60-76`), Wan2.2 multi-frames `contain` (fit inside, pasted on
+   black, with upstream's `int()` arithmetic; `wan22_14b_multi_frames_pusa.py:69-85`), the v2v
+   scripts `cover` (`wan_14b_v2v_pusa.py:10-54`). One difference is kept on purpose: our `cover`
+   crops a fractional centre box before resizing, where upstream crops whole pixels. It keeps
+   the fingerprints of items made before `fit` existed, and moves pixels by under one source
+   pixel.
+10. **VAE tiling** uses upstream's tile (30, 52) and stride (15, 26) latents in the real Wan
+    specs (`wan_video_pusa*.py` `__call__` defaults, `tiled=True` in every script), so seams fall
+    where upstream's do; the blend across a seam is diffusers' own, not DiffSynth's. A Mochi
+    spec with `vae_tile_*` is refused rather than tiled (the Mochi scripts do not tile that way).
+11. **LoRA merges** follow upstream's two loaders (`PusaV1/diffsynth/models/lora.py:205-277`
+    for Pusa's, `model_manager.py:440-493` for LightX2V's: `alpha / rank`, the file's `.alpha`
+    when present, `.diff*` keys skipped). Where upstream would silently merge part of a file
+    (keys it cannot place), we refuse it, naming the keys.
 
 ## The option `deterministic`
 
