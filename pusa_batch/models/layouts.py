@@ -176,4 +176,3 @@ def component_problems(family: str, component: str, path: Path) -> list[str] | N
 
 def _has_any_half(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in MOCHI_VAE_FILES)
-
