@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_support import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "docs" / "deploy" / "pusa-batch.sbatch"
@@ -90,16 +90,6 @@ KillWait=5
 NodeName={node} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs={cpus} State=UNKNOWN
 PartitionName=pb Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def tail(path: Path, lines: int = 15) -> str:

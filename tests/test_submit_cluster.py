@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from process_support import descendants, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -43,43 +43,14 @@ PORT_FLAGS = (
 )
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def children(pid: int) -> list[int]:
-    """Every live descendant of `pid` (read from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (ValueError, OSError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def stop_cluster(head: subprocess.Popen) -> None:
-    tree = children(head.pid)
+    tree = descendants(head.pid)
     head.send_signal(signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
     try:
         head.wait(timeout=30)
     except subprocess.TimeoutExpired:
         head.kill()
-    for pid in tree + children(head.pid):
+    for pid in tree + descendants(head.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
