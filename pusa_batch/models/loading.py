@@ -234,6 +234,15 @@ def check_keys(
         )
 
 
+def load_fp32_strictly(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str
+) -> torch.nn.Module:
+    """`state` into `module` (built on the meta device) as fp32, keys checked first; eval mode."""
+    check_keys({k: v.shape for k, v in module.state_dict().items()}, state, source)
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    return module.eval()
+
+
 def read_transformer_config(path: Path) -> WanConfig:
     """The config of a transformer folder (diffusers or original Wan `config.json`) or of one
     `.safetensors` file (a `config.json` beside it, else read off its shapes)."""

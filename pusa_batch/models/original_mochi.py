@@ -26,7 +26,7 @@ import torch
 
 from pusa_batch.errors import CheckpointError, PipelineError
 from pusa_batch.models.layouts import MOCHI_VAE_FILES
-from pusa_batch.models.loading import check_keys, read_header, read_state_dict
+from pusa_batch.models.loading import load_fp32_strictly, read_header, read_state_dict
 
 Shapes = Mapping[str, tuple[int, ...]]
 ENCODER, DECODER = MOCHI_VAE_FILES
@@ -237,10 +237,7 @@ def load_genmo_vae(folder: str | Path) -> torch.nn.Module:
     shapes = {n: {k: tuple(v.shape) for k, v in s.items()} for n, s in halves.items()}
     vae = genmo_vae_on_meta(shapes[ENCODER], shapes[DECODER], source=str(folder))
     state = genmo_to_diffusers(halves, vae)
-    expected = {k: v.shape for k, v in vae.state_dict().items()}
-    check_keys(expected, state, f"{folder} (genmo's {ENCODER} + {DECODER})")
-    vae.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    return vae.eval()
+    return load_fp32_strictly(vae, state, f"{folder} (genmo's {ENCODER} + {DECODER})")
 
 
 def load_mochi_vae(path: str | Path) -> torch.nn.Module:

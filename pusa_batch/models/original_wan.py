@@ -37,7 +37,12 @@ from typing import Any
 import torch
 
 from pusa_batch.errors import CheckpointError, PipelineError
-from pusa_batch.models.loading import check_keys, read_header, read_state_dict
+from pusa_batch.models.loading import (
+    check_keys,
+    load_fp32_strictly,
+    read_header,
+    read_state_dict,
+)
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -160,11 +165,7 @@ def load_wan_vae_file(path: str | Path) -> torch.nn.Module:
     path = Path(path)
     state = read_state_dict(path)
     vae = _wan_vae_on_meta({k: tuple(v.shape) for k, v in state.items()}, str(path))
-    renamed = wan_vae_to_diffusers(state, vae)
-    expected = {k: v.shape for k, v in vae.state_dict().items()}
-    check_keys(expected, renamed, f"{path} (original Wan VAE)")
-    vae.load_state_dict({k: v.float() for k, v in renamed.items()}, strict=True, assign=True)
-    return vae.eval()
+    return load_fp32_strictly(vae, wan_vae_to_diffusers(state, vae), f"{path} (original Wan VAE)")
 
 
 def load_wan_vae(path: str | Path) -> torch.nn.Module:
