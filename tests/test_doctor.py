@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from doctor_support import rewrite, statuses
 from model_support import diffusers_to_wan
 from safetensors.torch import load_file, save_file
 
@@ -50,17 +51,6 @@ def run(folder: Path, model: Path, **kwargs):
 def check(report, name: str):
     (found,) = [c for c in report.checks if c.name.startswith(name)]
     return found
-
-
-def statuses(report) -> dict[str, str]:
-    return {c.name: c.status for c in report.checks}
-
-
-def rewrite(file: Path, change) -> None:
-    """Rewrite a safetensors file with `change(state_dict)` applied."""
-    sd = load_file(file)
-    change(sd)
-    save_file(sd, file)
 
 
 def split_in_two(folder: Path) -> list[str]:

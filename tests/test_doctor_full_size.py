@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
 import pytest
 import torch
+from doctor_support import write_sparse_safetensors
 
 from pusa_batch.doctor.preflight import diagnose, estimate_memory
 from pusa_batch.models.tiny import ensure_tiny_model
@@ -17,24 +17,6 @@ from pusa_batch.models.wan_keys import diffusers_name_to_wan
 from pusa_batch.pipelines.spec import load_pipeline_spec
 
 SHARDS = 6
-
-
-def write_sparse_safetensors(file: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """A bf16 safetensors file whose header is real and whose data is a hole (no disk used)."""
-    header, offset = {}, 0
-    for key, shape in shapes.items():
-        size = 2 * math.prod(shape)
-        header[key] = {
-            "dtype": "BF16",
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with file.open("wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)) + raw)
-        fh.truncate(8 + len(raw) + offset)
 
 
 @pytest.fixture(scope="module")

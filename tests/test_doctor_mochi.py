@@ -8,11 +8,11 @@ import dataclasses
 import json
 import math
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
 import torch
+from doctor_support import rewrite, statuses, write_sparse_safetensors
 from safetensors.torch import load_file, save_file
 
 from pusa_batch.cli import main as cli
@@ -62,34 +62,6 @@ def run(folder: Path, model: Path, **kwargs):
 def check(report, name: str):
     (found,) = [c for c in report.checks if c.name == name]
     return found
-
-
-def statuses(report) -> dict[str, str]:
-    return {c.name: c.status for c in report.checks}
-
-
-def rewrite(file: Path, change) -> None:
-    sd = load_file(file)
-    change(sd)
-    save_file(sd, file)
-
-
-def write_sparse_safetensors(file: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """A bf16 safetensors file whose header is real and whose data is a hole (no disk used)."""
-    header, offset = {}, 0
-    for key, shape in shapes.items():
-        size = 2 * math.prod(shape)
-        header[key] = {
-            "dtype": "BF16",
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with file.open("wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)) + raw)
-        fh.truncate(8 + len(raw) + offset)
 
 
 # ------------------------------------------------------------------------------ passing
