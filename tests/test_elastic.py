@@ -183,7 +183,9 @@ class Nodes:
         self.processes: list[subprocess.Popen] = []
         self.port: int | None = None
 
-    def start(self, name: str, *, head: bool = False) -> subprocess.Popen:
+    def start(
+        self, name: str, *, head: bool = False, labels: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         ports = free_ports(8)
         command = [shutil.which("ray") or "ray", "start", "--block", "--disable-usage-stats"]
         if head:
@@ -200,6 +202,8 @@ class Nodes:
             "--metrics-export-port", str(ports[2]), "--dashboard-agent-listen-port", str(ports[3]),
             "--dashboard-agent-grpc-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
         ]  # fmt: skip
+        if labels:
+            command += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
         log = open(self.temp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
