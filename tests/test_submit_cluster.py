@@ -205,3 +205,46 @@ def test_a_wrong_token_is_a_clear_error(cluster):
     assert result.returncode == 1
     assert "has no valid token" in result.stderr
     assert "RAY_AUTH_TOKEN" in result.stderr and "Traceback" not in result.stderr
+
+
+def wait_for_markers(items: Path, count: int, timeout_s: float = 240) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = sorted(p.name for p in items.glob("*.json")) if items.is_dir() else []
+        if len(found) >= count:
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(f"fewer than {count} item(s) committed under {items}")
+
+
+def test_a_stopped_job_resubmitted_resumes_where_it_stopped(cluster):
+    address, token, env, temp = cluster
+    ids = [f"s{n:02d}" for n in range(12)]
+    rows = [f"{i},t2v,clip {n},9,64,64,8,{n}" for n, i in enumerate(ids)]
+    folder = job_folder(temp, "stopped", rows)
+    output = temp / "out-stopped"
+    args = ["submit", "manifest.csv", "-o", str(output), "-p", "tiny.toml"]
+    args += ["--address", address, "--workers", "1"]
+    auth = {**env, "RAY_AUTH_TOKEN_PATH": str(token)}
+    first = pusa_batch(args, env=auth, cwd=folder)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (job_id,) = [line.split()[2] for line in first.stdout.splitlines() if "Submitted job" in line]
+    before = wait_for_markers(output / "items", 1)
+    stop = subprocess.run(
+        [shutil.which("ray") or "ray", "job", "stop", job_id, "--address", address],
+        env={**auth, "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    stopped = sorted(p.name for p in (output / "items").glob("*.json"))
+    assert len(stopped) < len(ids), "the job finished before it could be stopped"
+    committed = {n: (output / "items" / n).read_text() for n in stopped}
+
+    again = pusa_batch([*args, "--wait"], env=auth, cwd=folder)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sorted(p.name for p in (output / "items").iterdir()) == [f"{i}.json" for i in ids]
+    assert sorted(p.name for p in (output / "videos").iterdir()) == [f"{i}.mp4" for i in ids]
+    assert all((output / "items" / n).read_text() == m for n, m in committed.items())
+    assert before and f"{len(ids) - len(stopped)} generated" in again.stdout
