@@ -1,17 +1,19 @@
 """The doctor's memory estimate: weights at the dtypes the loaders use, plus one forward's
-activations at the defaults' size, against the run device (or a given budget)."""
+activations at the defaults' size (`pipelines.memory_fit.activation_bytes`, the estimate a worker
+checks each item with), against the run device, the spec's `[device] memory_gib` cap or a given
+budget."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import torch
 
 from pusa_batch.doctor.context import Check, Context, Denoiser, fmt_bytes
 from pusa_batch.errors import PusaBatchError
-from pusa_batch.models.mochi import PusaMochiTransformer, swiglu_hidden
+from pusa_batch.models.mochi import PusaMochiTransformer
 from pusa_batch.models.wan import FP32_MODULES
+from pusa_batch.pipelines.device import host_ram_available
+from pusa_batch.pipelines.memory_fit import ItemSize
+from pusa_batch.pipelines.memory_fit import activation_bytes as item_activation_bytes
 from pusa_batch.pipelines.spec import PipelineSpec
 
 
@@ -19,7 +21,7 @@ def check_memory(ctx: Context) -> Check:
     device, dtype = ctx.run()
     parts = memory_parts(ctx, device, dtype)
     total = sum(parts.values())
-    limit, where = _device_memory(device, ctx.memory_budget)
+    limit, where = _device_memory(device, ctx.memory_budget, ctx.spec.device.memory_bytes)
     shown = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in parts.items())
     detail = f"estimate {fmt_bytes(total)} ({shown}) vs {where}"
     if limit is None:
@@ -67,27 +69,13 @@ def denoiser_bytes(model: Denoiser, size: int) -> int:
 
 
 def activation_bytes(spec: PipelineSpec, model: Denoiser, size: int) -> int:
-    """Rough peak of one denoiser forward at the defaults' size.
-
-    tokens = T_lat * (H/16) * (W/16) (VAE 8x and patch 2 in space, for both families). Inside a
-    block the FFN phase is the peak. Wan: the residual stream, the normalised input and the FFN's
-    two hidden tensors, (3 * dim + 2 * ffn_dim) per token. Mochi (visual stream, dim =
-    hidden_size_x): the residual, the modulated input, the SwiGLU's w1 output (2 * hidden) and
-    its gated product (hidden), (2 * dim + 3 * hidden) per token. At the run dtype, times 2 with
-    batched CFG, plus one fp32 (tokens, dim) tensor for the fp32 norms. SDPA keeps attention
-    itself at O(tokens * dim); the text tokens and the VAE decode are not included.
-    """
+    """Rough peak of one denoiser forward at the defaults' size (`memory_fit.activation_bytes`:
+    the per-token terms are there); times 2 with batched CFG. The text tokens and the VAE
+    decode are not included."""
     d = spec.defaults
-    tokens = latent_frames(spec) * (d.height // 16) * (d.width // 16)
-    batch = 2 if spec.options.batched_cfg and d.guidance_scale != 1.0 else 1
-    cfg = model.config
-    if isinstance(model, PusaMochiTransformer):
-        dim = cfg.hidden_size_x
-        per_token = 2 * dim + 3 * swiglu_hidden(dim, cfg.mlp_ratio_x)
-    else:
-        dim = cfg.inner_dim
-        per_token = 3 * dim + 2 * cfg.ffn_dim
-    return batch * tokens * per_token * size + tokens * dim * 4
+    batched = spec.options.batched_cfg and d.guidance_scale != 1.0
+    at = ItemSize(d.num_frames, d.height, d.width, cfg_batched=batched)
+    return item_activation_bytes(model, at, spec.temporal_factor, size)
 
 
 def latent_frames(spec: PipelineSpec) -> int:
@@ -105,9 +93,13 @@ def rope_limit(ctx: Context) -> int | None:
         return None
 
 
-def _device_memory(device: torch.device, budget: int | None) -> tuple[int | None, str]:
+def _device_memory(
+    device: torch.device, budget: int | None, cap: int | None
+) -> tuple[int | None, str]:
     if budget is not None:
         return budget, f"budget {fmt_bytes(budget)}"
+    if cap is not None:
+        return cap, f"the [device] memory_gib cap {fmt_bytes(cap)}"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device.index or 0)
         return props.total_memory, f"{props.name}: {fmt_bytes(props.total_memory)}"
@@ -115,18 +107,3 @@ def _device_memory(device: torch.device, budget: int | None) -> tuple[int | None
     if available is None:
         return None, "CPU run: host RAM unknown (no /proc/meminfo, no psutil)"
     return available, f"CPU run: host RAM {fmt_bytes(available)} available"
-
-
-def host_ram_available() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None
-    m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
-    return int(m.group(1)) * 1024 if m else None

@@ -7,8 +7,10 @@ media, prompts,
 conditioning latents, seeded noise), `sample` (the frame-level Euler loop around the denoiser) and
 `decode` (VAE to uint8 frames). The three may run in different threads at once (the worker
 overlaps items): the VAE and the text encoder are guarded by locks, the denoiser is only used by
-`sample`. Items with equal `batch_key`s may instead go through `sample_batch` together: one Euler
-loop, one forward per step for all of them, each item as it would come out alone.
+`sample`. Before an item allocates anything, `prepare` refuses one whose estimated memory clearly
+exceeds the device (`memory_fit.py`). Items with equal `batch_key`s may instead go through
+`sample_batch` together: one Euler loop, one forward per step for all of them, each item as it
+would come out alone.
 The item-level steps (sizes, conditioning plan, media, noise, schedule, the loop) are shared; each
 family supplies prompt encoding, pixel encoding, the model function and decoding.
 """
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from pusa_batch import sampler, video
 from pusa_batch.errors import PipelineError
+from pusa_batch.pipelines.memory_fit import MemoryFit
 from pusa_batch.pipelines.spec import PipelineSpec
 from pusa_batch.tasks import CondPlan, conditioning_video_layout, plan_conditioning
 
@@ -115,6 +118,7 @@ class Pipeline:
         self.dtype = dtype
         self._text_lock = threading.Lock()
         self._vae_lock = threading.Lock()
+        self.memory = MemoryFit(self)  # each item's estimate against the device's memory
 
     # ------------------------------------------------------------------------------ family hooks
 
@@ -168,6 +172,7 @@ class Pipeline:
     def prepare(self, item: Any) -> Prepared:
         """Media loaded and resized, prompts encoded, conditioning latents and noise made."""
         self._check_size(item)
+        self.memory.check(item)
         positive = self.encode_prompt(item.prompt)
         negative = None if item.guidance_scale == 1.0 else self.encode_prompt(item.negative_prompt)
         cond = self._conditioning(item)
@@ -298,6 +303,11 @@ class Pipeline:
     def conditioning_metadata(self, item: Any) -> dict[str, Any]:
         """For the item JSON: latent indices, output pixel frames and multipliers per slot."""
         return self.plan(item).to_metadata()
+
+    def denoisers(self) -> dict[str, torch.nn.Module]:
+        """The loaded denoiser(s) by component name: Wan's `experts`, Mochi's `dit`."""
+        experts = getattr(self, "experts", None)
+        return dict(experts) if experts is not None else {"dit": self.dit}
 
     # ------------------------------------------------------------------------------ internals
 

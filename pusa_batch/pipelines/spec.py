@@ -16,6 +16,9 @@ lists remote weights as it lists local ones (names and sizes): the same files on
 give the same identity, so item fingerprints survive a move; URLs, endpoints and storage options
 (secrets) are never part of it.
 
+`[limits]` (the largest item `validate` accepts) and `[device]` (`memory_gib`: the memory one
+worker may plan for, in place of what its device reports) live in `limits.py`.
+
 Families: `wan2.1` and `wan2.2` (Pusa V1, 4x temporal VAE) and `mochi` (Pusa V0.5, 6x temporal
 VAE, its own defaults: 848x480x163 at 30 fps, cfg 4.5, the linear-quadratic schedule).
 """
@@ -37,6 +40,13 @@ from pusa_batch.models.layouts import DECLARED as DECLARED_LAYOUTS
 from pusa_batch.models.layouts import root_components
 from pusa_batch.models.teacache import COEFFICIENTS as TEACACHE_MODELS
 from pusa_batch.models.tiny import TINY_VERSION
+from pusa_batch.pipelines.limits import (
+    MOCHI_LIMITS,
+    DeviceSettings,
+    Limits,
+    limits_problem,
+    parse_device,
+)
 from pusa_batch.weights import StagingConfig, WeightURL, is_url, list_source, url_problem
 from pusa_batch.weights.fetch import MIB
 from pusa_batch.weights.remote import SIDECAR_SUFFIX, SUMS_FILE
@@ -65,7 +75,17 @@ IDLE_EXPERT = ("keep", "offload")
 NUMERICS = ("fp32", "upstream")  # docs/parity.md
 LORA_KINDS = ("pusa", "lightx2v")
 EXPERTS = ("high", "low")
-TOP_KEYS = ("name", "family", "weights", "lora", "defaults", "options", "limits", "staging")
+TOP_KEYS = (
+    "name",
+    "family",
+    "weights",
+    "lora",
+    "defaults",
+    "options",
+    "limits",
+    "device",
+    "staging",
+)
 STAGING_KEYS = ("cache", "chunk_mb", "parallel", "storage_options")
 WeightPath = Path | WeightURL  # a local path, read in place, or a URL, staged on each node
 
@@ -94,23 +114,6 @@ class Defaults:
 MOCHI_DEFAULTS = Defaults(
     num_frames=163, height=480, width=848, fps=30, seed=1710977262, guidance_scale=4.5
 )
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The largest item a pipeline takes, checked by `validate` before anything is allocated.
-
-    The defaults sit a little above what each family was trained for (Wan: 81 frames at
-    1280x720; Mochi: 163 frames at 848x480); a `[limits]` table in the TOML overrides them.
-    """
-
-    max_frames: int = 321
-    max_side: int = 2048
-    max_pixels: int = 1920 * 1088  # height x width
-    max_steps: int = 1000
-
-
-MOCHI_LIMITS = Limits(max_frames=331, max_side=1536, max_pixels=1280 * 736)
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class PipelineSpec:
     # (component, command) for each component a `[weights.download]` command fetches
     downloads: tuple[tuple[str, str], ...] = ()
     staging: StagingConfig = field(default_factory=StagingConfig)  # `[staging]`: URLs only
+    device: DeviceSettings = field(default_factory=DeviceSettings)  # `[device]`: memory cap
 
     def remote_parts(self) -> dict[str, WeightURL]:
         """{component or lora[i]: URL} for every weight named by URL."""
@@ -415,11 +419,14 @@ def parse_pipeline_spec(raw: Mapping[str, Any], source: Path) -> PipelineSpec:
     _check_options(where, options, family)
     base_limits = MOCHI_LIMITS if mochi else Limits()
     limits = _parse_dataclass(where, where.table(raw, "limits"), base_limits, "limits")
-    for key, value in asdict(limits).items():
-        if value < 1:
-            raise where.fail(f"limits.{key}", f"must be at least 1, got {value}")
+    problem = limits_problem(limits)
+    if problem:
+        raise where.fail(*problem)
+    device = parse_device(where.table(raw, "device"))
+    if isinstance(device, tuple):
+        raise where.fail(*device)
     return PipelineSpec(
-        name, family, source, weights, loras, defaults, options, limits, downloads, staging
+        name, family, source, weights, loras, defaults, options, limits, downloads, staging, device
     )
 
 
