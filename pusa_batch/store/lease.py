@@ -10,17 +10,19 @@ Who may take a held lease over:
 - a holder that heartbeats is refused.
 
 Guarantees by backend: the first lease is created exclusively where the backend can (a hard link
-on local disk, `xb` on memory and s3fs, which sends `If-None-Match: *`). A takeover deletes the
-stale record and creates the new one exclusively, then re-reads its token (`_confirmed`): two
-takers racing on local disk or S3 cannot both win; on a backend without exclusive create the
-last writer wins and the loser learns it at its first heartbeat, before it commits.
+on local disk, `xb` on memory and s3fs, which sends `If-None-Match: *`). A takeover, and every
+heartbeat, replaces the record only if it is still the version that was read
+(`conditional.replace_if`: `If-Match` on the ETag on S3, `ifGenerationMatch` on GCS, an exclusive
+claim plus a rename on local disk), so of two takers of one stale record exactly one wins, and a
+paused holder that wakes up cannot overwrite its successor. On other backends the swap is a
+check then a write: the last writer wins and the loser learns it at its first heartbeat,
+before it commits.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -28,6 +30,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from pusa_batch.errors import LeaseError, StoreError
+from pusa_batch.store.conditional import (
+    VersionChanged,
+    Versioned,
+    read_versioned,
+    replace_if,
+)
+from pusa_batch.store.holder import holder_is_gone, process_start, this_machine
 from pusa_batch.store.io import Root
 
 LEASE_FILE = "lease.json"
@@ -48,11 +57,16 @@ def describe(record: dict, now: float) -> str:
 
 
 class Lease:
-    """A held lease. Call `heartbeat()` (or `start_heartbeat()`) and `release()` at the end."""
+    """A held lease. Call `heartbeat()` (or `start_heartbeat()`) and `release()` at the end.
 
-    def __init__(self, root: Root, record: dict, note: str | None = None):
+    `version` is the version of lease.json as this holder last wrote it: each heartbeat
+    replaces exactly that version, or finds that another run has taken the lease.
+    """
+
+    def __init__(self, root: Root, record: dict, version: str, note: str | None = None):
         self._root = root
         self.record = record
+        self.version = version
         self.note = note
         self.lost: Exception | None = None
         self._stop = threading.Event()
@@ -64,16 +78,21 @@ class Lease:
 
     def heartbeat(self) -> None:
         """Refresh the heartbeat; raise LeaseError if another run has taken the lease."""
-        current = self._root.read_json(LEASE_FILE)
-        if current is None or current.get("token") != self.token:
-            who = describe(current, time.time()) if current else "nobody (lease.json is gone)"
-            raise LeaseError(
-                f"lost the lease on {self._root.where(LEASE_FILE)}: now held by {who}. "
-                "Stop this run; another run owns the output root."
-            )
         now = time.time()
         record = {**self.record, "heartbeat_at": _iso(now), "heartbeat_unix": now}
-        self._root.write_bytes(LEASE_FILE, json.dumps(record).encode())
+        data = json.dumps(record).encode()
+        try:
+            self.version = replace_if(self._root, LEASE_FILE, data, self.version)
+        except VersionChanged:
+            current = read_versioned(self._root, LEASE_FILE)
+            if current is None or current.data != data:
+                who = describe(_parsed(current.data), now) if current else None
+                raise LeaseError(
+                    f"lost the lease on {self._root.where(LEASE_FILE)}: now held by "
+                    f"{who or 'nobody (lease.json is gone)'}. "
+                    "Stop this run; another run owns the output root."
+                ) from None
+            self.version = current.version  # our write landed; only its answer was lost
         self.record = record
 
     def start_heartbeat(self, interval_s: float = 30.0) -> None:
@@ -95,65 +114,9 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        current = self._root.read_json(LEASE_FILE)
-        if current is not None and current.get("token") == self.token:
+        current = read_versioned(self._root, LEASE_FILE)
+        if current is not None and _parsed(current.data).get("token") == self.token:
             self._root.delete(LEASE_FILE)
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None if there is none."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    return stat.rpartition(")")[2].split()[19]  # field 22: starttime, after the (comm) field
-
-
-def process_alive(pid: int, start: str | None) -> bool:
-    """Whether `pid` runs and, where start times are known, is the process that started then."""
-    if os.path.isdir("/proc/self"):
-        now = process_start(pid)
-        return now is not None and (start is None or now == start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def this_machine() -> dict[str, str | None]:
-    """What makes two lease records comparable by pid: the same host, boot and pid namespace."""
-    try:
-        pid_ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pid_ns = None
-    return {
-        "host": socket.gethostname(),
-        "boot_id": _read("/proc/sys/kernel/random/boot_id"),
-        "pid_ns": pid_ns,
-    }
-
-
-def holder_is_gone(record: dict) -> bool:
-    """True only when the holder is provably a process of this machine that no longer runs.
-
-    A record from another host, boot or pid namespace (a container sharing our host name) is
-    never judged by pid: only its heartbeat can tell.
-    """
-    here = this_machine()
-    same_machine = all(record.get(k) == here[k] for k in ("host", "boot_id", "pid_ns"))
-    if not same_machine or not isinstance(record.get("pid"), int):
-        return False
-    return not process_alive(record["pid"], record.get("pid_start"))
 
 
 def new_record(owner: dict, stale_after_s: float, now: float) -> dict:
@@ -200,17 +163,18 @@ def acquire_lease(
             return _confirmed(root, record, note=None)
         except FileExistsError:
             pass
-        current = _read_record(root)
-        if current is None:  # released between our create and our read: try again
+        read = read_versioned(root, LEASE_FILE)
+        if read is None:  # released between our create and our read: try again
             continue
+        current = _parsed(read.data)
         now = time.time()
-        age = now - float(current.get("heartbeat_unix", 0))
+        age = now - _heartbeat_unix(current)
         if holder_is_gone(current):
             note = f"took over the lease of a run that is gone: {describe(current, now)}"
-            return _take_over(root, current, record, data, note)
+            return _take_over(root, read, record, data, note)
         if age >= stale_after_s:
             note = f"took over a stale lease: {describe(current, now)}"
-            return _take_over(root, current, record, data, note)
+            return _take_over(root, read, record, data, note)
         if age < missed_after_s or not wait:
             hint = (
                 "it has missed its heartbeats: rerun without --no-wait to wait for it"
@@ -228,30 +192,42 @@ def acquire_lease(
     raise LeaseError(f"could not acquire {root.where(LEASE_FILE)}: it keeps changing; retry")
 
 
-def _read_record(root: Root) -> dict | None:
+def _parsed(data: bytes) -> dict:
     """The lease record; an unreadable one (a torn write) counts as stale, not as an error."""
     try:
-        return root.read_json(LEASE_FILE)
-    except StoreError:
-        return {"heartbeat_unix": 0, "note": "lease.json was unreadable"}
+        record = json.loads(data)
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) else {"note": "lease.json was unreadable"}
 
 
-def _take_over(root: Root, stale: dict, record: dict, data: bytes, note: str) -> Lease:
-    """Replace the stale record, only if it is still the one we judged, then confirm."""
-    current = _read_record(root)
-    if current is not None and current.get("token") != stale.get("token"):
-        raise LeaseError(f"lost a race for {root.where(LEASE_FILE)}; retry later")
-    root.delete(LEASE_FILE)
+def _heartbeat_unix(record: dict) -> float:
     try:
-        root.create_exclusive(LEASE_FILE, data)
-    except FileExistsError:
-        raise LeaseError(f"lost a race for {root.where(LEASE_FILE)}; retry later") from None
-    return _confirmed(root, record, note=note)
+        return float(record.get("heartbeat_unix", 0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _take_over(root: Root, stale: Versioned, record: dict, data: bytes, note: str) -> Lease:
+    """Replace the stale record only if it is still the version we judged (compare-and-swap)."""
+    try:
+        version = replace_if(root, LEASE_FILE, data, stale.version)
+    except VersionChanged:
+        current = read_versioned(root, LEASE_FILE)
+        if current is not None and current.data == data:  # ours landed; its answer was lost
+            return Lease(root, record, current.version, note)
+        who = describe(_parsed(current.data), time.time()) if current else "nobody"
+        raise LeaseError(
+            f"lost a race for {root.where(LEASE_FILE)}: another run took it over first "
+            f"(now held by {who}); retry later"
+        ) from None
+    return Lease(root, record, version, note)
 
 
 def _confirmed(root: Root, record: dict, note: str | None) -> Lease:
-    current = root.read_json(LEASE_FILE)
-    if current is None or current.get("token") != record["token"]:
-        who = describe(current, time.time()) if current else "nobody"
+    current = read_versioned(root, LEASE_FILE)
+    held = _parsed(current.data) if current is not None else None
+    if held is None or held.get("token") != record["token"]:
+        who = describe(held, time.time()) if held else "nobody"
         raise LeaseError(f"lost a race for {root.where(LEASE_FILE)} to {who}; retry later")
-    return Lease(root, record, note)
+    return Lease(root, record, current.version, note)
