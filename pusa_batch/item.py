@@ -39,6 +39,10 @@ class Item:
     # The framing of the inputs (`FITS`); None for an item with no input media. With "native"
     # height and width are already the first input's size, rounded down.
     fit: str | None = None
+    # The user's own manifest columns (name, value) in manifest order: text, whole number,
+    # number, true/false or None. Carried into the marker and the index; never into the
+    # fingerprint, so relabelling a manifest regenerates nothing.
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def cost(self) -> int:
         """Relative work (frames x pixels x steps): schedule the largest first."""
@@ -50,14 +54,19 @@ class Item:
         for name in ("images", "cond_frames", "noise_multipliers"):
             if out[name] is not None:
                 out[name] = list(out[name])
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        else:  # a record without extra columns reads as it did before they were carried
+            del out["extra"]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Item:
         """An Item from `to_dict`'s form; records written before 0.2 also carry `image`, which
         is always `images[0]` there and is dropped; records written before `fit` have none
-        (they were framed "cover")."""
+        (they were framed "cover"); records without `extra` had no extra columns."""
         data = dict(data)
+        data["extra"] = tuple((str(k), v) for k, v in (data.get("extra") or {}).items())
         if "fit" not in data:
             media = data.get("images") or data.get("image") or data.get("video")
             data["fit"] = "cover" if media else None

@@ -47,17 +47,30 @@ from pusa_batch.cli.app import (
 
 # ---------------------------------------------------------------- checking inputs
 
+StrictColumnsOpt = typer.Option(
+    False,
+    "--strict-columns",
+    help="Refuse every column that is not pusa-batch's (by default your own columns are "
+    "carried into each item's metadata as `extra`).",
+)
+
 
 def validate(
     manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
     pipeline: Path | None = PipelineOpt,
     check_files: bool = typer.Option(True, help="Probe every input file's header."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    strict_columns: bool = StrictColumnsOpt,
 ) -> int:
     """Check every row before any model is loaded; list all bad rows (exit 2 if any)."""
     from pusa_batch.manifest.read import validate_manifest
 
-    report = validate_manifest(str(manifest), load_spec_or_none(pipeline), check_files=check_files)
+    report = validate_manifest(
+        str(manifest),
+        load_spec_or_none(pipeline),
+        check_files=check_files,
+        strict_columns=strict_columns,
+    )
     if as_json:
         out.print_json(data=dataclasses.asdict(report))
     elif report.problems:
@@ -69,6 +82,8 @@ def validate(
     else:
         tasks = ", ".join(f"{task} {n}" for task, n in sorted(report.task_counts.items()))
         out.print(f"{manifest}: {report.rows} row(s) OK ({tasks})", highlight=False)
+        if report.extra_columns:
+            out.print(f"  {safe_text(report.extra_note())}", markup=False, highlight=False)
     return 2 if report.problems else 0
 
 

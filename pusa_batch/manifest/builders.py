@@ -154,8 +154,8 @@ def finish_build(
     if validate:
         report = validate_manifest(out, spec, check_files=True)
         report.raise_for_problems(out)
-        if report.unknown_columns:
-            notes.append(f"columns the manifest ignores: {', '.join(report.unknown_columns)}")
+        if report.extra_columns:
+            notes.append(report.extra_note())
     return BuildSummary(out, count, dict(tasks), tuple(skipped), tuple(notes), validate)
 
 

@@ -20,6 +20,8 @@ from pusa_batch.manifest.builders import (
     safe_id,
     short_hash,
 )
+from pusa_batch.manifest.columns import column_problem
+from pusa_batch.manifest.schema import COLUMNS
 
 # --------------------------------------------------------------------------- sweep
 
@@ -106,6 +108,13 @@ def sweep(
     if "id" in grid:
         raise ManifestError("'id' cannot be swept; ids are built from the grid")
     names = list(grid)
+    refused = [
+        f"grid {name}: {problem}"
+        for name in names
+        if name not in COLUMNS and (problem := column_problem(name))
+    ]
+    if refused:  # before anything is written: a near miss would sweep nothing
+        raise ManifestError("; ".join(refused))
     values = [list(grid[c]) for c in names]
     if any(not v for v in values):
         empty = [c for c, v in zip(names, values, strict=True) if not v]

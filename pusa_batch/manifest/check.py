@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pusa_batch import tasks as task_rules
 from pusa_batch import video as media
 from pusa_batch.cells import is_empty
 from pusa_batch.errors import InputMediaError, RowProblem, TaskError
 from pusa_batch.item import FITS, Item
+from pusa_batch.manifest.columns import extra_values
 from pusa_batch.manifest.schema import (
     COLUMNS,
     ID_PATTERN,
@@ -58,6 +60,8 @@ class CheckedChunk:
     bad: np.ndarray
     fits: list[str | None] = field(default_factory=list)  # per row; None: no input media
     sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # fit native: (h, w)
+    extra: dict[str, pa.Array] = field(default_factory=dict)  # the user's own columns, typed
+    _extra_cells: list[tuple[str, list]] | None = field(default=None, repr=False)
 
     def task_counts(self) -> dict[str, int]:
         tasks = self.cols.get("task")
@@ -100,7 +104,15 @@ class CheckedChunk:
             guidance_scale=value("guidance_scale", float),
             shift=value("shift", float),
             fit=self.fits[i] if self.fits else None,
+            extra=self._extra(i),
         )
+
+    def _extra(self, i: int) -> tuple[tuple[str, Any], ...]:
+        if not self.extra:
+            return ()
+        if self._extra_cells is None:  # once per chunk: Python values of each column
+            self._extra_cells = [(name, cells.to_pylist()) for name, cells in self.extra.items()]
+        return tuple((name, cells[i]) for name, cells in self._extra_cells)
 
     def _list(self, name: str, i: int) -> tuple | None:
         col = self.cols.get(name)
@@ -143,7 +155,8 @@ class ChunkChecker:
         self.seen = IdSet()
         self._probes: dict[tuple[str, str], tuple[Any, str | None]] = {}
 
-    def check(self, df: pd.DataFrame, first_row: int) -> CheckedChunk:
+    def check(self, df: pd.DataFrame, first_row: int, *, extra: Iterable[str] = ()) -> CheckedChunk:
+        """The chunk checked; `extra` names the user's own columns, carried into the items."""
         n, found = len(df), _Problems()
         cols = self._parse_columns(df, found)
         self._check_values(cols, found, n)
@@ -156,7 +169,18 @@ class ChunkChecker:
         bad = np.zeros(n, dtype=bool)
         bad[[i for i, _, _ in found.found]] = True
         return CheckedChunk(
-            first_row, n, self.rules, cols, ids, images, paths, problems, bad, fits, sizes
+            first_row,
+            n,
+            self.rules,
+            cols,
+            ids,
+            images,
+            paths,
+            problems,
+            bad,
+            fits,
+            sizes,
+            extra_values(df, extra) if extra else {},
         )
 
     # -- cells
@@ -415,7 +439,8 @@ class ChunkChecker:
         for i in np.flatnonzero(earlier):
             derived = given is None or given[i] is None
             hint = (
-                "the rows are identical; give them ids or different seeds."
+                "the rows ask for the same video (the user's own columns do not count); "
+                "give them ids or different seeds."
                 if derived
                 else "ids must be unique; rename one."
             )

@@ -1,27 +1,22 @@
-"""Manifests: streaming loader, whole-file validator, resolved `Item`s and their fingerprints.
+"""Manifests: the streaming loader, the whole-file validator and resolved `Item`s.
 
-The schema (columns, defaults, `Item`) is in `manifest_schema`; `manifests/README.md` is the
-user-facing description of both.
+The schema (columns, defaults, `Item`) is in `manifest.schema`, the header's checks and the
+user's own columns in `manifest.columns`, fingerprints in `manifest.fingerprint` (re-exported
+here); `manifests/README.md` is the user-facing description of all of them.
 
 Decisions:
-- A fingerprint is the sha256 of one JSON text (`fingerprint_payload`). For plain t2v rows (no
-  input media) `chunk_fingerprints` writes that text column-wise with Arrow around a template cut
-  from the same payload, and hashes it row by row from one buffer: the same bytes as
-  `item_fingerprint`, checked on the first such row of every call, at about a tenth of the cost.
 - The plan's second pass reads only the rows its first pass chose (`iter_chosen_items`): other
   chunks are parsed but never checked, and reading stops after the last chosen chunk.
+- The header is checked where each column first appears: a JSONL key first seen deep in the
+  file is checked (and carried) as one in the first line is.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import json
-import logging
-import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,18 +24,27 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pusa_batch import tasks as task_rules
-from pusa_batch.errors import InputMediaError, ManifestError, RowProblem
+from pusa_batch.errors import ManifestError, RowProblem
 from pusa_batch.item import Item
-from pusa_batch.manifest.check import ID_TEXTS, UNPROBED_VIDEO_FRAMES, CheckedChunk, ChunkChecker
-from pusa_batch.manifest.schema import COLUMNS, REQUIRED_COLUMNS, manifest_folder, rules_from_spec
+from pusa_batch.manifest.check import CheckedChunk, ChunkChecker
+from pusa_batch.manifest.columns import check_header, extra_note
+from pusa_batch.manifest.fingerprint import (  # noqa: F401 - re-exported: read's old face
+    ROW_FIELDS,
+    SAMPLER_VERSION,
+    TEMPLATE_COLUMNS,
+    FingerprintTemplate,
+    chunk_fingerprints,
+    content_hash,
+    fingerprint_payload,
+    fingerprint_text,
+    item_fingerprint,
+    plain_t2v_template,
+    resolved_conditioning,
+)
+from pusa_batch.manifest.schema import COLUMNS, manifest_folder, rules_from_spec
 
-log = logging.getLogger(__name__)
-
-SAMPLER_VERSION = "1"
 MAX_PROBLEMS_KEPT = 1000
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 FORMATS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -48,7 +52,8 @@ COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
 
 class ManifestWarning(UserWarning):
-    """Something in the manifest is ignored (for example an unknown column)."""
+    """Something in the manifest is ignored (kept for callers that filter it; nothing in a
+    manifest is ignored silently any more: the user's own columns are carried as `extra`)."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -128,7 +133,12 @@ def _parquet_chunks(f: Any, chunk_rows: int) -> Iterator[pd.DataFrame]:
     empty = True
     for batch in parquet.iter_batches(batch_size=chunk_rows):
         empty = False
-        yield batch.to_pandas()
+        df = batch.to_pandas()
+        for name in _user_columns(batch.schema.names):  # pandas reads ints with nulls as floats
+            column = batch.column(name)
+            if pa.types.is_integer(column.type) and column.null_count:
+                df[name] = pd.Series(column.to_pylist(), index=df.index, dtype=object)
+        yield df
     if empty:
         yield parquet.schema_arrow.empty_table().to_pandas()
 
@@ -157,10 +167,22 @@ def _jsonl_chunks(f: Any, chunk_rows: int, path: str) -> Iterator[pd.DataFrame]:
         columns.update(dict.fromkeys(record))
         records.append(record)
         if len(records) == chunk_rows:
-            yield pd.DataFrame.from_records(records, columns=list(columns))
+            yield _jsonl_frame(records, list(columns))
             records = []
     if records or not columns:
-        yield pd.DataFrame.from_records(records, columns=list(columns))
+        yield _jsonl_frame(records, list(columns))
+
+
+def _jsonl_frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(records, columns=columns)
+    for name in _user_columns(columns):  # pandas makes [1, missing] floats: keep JSON's types
+        if df[name].dtype.kind == "f" and df[name].isna().any():
+            df[name] = pd.Series([r.get(name) for r in records], index=df.index, dtype=object)
+    return df
+
+
+def _user_columns(names: Iterable[str]) -> list[str]:
+    return [name for name in names if str(name).strip() not in COLUMNS]
 
 
 # --------------------------------------------------------------------------- validation
@@ -173,11 +195,20 @@ class ValidationReport:
     task_counts: dict[str, int]
     problem_count: int = 0  # all problems found, kept or not
     bad_rows: int = 0
-    unknown_columns: list[str] = field(default_factory=list)
+    extra_columns: list[str] = field(default_factory=list)  # the user's own, carried as `extra`
 
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
+
+    @property
+    def unknown_columns(self) -> list[str]:
+        """The name before 0.3 (they were ignored then)."""
+        return self.extra_columns
+
+    def extra_note(self) -> str | None:
+        """ "carried as extra metadata: ...", or None without extra columns."""
+        return extra_note(self.extra_columns) if self.extra_columns else None
 
     def summary(self, path: str, shown: int = 20) -> str:
         lines = [f"{path}: {self.problem_count} problem(s) in {self.bad_rows} of {self.rows} rows."]
@@ -193,45 +224,23 @@ class ValidationReport:
             raise ManifestError(self.summary(path), self.problems)
 
 
-def _check_header(columns: list[str]) -> tuple[list[RowProblem], list[str]]:
-    problems = [
-        RowProblem(0, None, name, f"the manifest has no '{name}' column; add it.")
-        for name in REQUIRED_COLUMNS
-        if name not in columns
-    ]
-    unknown = []
-    for name in (c for c in columns if c not in COLUMNS):
-        problem = _near_miss(str(name))
-        if problem is None:
-            unknown.append(name)
-        else:
-            problems.append(RowProblem(0, None, str(name), problem))
-    return problems, unknown
+@dataclass
+class _Columns:
+    """The columns seen so far while streaming a manifest, and the user's own among them."""
 
+    strict: bool
+    seen: set[str] = field(default_factory=set)
+    extra: list[str] = field(default_factory=list)
 
-_MANGLED = re.compile(r"^(?P<name>.+)\.(?P<n>\d+)$")  # how pandas renames a repeated header
-
-
-def _near_miss(name: str) -> str | None:
-    """The problem with a column that is not ours but looks like one of ours, else None."""
-    mangled = _MANGLED.match(name)
-    if mangled and mangled["name"] in COLUMNS:
-        return f"the column '{mangled['name']}' appears more than once; keep one."
-    close = difflib.get_close_matches(name.strip().lower(), list(COLUMNS), n=1, cutoff=0.75)
-    if close:
-        return (
-            f"unknown column '{name}': did you mean '{close[0]}'? Rename it; as it is, its "
-            "values would be ignored and the default used."
-        )
-    return None
-
-
-def _unknown_columns_message(unknown: list[str]) -> str:
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, list(COLUMNS), n=1)
-        parts.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-    return f"ignoring unknown column(s) {', '.join(parts)}; known columns: {', '.join(COLUMNS)}."
+    def check(self, columns: list[str]) -> list[RowProblem]:
+        """Problems of the columns not seen before (the required ones on the first chunk)."""
+        new = [c for c in columns if c not in self.seen]
+        if not new:
+            return []
+        header = check_header(columns, strict=self.strict, required=not self.seen, only=new)
+        self.seen.update(new)
+        self.extra += header.extra
+        return list(header.problems)
 
 
 def _checked_chunks(
@@ -241,7 +250,9 @@ def _checked_chunks(
     check_files: bool,
     chunk_rows: int,
     storage_options: dict | None,
+    strict_columns: bool = False,
 ) -> Iterator[tuple[CheckedChunk, list[RowProblem], list[str]]]:
+    """(checked chunk, header problems first seen in it, the extra columns so far)."""
     checker = ChunkChecker(
         rules_from_spec(spec),
         manifest_folder(path),
@@ -249,15 +260,13 @@ def _checked_chunks(
         storage_options=storage_options,
     )
     first_row = 1
-    header: tuple[list[RowProblem], list[str]] | None = None
+    columns = _Columns(strict_columns)
     for df in iter_raw_chunks(path, chunk_rows, storage_options=storage_options):
         df.columns = [str(c).strip() for c in df.columns]
-        first = header is None
-        if header is None:
-            header = _check_header(list(df.columns))
-        chunk = checker.check(df, first_row)
+        header_problems = columns.check(list(df.columns))
+        chunk = checker.check(df, first_row, extra=columns.extra)
         first_row += len(df)
-        yield chunk, (header[0] if first else []), header[1]
+        yield chunk, header_problems, columns.extra
 
 
 def validate_manifest(
@@ -267,18 +276,26 @@ def validate_manifest(
     check_files: bool = True,
     chunk_rows: int = 65536,
     storage_options: dict | None = None,
+    strict_columns: bool = False,
 ) -> ValidationReport:
     """Check every row and report every problem (the first MAX_PROBLEMS_KEPT are kept).
 
     `spec` is a pipeline spec (duck-typed); None means Pusa-Wan rules and built-in defaults.
     `check_files` probes every input file's headers (images and videos are never decoded).
+    `strict_columns` makes every column that is not ours a problem (else it is carried as
+    extra metadata, listed in `extra_columns`).
     """
     report = ValidationReport(rows=0, problems=[], task_counts={})
     counts: Counter[str] = Counter()
-    for chunk, header_problems, unknown in _checked_chunks(
-        path, spec, check_files=check_files, chunk_rows=chunk_rows, storage_options=storage_options
+    for chunk, header_problems, extra in _checked_chunks(
+        path,
+        spec,
+        check_files=check_files,
+        chunk_rows=chunk_rows,
+        storage_options=storage_options,
+        strict_columns=strict_columns,
     ):
-        report.unknown_columns = unknown
+        report.extra_columns = list(extra)
         for problem in header_problems + chunk.problems:
             report.problem_count += 1
             if len(report.problems) < MAX_PROBLEMS_KEPT:
@@ -297,14 +314,21 @@ def iter_items(
     check_files: bool = False,
     chunk_rows: int = 65536,
     storage_options: dict | None = None,
+    strict_columns: bool = False,
 ) -> Iterator[Item]:
-    """Resolved, frozen `Item`s in manifest order, defaults filled in from `spec`.
+    """Resolved, frozen `Item`s in manifest order, defaults filled in from `spec`; the user's
+    own columns are in each item's `extra`.
 
     Raises `ManifestError` at the first chunk holding a bad row, before yielding any item of that
     chunk. Call `validate_manifest` first to see every problem at once and to probe input files.
     """
     for chunk in iter_checked_chunks(
-        path, spec, check_files=check_files, chunk_rows=chunk_rows, storage_options=storage_options
+        path,
+        spec,
+        check_files=check_files,
+        chunk_rows=chunk_rows,
+        storage_options=storage_options,
+        strict_columns=strict_columns,
     ):
         yield from chunk.items()
 
@@ -316,11 +340,17 @@ def iter_checked_chunks(
     check_files: bool = False,
     chunk_rows: int = 65536,
     storage_options: dict | None = None,
+    strict_columns: bool = False,
 ) -> Iterator[CheckedChunk]:
     """The manifest's checked chunks of `chunk_rows` rows (columns parsed, ids resolved), in
     order; `ManifestError` at the first chunk holding a bad row, as `iter_items`."""
-    for chunk, header_problems, unknown in _checked_chunks(
-        path, spec, check_files=check_files, chunk_rows=chunk_rows, storage_options=storage_options
+    for chunk, header_problems, _ in _checked_chunks(
+        path,
+        spec,
+        check_files=check_files,
+        chunk_rows=chunk_rows,
+        storage_options=storage_options,
+        strict_columns=strict_columns,
     ):
         if header_problems or chunk.problems:
             report = ValidationReport(
@@ -331,8 +361,6 @@ def iter_checked_chunks(
                 bad_rows=int(chunk.bad.sum()),
             )
             report.raise_for_problems(path)
-        if unknown and chunk.first_row == 1:
-            warnings.warn(f"{path}: {_unknown_columns_message(unknown)}", ManifestWarning, 3)
         yield chunk
 
 
@@ -370,7 +398,7 @@ def iter_chosen_items(
         if offsets is not None and len(offsets):
             df.columns = [str(c).strip() for c in df.columns]
             rows = df.iloc[np.asarray(offsets, dtype=np.int64)].reset_index(drop=True)
-            chunk = checker.check(rows, first_row)
+            chunk = checker.check(rows, first_row, extra=check_header(df.columns).extra)
             if chunk.problems:
                 problem = chunk.problems[0]
                 where = first_row + int(offsets[problem.row - first_row])
@@ -383,294 +411,3 @@ def iter_chosen_items(
         first_row += len(df)
         if index >= last:
             return
-
-
-# --------------------------------------------------------------------------- fingerprint
-
-_HASH_CACHE: dict[tuple, str] = {}
-
-
-def content_hash(url: str, *, storage_options: dict | None = None) -> str:
-    """sha256 of the file's bytes, streamed; cached per (url, size, mtime or etag) in-process."""
-    fs, fs_path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    try:
-        info = fs.info(fs_path)
-    except FileNotFoundError as e:
-        raise InputMediaError(f"{url}: input file not found.") from e
-    stamp = next(
-        (info[k] for k in ("mtime", "LastModified", "last_modified", "ETag", "etag") if k in info),
-        None,
-    )
-    key = (url, info.get("size"), str(stamp))
-    if stamp is not None and key in _HASH_CACHE:
-        return _HASH_CACHE[key]
-    digest = hashlib.sha256()
-    with fs.open(fs_path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    value = digest.hexdigest()
-    if stamp is not None:
-        _HASH_CACHE[key] = value
-    return value
-
-
-def resolved_conditioning(item: Item, temporal_factor: int) -> list | None:
-    """Per conditioned latent: index, multiplier, output pixel frames, source (None for t2v).
-
-    The input videos' frame counts are not needed: their content hashes already cover them.
-    """
-    if item.task == "t2v" and not item.images and not item.video and not item.video_b:
-        return None
-    plan = task_rules.plan_conditioning(
-        item.task,
-        num_frames=item.num_frames,
-        temporal_factor=temporal_factor,
-        cond_frames=item.cond_frames,
-        noise_multipliers=item.noise_multipliers,
-        n_images=len(item.images),
-        video_frames=UNPROBED_VIDEO_FRAMES if item.video else None,
-        video_b_frames=UNPROBED_VIDEO_FRAMES if item.video_b else None,
-    )
-    return [
-        [s.latent_index, s.multiplier, list(s.pixel_frames), s.source, s.image_index]
-        for s in plan.slots
-    ]
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: _jsonable(getattr(value, k)) for k in value.__dataclass_fields__}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def fingerprint_payload(
-    pipeline_identity: Any,
-    *,
-    task: Any,
-    prompt: Any,
-    negative_prompt: Any,
-    images: list,
-    video: Any,
-    video_b: Any,
-    conditioning: Any,
-    num_frames: Any,
-    height: Any,
-    width: Any,
-    fps: Any,
-    seed: Any,
-    steps: Any,
-    guidance_scale: Any,
-    shift: Any,
-) -> dict:
-    """Everything that changes the output video (never the row number or the id)."""
-    return {
-        "sampler_version": SAMPLER_VERSION,
-        "pipeline": _jsonable(pipeline_identity),
-        "task": task,
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "images": images,
-        "video": video,
-        "video_b": video_b,
-        "conditioning": conditioning,
-        "size": [num_frames, height, width],
-        "fps": fps,
-        "seed": seed,
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "shift": shift,
-    }
-
-
-def fingerprint_text(payload: dict) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def item_fingerprint(
-    item: Item,
-    pipeline_identity: Any,
-    *,
-    hash_file: Callable[[str], str] = content_hash,
-    temporal_factor: int = 4,
-) -> str:
-    """sha256 over everything that changes the output video (never the row number or the id)."""
-    payload = fingerprint_payload(
-        pipeline_identity,
-        task=item.task,
-        prompt=item.prompt,
-        negative_prompt=item.negative_prompt,
-        images=[hash_file(p) for p in item.images],
-        video=hash_file(item.video) if item.video else None,
-        video_b=hash_file(item.video_b) if item.video_b else None,
-        conditioning=resolved_conditioning(item, temporal_factor),
-        num_frames=item.num_frames,
-        height=item.height,
-        width=item.width,
-        fps=item.fps,
-        seed=item.seed,
-        steps=item.steps,
-        guidance_scale=float(item.guidance_scale),
-        shift=float(item.shift),
-    )
-    if item.fit not in (None, "cover"):  # "cover", the framing before `fit`, hashes as before
-        payload["fit"] = item.fit
-    return hashlib.sha256(fingerprint_text(payload).encode("utf-8")).hexdigest()
-
-
-# Columns of a plain t2v row that its fingerprint reads, and how each is written in the JSON.
-ROW_FIELDS = {
-    name: COLUMNS[name]
-    for name in (
-        "prompt negative_prompt num_frames height width fps seed steps guidance_scale shift"
-    ).split()
-}
-_HOLE = "@@pusa-batch-fingerprint:{}@@"
-_HOLES = re.compile('"' + re.escape(_HOLE).replace(r"\{\}", r"(\w+)") + '"')
-_PLAIN_JSON_TEXT = r"^[ !#-\[\]-~]*$"  # printable ASCII but " and \: json.dumps leaves it as is
-
-
-@dataclass(frozen=True)
-class FingerprintTemplate:
-    """The fingerprint JSON of a plain t2v row, cut around its row fields: texts[0], then
-    fields[0]'s JSON, then texts[1], and so on."""
-
-    texts: tuple[str, ...]
-    fields: tuple[str, ...]
-
-
-def plain_t2v_template(pipeline_identity: Any) -> FingerprintTemplate | None:
-    """The template, or None if the identity itself holds a placeholder (then rows go one by
-    one)."""
-    holes = {name: _HOLE.format(name) for name in ROW_FIELDS}
-    payload = fingerprint_payload(
-        pipeline_identity,
-        task="t2v",
-        images=[],
-        video=None,
-        video_b=None,
-        conditioning=None,
-        **holes,
-    )
-    pieces = _HOLES.split(fingerprint_text(payload))
-    texts, fields = tuple(pieces[0::2]), tuple(pieces[1::2])
-    return FingerprintTemplate(texts, fields) if sorted(fields) == sorted(ROW_FIELDS) else None
-
-
-def chunk_fingerprints(
-    chunk: CheckedChunk,
-    rows: np.ndarray,
-    pipeline_identity: Any,
-    *,
-    temporal_factor: int,
-    template: FingerprintTemplate | None = None,
-    hash_file: Callable[[str], str] = content_hash,
-) -> list[str]:
-    """`item_fingerprint` of the chunk's `rows` (offsets), in order: plain t2v rows column-wise
-    (see the module's decisions), the others one item at a time."""
-    rows = np.asarray(rows, dtype=np.int64)
-    out: list[str | None] = [None] * len(rows)
-    plain = _plain_t2v_rows(chunk, rows) if template is not None else np.zeros(len(rows), bool)
-    if plain.any():
-        picked = rows[plain]
-        texts = _fingerprint_texts(chunk, picked, template)
-        digests = _sha256_each(texts)
-        spot = item_fingerprint(
-            chunk._item(int(picked[0])), pipeline_identity, temporal_factor=temporal_factor
-        )
-        if digests[0] == spot:
-            for position, digest in zip(np.flatnonzero(plain), digests, strict=True):
-                out[position] = digest
-        else:  # a rule of item_fingerprint that the template does not follow: never guess
-            log.warning("column-wise fingerprints differ from item_fingerprint; using the latter")
-            plain[:] = False
-    for position in np.flatnonzero(~plain):
-        item = chunk._item(int(rows[position]))
-        out[position] = item_fingerprint(
-            item, pipeline_identity, hash_file=hash_file, temporal_factor=temporal_factor
-        )
-    return out  # type: ignore[return-value]
-
-
-# Columns the template accounts for: a chunk with any other (a column added later that the
-# fingerprint may read) is fingerprinted one item at a time.
-TEMPLATE_COLUMNS = frozenset(
-    {"id", ID_TEXTS, "task", "image", "images", "video", "video_b", "cond_frames"}
-    | {"noise_multipliers", *ROW_FIELDS}
-)
-
-
-def _plain_t2v_rows(chunk: CheckedChunk, rows: np.ndarray) -> np.ndarray:
-    """Rows whose fingerprint reads no input file and no conditioning: t2v, no media."""
-    if not TEMPLATE_COLUMNS.issuperset(chunk.cols):
-        return np.zeros(len(rows), dtype=bool)
-    plain = np.asarray(chunk.cols["task"][rows] == "t2v", dtype=bool)
-    if any(name in chunk.cols for name in ("image", "images")):
-        plain &= np.fromiter((not chunk.images[i] for i in rows), bool, len(rows))
-    for name in ("video", "video_b"):
-        if name in chunk.cols:
-            plain &= np.fromiter((chunk.paths[name][i] is None for i in rows), bool, len(rows))
-    return plain
-
-
-def _fingerprint_texts(
-    chunk: CheckedChunk, rows: np.ndarray, template: FingerprintTemplate
-) -> pa.Array:
-    parts: list[Any] = [template.texts[0]]
-    for name, text in zip(template.fields, template.texts[1:], strict=True):
-        parts += [_field_json(chunk, rows, name), text]
-    return pc.binary_join_element_wise(*parts, "")
-
-
-def _field_json(chunk: CheckedChunk, rows: np.ndarray, name: str) -> pa.Array | str:
-    """The field's JSON text for each row (or one text for all, when the column is absent)."""
-    default = chunk.rules.defaults.get(name)  # the prompt has none: it is required
-    kind = ROW_FIELDS[name]
-    column = chunk.cols.get(name)
-    if kind == "text":
-        if column is None:
-            return json.dumps(str(default))
-        cells = column[rows]
-        cells = np.where(np.equal(cells, None), str(default), cells)
-        return _json_strings(cells)
-    if column is None:
-        return json.dumps(int(default) if kind == "int" else float(default))
-    cells = column[rows]
-    values = np.where(np.isnan(cells), float(default), cells)
-    if kind == "int":
-        return pa.array(values.astype(np.int64)).cast(pa.string())
-    return _float_texts(values)
-
-
-def _json_strings(cells: np.ndarray) -> pa.Array:
-    """json.dumps of each text: plain ones quoted column-wise, the rest one by one."""
-    texts = pa.array(cells, pa.string())
-    quoted = pc.binary_join_element_wise('"', texts, '"', "")
-    plain = pc.match_substring_regex(texts, _PLAIN_JSON_TEXT)
-    if pc.all(plain).as_py():
-        return quoted
-    escaped = [json.dumps(str(t)) for t, p in zip(cells, plain.to_pylist()) if not p]
-    return pc.replace_with_mask(quoted, pc.invert(plain), pa.array(escaped, pa.string()))
-
-
-def _float_texts(values: np.ndarray) -> pa.Array:
-    """json.dumps of each float (its repr), computed once per distinct value."""
-    bits, inverse = np.unique(values.view(np.uint64), return_inverse=True)
-    texts = pa.array([repr(float(v)) for v in bits.view(np.float64)], pa.string())
-    return texts.take(pa.array(inverse.reshape(-1)))
-
-
-def _sha256_each(texts: pa.Array) -> list[str]:
-    """sha256 hex of each text, read from the array's one data buffer."""
-    _, offsets_buffer, data_buffer = texts.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
-        texts.offset : texts.offset + len(texts) + 1
-    ]
-    data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
-    bounds = offsets.tolist()
-    return [hashlib.sha256(data[a:b]).hexdigest() for a, b in zip(bounds[:-1], bounds[1:])]

@@ -17,6 +17,7 @@ the metadata and the videos it names); ``push_to_hub(plan)`` is the only call th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import shlex
@@ -42,6 +43,7 @@ from pusa_batch.outputs.common import (
 )
 from pusa_batch.store.index import video_path
 from pusa_batch.store.io import redact_text
+from pusa_batch.store.parts import EXTRA, extra_column
 from pusa_batch.store.store import Store
 
 HF_METADATA = "metadata.parquet"
@@ -133,11 +135,18 @@ class CardFacts:
     command: str | None  # the run command, as run.json records the last run
     exported_with: str  # pusa-batch's version at export
     licenses: tuple[WeightsLicense, ...]
+    schema: pa.Schema = HF_SCHEMA  # the metadata's columns (with `extra` when items carry it)
 
 
 def hf_table(markers: list[dict]) -> pa.Table:
+    """`HF_SCHEMA`'s columns, plus `extra` (a struct of the user's own manifest columns) when
+    any item carries some."""
     rows = [{"file_name": video_path(m["id"]), **item_record(m)} for m in markers]
-    return pa.Table.from_pylist(rows, schema=HF_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=HF_SCHEMA)
+    extra = [item_fields(m).get("extra") for m in markers]
+    if any(extra):
+        table = table.append_column(EXTRA, extra_column(extra))
+    return table
 
 
 def export_hf(
@@ -157,8 +166,10 @@ def export_hf(
     """
     markers, skipped = done_markers(store)
     data = io.BytesIO()
-    pq.write_table(hf_table(markers), data, compression="zstd")
+    table = hf_table(markers)
+    pq.write_table(table, data, compression="zstd")
     facts = card_facts(markers, skipped, run_command(store.read_run_info(), store.url))
+    facts = dataclasses.replace(facts, schema=table.schema)
     linked = 0
     if dest is None:
         where = store.url
@@ -270,7 +281,10 @@ def _feature_type(kind: pa.DataType) -> dict:
     if pa.types.is_list(kind):
         inner = _feature_type(kind.value_type)
         return {"list": inner.get("dtype", inner)}
+    if pa.types.is_struct(kind):  # the Hub's form of a dict column: one feature per field
+        return {"struct": [{"name": f.name, **_feature_type(f.type)} for f in kind]}
     names = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64"}
+    names |= {pa.bool_(): "bool", pa.null(): "null"}
     if kind not in names:
         raise ExportError(f"no Hugging Face feature type for the metadata column type {kind}")
     return {"dtype": names[kind]}
@@ -293,7 +307,7 @@ def card_metadata(facts: CardFacts) -> dict:
                 "data_files": [{"split": "train", "path": [HF_METADATA, VIDEO_GLOB]}],
             }
         ],
-        "dataset_info": {"features": hf_features()},
+        "dataset_info": {"features": hf_features(facts.schema)},
     }
 
 

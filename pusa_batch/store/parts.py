@@ -47,6 +47,7 @@ ROW_GROUP_ROWS = 16_384  # a row group of real markers is ~40 MB decoded
 MERGE_BATCH_ROWS = 16_384
 FLAT_PREFIX = "flat:"
 NESTED_JSON = "nested_json"
+EXTRA = "extra"  # the final index's struct of the user's own manifest columns
 STATE_COLUMNS = ["id", "fingerprint", "video_bytes", "marker_bytes"]
 # Plain encoding: ids, hashes, prompts and markers hardly repeat, and trying a dictionary for
 # each costs more than the whole compression.
@@ -153,9 +154,25 @@ def flat_columns(markers: list[dict]) -> dict[str, pa.Array]:
         nested_keys.update(k for k, v in item.items() if isinstance(v, (dict, list)))
     names = sorted(scalar_keys - nested_keys - set(FLAT_FIRST) - {"commit_token"})
     columns = {k: _column_array([_scalar(r.get(k)) for r in rows]) for k in names}
+    extra = [(m.get("item") or {}).get("extra") for m in markers]
+    if any(extra):  # the user's own manifest columns, one struct field each
+        columns[EXTRA] = extra_column(extra)
     nested = [{k: v for k, v in r.items() if isinstance(v, (dict, list))} for r in rows]
     columns[NESTED_JSON] = pa.array([json.dumps(n, sort_keys=True) for n in nested], pa.string())
     return columns
+
+
+def extra_column(values: list[dict | None]) -> pa.StructArray:
+    """One struct per item (null for none) with a field per extra column, in name order; a
+    field whose values differ in type across items is text."""
+    names = sorted({name for value in values if isinstance(value, dict) for name in value})
+    present = [isinstance(v, dict) and bool(v) for v in values]
+    fields = [
+        _column_array([v.get(name) if isinstance(v, dict) else None for v in values])
+        for name in names
+    ]
+    mask = pa.array([not p for p in present], pa.bool_())
+    return pa.StructArray.from_arrays(fields, names=names, mask=mask)
 
 
 def _with_item_columns(marker: dict) -> dict:
@@ -179,7 +196,13 @@ def _column_array(values: list) -> pa.Array:
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+        return pa.array([_as_text(v) for v in values], pa.string())
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 # --------------------------------------------------------------------------- reading
@@ -330,11 +353,27 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _cast(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    if pa.types.is_struct(kind) and pa.types.is_struct(column.type):
+        return pa.chunked_array([_cast_struct(c, kind) for c in column.chunks], kind)
     try:
         return column.cast(kind)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         values = [None if v is None else json.dumps(v) for v in column.to_pylist()]
         return pa.chunked_array([pa.array(values, kind)], kind)
+
+
+def _cast_struct(array: pa.StructArray, kind: pa.StructType) -> pa.StructArray:
+    """The struct with the fields of `kind`, by name: a missing one null, others cast."""
+    have = {array.type.field(i).name for i in range(array.type.num_fields)}
+    children = []
+    for child in kind:
+        if child.name in have:
+            values = pa.chunked_array([array.field(child.name)])
+            children.append(_cast(values, child.type).combine_chunks())
+        else:
+            children.append(pa.nulls(len(array), child.type))
+    mask = array.is_null()
+    return pa.StructArray.from_arrays(children, fields=list(kind), mask=mask)
 
 
 def unified_schema(schemas: Iterable[pa.Schema], order: Sequence[str] = ()) -> pa.Schema:
@@ -354,6 +393,12 @@ def _common_type(kinds: list[pa.DataType]) -> pa.DataType:
         return pa.string()
     if len(known) == 1:
         return known.pop()
+    if all(pa.types.is_struct(k) for k in known):  # extra columns of other manifests: all
+        fields: dict[str, list[pa.DataType]] = {}
+        for kind in known:
+            for child in kind:
+                fields.setdefault(child.name, []).append(child.type)
+        return pa.struct([(n, _common_type(fields[n])) for n in sorted(fields)])
     if all(pa.types.is_integer(k) or pa.types.is_floating(k) for k in known):
         return pa.float64()
     return pa.string()
