@@ -141,6 +141,11 @@ def test_a_device_memory_cap_is_read_from_the_pipeline_file(tmp_path):
     assert load_pipeline_spec(TINY).device.memory_bytes is None
 
 
+def test_a_cap_leaves_the_pipeline_identity_alone(tmp_path, spec):
+    capped = load_pipeline_spec(capped_spec(tmp_path, "memory_gib = 20"))
+    assert capped.identity() == spec.identity()  # items done before the cap stay done
+
+
 @pytest.mark.parametrize(
     ("table", "named"),
     [
