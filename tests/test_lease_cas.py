@@ -186,6 +186,39 @@ def test_racing_threads_take_over_one_stale_record_with_exactly_one_winner(new_r
         assert holder_token(url, options) == winners[0].token
 
 
+class IgnoresConditions:
+    """An S3-compatible store that drops If-Match: every PutObject lands."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name != "call_s3":
+            return attr
+        return lambda *args, **kwargs: attr(
+            *args, **{k: v for k, v in kwargs.items() if k != "IfMatch"}
+        )
+
+
+def test_where_a_store_ignores_if_match_the_takers_loser_learns_at_its_first_heartbeat(s3):
+    url, options = f"s3://{BUCKET}/{uuid.uuid4().hex[:10]}", s3.storage_options
+    leave_stale_record(url, options)
+    inner, _ = fsspec.core.url_to_fs(url, **options)
+    wrapped = Interleave(IgnoresConditions(inner))
+    ours = Store(url, options, filesystem=wrapped)
+    rival = Store(url, options, filesystem=IgnoresConditions(inner))
+    theirs: list[Lease | LeaseError] = []
+    wrapped.arm(3, lambda: theirs.append(outcome(lambda: rival.acquire_lease({"r": 2}))))
+    mine = ours.acquire_lease({"r": 1})  # create, GET, then (call 3) our PutObject: both land
+    [their_lease] = theirs
+    assert isinstance(their_lease, Lease)
+    with pytest.raises(LeaseError, match="lost the lease"):
+        their_lease.heartbeat()
+    mine.heartbeat()
+    assert holder_token(url, options) == mine.token
+
+
 def test_a_live_takeover_claim_on_local_disk_makes_the_second_taker_lose(tmp_path):
     url = str(tmp_path / "out")
     leave_stale_record(url, {})

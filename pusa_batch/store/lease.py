@@ -57,16 +57,11 @@ def describe(record: dict, now: float) -> str:
 
 
 class Lease:
-    """A held lease. Call `heartbeat()` (or `start_heartbeat()`) and `release()` at the end.
+    """A held lease. Call `heartbeat()` (or `start_heartbeat()`) and `release()` at the end."""
 
-    `version` is the version of lease.json as this holder last wrote it: each heartbeat
-    replaces exactly that version, or finds that another run has taken the lease.
-    """
-
-    def __init__(self, root: Root, record: dict, version: str, note: str | None = None):
+    def __init__(self, root: Root, record: dict, note: str | None = None):
         self._root = root
         self.record = record
-        self.version = version
         self.note = note
         self.lost: Exception | None = None
         self._stop = threading.Event()
@@ -77,23 +72,33 @@ class Lease:
         return self.record["token"]
 
     def heartbeat(self) -> None:
-        """Refresh the heartbeat; raise LeaseError if another run has taken the lease."""
+        """Refresh the heartbeat; raise LeaseError if another run has taken the lease.
+
+        The token is checked first (that alone catches a takeover where writes are not
+        conditional, or a store ignores the condition), then the record is replaced only if
+        it is still the version just read, so a takeover in between is never overwritten.
+        """
+        current = read_versioned(self._root, LEASE_FILE)
+        if current is None or _parsed(current.data).get("token") != self.token:
+            raise self._lost(current)
         now = time.time()
         record = {**self.record, "heartbeat_at": _iso(now), "heartbeat_unix": now}
         data = json.dumps(record).encode()
         try:
-            self.version = replace_if(self._root, LEASE_FILE, data, self.version)
+            replace_if(self._root, LEASE_FILE, data, current.version)
         except VersionChanged:
             current = read_versioned(self._root, LEASE_FILE)
-            if current is None or current.data != data:
-                who = describe(_parsed(current.data), now) if current else None
-                raise LeaseError(
-                    f"lost the lease on {self._root.where(LEASE_FILE)}: now held by "
-                    f"{who or 'nobody (lease.json is gone)'}. "
-                    "Stop this run; another run owns the output root."
-                ) from None
-            self.version = current.version  # our write landed; only its answer was lost
+            if current is None or current.data != data:  # else ours landed; its answer was lost
+                raise self._lost(current) from None
         self.record = record
+
+    def _lost(self, current: Versioned | None) -> LeaseError:
+        who = describe(_parsed(current.data), time.time()) if current else None
+        return LeaseError(
+            f"lost the lease on {self._root.where(LEASE_FILE)}: now held by "
+            f"{who or 'nobody (lease.json is gone)'}. "
+            "Stop this run; another run owns the output root."
+        )
 
     def start_heartbeat(self, interval_s: float = 30.0) -> None:
         """Heartbeat from a daemon thread; a failure stops it and is kept in `self.lost`."""
@@ -211,17 +216,17 @@ def _heartbeat_unix(record: dict) -> float:
 def _take_over(root: Root, stale: Versioned, record: dict, data: bytes, note: str) -> Lease:
     """Replace the stale record only if it is still the version we judged (compare-and-swap)."""
     try:
-        version = replace_if(root, LEASE_FILE, data, stale.version)
+        replace_if(root, LEASE_FILE, data, stale.version)
     except VersionChanged:
         current = read_versioned(root, LEASE_FILE)
         if current is not None and current.data == data:  # ours landed; its answer was lost
-            return Lease(root, record, current.version, note)
+            return Lease(root, record, note)
         who = describe(_parsed(current.data), time.time()) if current else "nobody"
         raise LeaseError(
             f"lost a race for {root.where(LEASE_FILE)}: another run took it over first "
             f"(now held by {who}); retry later"
         ) from None
-    return Lease(root, record, version, note)
+    return Lease(root, record, note)
 
 
 def _confirmed(root: Root, record: dict, note: str | None) -> Lease:
@@ -230,4 +235,4 @@ def _confirmed(root: Root, record: dict, note: str | None) -> Lease:
     if held is None or held.get("token") != record["token"]:
         who = describe(held, time.time()) if held else "nobody"
         raise LeaseError(f"lost a race for {root.where(LEASE_FILE)} to {who}; retry later")
-    return Lease(root, record, current.version, note)
+    return Lease(root, record, note)
