@@ -48,7 +48,7 @@ def _iso(ts: float) -> str:
 
 def describe(record: dict, now: float) -> str:
     owner = record.get("owner") or {}
-    age = now - float(record.get("heartbeat_unix", 0))
+    age = now - _heartbeat_unix(record)
     return (
         f"owner {json.dumps(owner, sort_keys=True)}, host {record.get('host')}, "
         f"pid {record.get('pid')}, started {record.get('started_at')}, "
@@ -221,10 +221,10 @@ def _take_over(root: Root, stale: Versioned, record: dict, data: bytes, note: st
         current = read_versioned(root, LEASE_FILE)
         if current is not None and current.data == data:  # ours landed; its answer was lost
             return Lease(root, record, note)
-        who = describe(_parsed(current.data), time.time()) if current else "nobody"
+        who = describe(_parsed(current.data), time.time()) if current else "nobody: released"
         raise LeaseError(
             f"lost a race for {root.where(LEASE_FILE)}: another run took it over first "
-            f"(now held by {who}); retry later"
+            f"(now held by {who}); run the same command again later"
         ) from None
     return Lease(root, record, note)
 
