@@ -5,15 +5,17 @@ Decisions:
 - The estimate is arithmetic on the denoiser's config (`activation_bytes`): nothing is allocated,
   so an item of any size is checked in microseconds, before its noise or conditioning exists.
   `doctor` gives the same figure at the defaults' size.
-- The device is measured once, at the first item, before anything samples (`Pipeline.
+- The device is measured once, at the first item, before anything samples (`MemoryFit.
   device_memory`): later, this worker's own items in flight would be counted as in use, since
-  preparing one item overlaps sampling another.
+  preparing one item overlaps sampling another. Memory other processes take or free later is
+  not seen; `[device] memory_gib` is the way to plan for a shared device.
 - The margin (`FIT_MARGIN` = 2): an item is refused only when what is in use plus half its
-  estimated activations exceeds the device. The estimate counts the FFN phase unchunked; measured
-  on the CPU (`benchmarks/memory_estimate.py`), a forward's peak is 0.67-0.86x the estimate on
-  items of 8k-33k tokens (above it only on tiny items, where fixed costs dominate and nothing is
-  refused), so a refused item needs at least 1.3x the memory there is: it could not have fitted.
-  Items that pass may still run out of memory; that is an ordinary item failure, retried.
+  estimated activations exceeds the device. Measured on the CPU (`benchmarks/memory_estimate.py`,
+  items of 5k-33k tokens), a forward's peak is 0.67-0.86x the estimate for the Wan DiT (the
+  estimate counts its token-chunked FFN whole) and 1.55-1.68x for Mochi's (there the estimate
+  runs low), so a refused item needs at least 1.3x the memory there is: it could not have
+  fitted. Items that pass may still run out of memory (Mochi's sooner than its estimate says);
+  that is an ordinary item failure, retried.
 - An item is checked alone (batch 1): a batch that runs out of memory is retried item by item by
   the worker, so a batch never makes an item that fits alone fail.
 - Not counted: the text tokens, the VAE's encode and decode (`vae_tiling` bounds them), the prompt
