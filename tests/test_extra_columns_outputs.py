@@ -13,6 +13,7 @@ from test_export_support import frames
 from pusa_batch.cli.main import main
 from pusa_batch.manifest.read import iter_items
 from pusa_batch.outputs.hf import export_hf
+from pusa_batch.outputs.webdataset import export_webdataset
 from pusa_batch.store.store import Store
 from pusa_batch.video import encode_mp4
 
@@ -91,6 +92,19 @@ def test_the_hf_card_declares_the_extra_struct_for_datasets(tmp_path):
     card = huggingface_hub.DatasetCard.load(tmp_path / "hf" / "README.md")
     infos = datasets.info.DatasetInfosDict.from_dataset_card_data(card.data)
     assert infos["default"].features["extra"] == {"category": datasets.Value("string")}
+
+
+def test_webdataset_samples_carry_the_extra_in_their_json(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    store = Store(str(tmp_path / "out"))
+    commit_rows(store, tmp_path, "old.csv", "id,task,prompt", ["a,t2v,x"])
+    commit_rows(store, tmp_path, "new.csv", "id,task,prompt,category", ["b,t2v,y,animals"])
+    summary = export_webdataset(store, tmp_path / "wds")
+    urls = [str(tmp_path / "wds" / name) for name in summary.files]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    records = {s["__key__"]: json.loads(s["json"]) for s in samples}
+    assert records["b"]["extra"] == {"category": "animals"}
+    assert "extra" not in records["a"]
 
 
 # ------------------------------------------------------------------------ the CLI

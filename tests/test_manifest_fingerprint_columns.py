@@ -36,7 +36,7 @@ PROMPTS = [
 @pytest.fixture(autouse=True)
 def column_wise_path_taken(caplog):
     """Every test here fails if the column-wise texts ever differed and fell back to items."""
-    caplog.set_level(logging.WARNING, logger="pusa_batch.manifest.read")
+    caplog.set_level(logging.WARNING, logger="pusa_batch.manifest.fingerprint")
     yield
     assert [r.getMessage() for r in caplog.records] == []
 
@@ -153,7 +153,7 @@ def test_a_column_the_template_does_not_know_sends_the_chunk_one_item_at_a_time(
     tmp_path, monkeypatch
 ):
     monkeypatch.setattr(
-        "pusa_batch.manifest.read.TEMPLATE_COLUMNS",
+        "pusa_batch.manifest.fingerprint.TEMPLATE_COLUMNS",
         frozenset({"id", "id (as text)", "task", "prompt"}),
     )
     rows = [{"id": f"p{n}", "task": "t2v", "prompt": p, "seed": n} for n, p in enumerate(PROMPTS)]

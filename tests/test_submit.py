@@ -102,6 +102,7 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
         "lease_wait": False,
         "trust_index": True,
         "storage_timeout_s": 90.0,
+        "strict_columns": True,
     }
     auto = {"max_workers": 6}  # caps --workers auto, so not with workers=3
     assert set(settings) | set(auto) == set(RUN_FLAGS)
@@ -112,7 +113,7 @@ def test_every_run_setting_that_differs_from_the_default_reaches_the_entrypoint(
         "--resources", '{"accelerator_type:H100": 0.001}', "--node-label", "pool=gpu",
         "--node-label", "zone=!us-east-1a", "--max-retries", "5", "--retry-failed",
         "--regenerate-changed", "--longest-first", "--batch-size", "4", "--lease-stale-s", "30.0",
-        "--no-wait", "--trust-index", "--storage-timeout", "90.0",
+        "--no-wait", "--trust-index", "--storage-timeout", "90.0", "--strict-columns",
     ]  # fmt: skip
 
 

@@ -47,6 +47,13 @@ from pusa_batch.cli.app import (
 
 # ---------------------------------------------------------------- checking inputs
 
+
+def extra_note(names) -> str:
+    from pusa_batch.manifest.columns import extra_note as note
+
+    return safe_text(note(names))
+
+
 StrictColumnsOpt = typer.Option(
     False,
     "--strict-columns",
@@ -184,6 +191,7 @@ RUN_SETTINGS = (
     "lease_stale_s",
     "trust_index",
     "storage_timeout_s",
+    "strict_columns",
 )
 
 
@@ -215,6 +223,8 @@ def print_summary(summary, level: int = 0) -> None:
     )
     if level < 0:
         return
+    if summary.extra_columns:
+        out.print(extra_note(summary.extra_columns), markup=False, highlight=False)
     if summary.total and summary.generated == 0 and not summary.failed:
         if summary.failed_before:
             out.print(
@@ -263,6 +273,7 @@ def run(
     no_wait: bool = NoWaitOpt,
     trust_index: bool = TrustIndexOpt,
     storage_timeout_s: float = StorageTimeoutOpt,
+    strict_columns: bool = StrictColumnsOpt,
     progress: bool = typer.Option(True, help="Show the live progress view."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan (done/pending/changed/failed) and stop: no Ray."
@@ -417,6 +428,7 @@ def submit(
     no_wait: bool = NoWaitOpt,
     trust_index: bool = TrustIndexOpt,
     storage_timeout_s: float = StorageTimeoutOpt,
+    strict_columns: bool = StrictColumnsOpt,
 ) -> int:
     """Send the same run to a Ray cluster as a Ray Job: every `run` option goes with it."""
     from pusa_batch.engine.submit import JobRequest, submit_job

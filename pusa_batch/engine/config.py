@@ -41,6 +41,7 @@ class RunConfig:
     compact_every_s: float = 300.0
     lease_stale_s: float = 120.0
     trust_index: bool = False  # skip checking done items' files against the index
+    strict_columns: bool = False  # refuse manifest columns that are not ours (else `extra`)
     lease_wait: bool = True  # wait for a holder that missed heartbeats (False: refuse at once)
     storage_timeout_s: float = 30.0  # how long the driver retries an unreachable output root
     status_every_s: float = 1.0
@@ -90,6 +91,7 @@ class RunSummary:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     active_s: float = 0.0  # wall time from the last worker loaded to the last result
     damaged: int = 0  # recorded done, found missing or truncated, and generated again
+    extra_columns: tuple[str, ...] = ()  # the manifest's own columns, carried as `extra`
 
     @property
     def exit_code(self) -> int:

@@ -24,6 +24,7 @@ class RunPreview:
     manifest: str
     plan: PlanCounts
     would_stop: bool  # changed items without --regenerate-changed stop the real run
+    extra_note: str | None = None  # "carried as extra metadata: ..." (the manifest's own columns)
 
     def to_dict(self) -> dict:
         plan = dataclasses.asdict(self.plan)
@@ -40,7 +41,8 @@ class RunPreview:
 def preview_run(config: RunConfig, first_ids: int = FIRST_IDS) -> RunPreview:
     """Validate the manifest and plan it against the root, as `run` would, changing nothing."""
     spec = load_pipeline_spec(config.pipeline)
-    validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
+    report = validate_manifest(config.manifest, spec, strict_columns=config.strict_columns)
+    report.raise_for_problems(config.manifest)
     store = Store(config.output, dict(config.storage_options))
     state = store.state(verify=not config.trust_index)
     rules = Rules(config.retry_failed, config.regenerate_changed)
@@ -50,6 +52,7 @@ def preview_run(config: RunConfig, first_ids: int = FIRST_IDS) -> RunPreview:
         manifest=config.manifest,
         plan=plan,
         would_stop=bool(plan.changed and not config.regenerate_changed),
+        extra_note=report.extra_note(),
     )
 
 
@@ -68,6 +71,8 @@ def format_preview(preview: RunPreview) -> str:
         )
     if plan.failed_before:
         lines.append(f"  {plan.failed_before} failed item(s) skipped; --retry-failed runs them")
+    if preview.extra_note:
+        lines.append(f"  {preview.extra_note}")
     if plan.todo:
         more = (
             f" ... and {plan.todo - len(plan.todo_ids)} more"

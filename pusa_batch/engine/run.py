@@ -64,7 +64,9 @@ def run(
     emit(Phase("validating the manifest"))
     address = ray_address(config.address, os.environ)
     spec = run_spec(config.pipeline, dict(config.weights_storage_options))
-    validate_manifest(config.manifest, spec).raise_for_problems(config.manifest)
+    report = validate_manifest(config.manifest, spec, strict_columns=config.strict_columns)
+    report.raise_for_problems(config.manifest)
+    extra = tuple(report.extra_columns)
     retry = RetryPolicy(deadline_s=config.storage_timeout_s)
     store = Store(config.output, dict(config.storage_options), retry=retry)
     if "memory" in store.root.protocols and make_runner is None:
@@ -75,12 +77,12 @@ def run(
         )
     stop_watching = add_retry_listener(_outage_notices(emit, config.storage_timeout_s))
     try:
-        return _run_on(config, spec, store, address, emit, make_runner, started)
+        return _run_on(config, spec, store, address, emit, make_runner, started, extra)
     finally:
         stop_watching()
 
 
-def _run_on(config, spec, store, address, emit, make_runner, started) -> RunSummary:
+def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> RunSummary:
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"}
     lease = store.acquire_lease(
         owner,
@@ -141,6 +143,7 @@ def _run_on(config, spec, store, address, emit, make_runner, started) -> RunSumm
             workers=driver.worker_stats(),
             active_s=driver.active_s(),
             damaged=plan.damaged,
+            extra_columns=extra,
         )
         driver.write_status(state="finished", summary=summary)
     finally:

@@ -84,6 +84,7 @@ RUN_FLAGS: dict[str, str] = {
     "lease_wait": "--no-wait",
     "trust_index": "--trust-index",
     "storage_timeout_s": "--storage-timeout",
+    "strict_columns": "--strict-columns",
 }
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 GCS_PORT = 6379

@@ -20,8 +20,9 @@ from pusa_batch.outputs.common import input_images, redact_text
 
 GROUPINGS = ("auto", "prompt", "base", "none")
 # Columns a sweep can vary (the manifest's columns; `image` is the one-image spelling).
+_NOT_SWEPT_FIELDS = {"id", "row", "extra"}
 SWEEP_COLUMNS = tuple(
-    sorted({f.name for f in fields(Item)} - {"id", "row"} | {"image"}, key=len, reverse=True)
+    sorted({f.name for f in fields(Item)} - _NOT_SWEPT_FIELDS | {"image"}, key=len, reverse=True)
 )
 NO_PROMPT = "(no prompt recorded)"
 NOT_SWEPT = "(not swept)"

@@ -18,6 +18,7 @@ from pusa_batch.outputs.common import (
     Destination,
     ExportSummary,
     done_markers,
+    item_fields,
     item_record,
     open_destination,
     ordered_map,
@@ -109,7 +110,11 @@ def _sample(marker: dict) -> _Sample:
         mtime = datetime.fromisoformat(marker["committed_at"]).timestamp()
     except (KeyError, TypeError, ValueError):
         mtime = 0.0
-    record = json.dumps(item_record(marker), ensure_ascii=False, sort_keys=True).encode()
+    fields = item_record(marker)
+    extra = item_fields(marker).get("extra")
+    if extra:  # the user's own manifest columns, as the item carries them
+        fields["extra"] = extra
+    record = json.dumps(fields, ensure_ascii=False, sort_keys=True).encode()
     return _Sample(marker, wds_key(marker["id"]), record, mtime)
 
 
