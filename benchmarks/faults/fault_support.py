@@ -124,3 +124,14 @@ def first_traceback(text: str) -> str | None:
     frames = [line.strip() for line in lines[start + 1 :] if line.strip().startswith("File ")]
     end = next((line for line in lines[start + 1 :] if line and not line.startswith(" ")), "")
     return f"{frames[-1] if frames else '?'} -> {end}"[:400]
+
+
+def retried(one_round: Callable[[], dict], label: str, tries: int = 3) -> dict:
+    """`one_round()` again (at most `tries` times) while it reports `setup_failed`: on a busy
+    machine Ray may not start within its own 30 s, and that round never saw the fault."""
+    for attempt in range(tries):
+        result = one_round()
+        if "setup_failed" not in result or attempt == tries - 1:
+            return result
+        print(f"{label}: setup failed, again: {json.dumps(result)}", flush=True)
+    return result

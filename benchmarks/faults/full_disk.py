@@ -26,6 +26,7 @@ from fault_support import (
     first_traceback,
     ids_of,
     markers,
+    retried,
     run_command,
     verdict,
     wait_for,
@@ -69,6 +70,8 @@ def one_round(folder: Path, items: int, size: str, steps: int) -> dict:
         with open(folder / "full.log", "wb") as log:
             driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: markers(out) or driver.poll() is not None, "the first commit")
+        if not markers(out):
+            return {"setup_failed": first_traceback((folder / "full.log").read_text())}
         filler = fill(disk)
         filled = time.monotonic()
         before = markers(out)
@@ -98,6 +101,11 @@ def one_round(folder: Path, items: int, size: str, steps: int) -> dict:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+def in_a_folder(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="pbdf-") as tmp:
+        return one_round(Path(tmp), args.items, args.size, args.steps)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -107,8 +115,7 @@ def main() -> int:
     args = parser.parse_args()
     results = []
     for n in range(args.rounds):
-        with tempfile.TemporaryDirectory(prefix="pbdf-") as tmp:
-            result = one_round(Path(tmp), args.items, args.size, args.steps)
+        result = retried(lambda: in_a_folder(args), f"round {n + 1}")
         results.append(result)
         print(f"round {n + 1}: {json.dumps(result)}", flush=True)
         if "skipped" in result:
