@@ -1,8 +1,9 @@
 """Every benchmark's verdict can fail: an injected slowdown on the measured side reads `miss`.
 
 The engine benchmarks (B1/B8/B9, B6, B7) need Ray and a minute or more, so their figures are
-checked here from timed runs made up with and without a slowdown; the cheapest (B5) is run for
-real with `--inject-slowdown`. B3's real run takes half a minute; by hand:
+checked here from timed runs made up with and without a slowdown; the cheapest (B5, and B13 at a
+tiny size without its local Ray) are run for real with `--inject-slowdown`. B3's real run takes
+half a minute; by hand:
 `python benchmarks/b3_modulation_memory.py --dim 256 --frames 3 --inject-slowdown 3` reads miss.
 No assert here depends on how fast this machine is: an injected delay only ever makes the
 measured side slower (or bigger).
@@ -25,6 +26,7 @@ import b1_throughput  # noqa: E402
 import b5_validate_1m  # noqa: E402
 import b6_overlap  # noqa: E402
 import b7_batching  # noqa: E402
+import b13_driver_scale  # noqa: E402
 from bench_common import SLOWDOWN_ENV, Target, add_slowdown_flag, result_line, slowdown  # noqa: E402
 from engine_runs import SideRun, median_ratio  # noqa: E402
 
@@ -70,7 +72,8 @@ def test_a_sides_rates_count_from_launch_and_from_its_first_commit():
 
 @pytest.mark.parametrize("script", ["b1_throughput.py", "b2_vs_diffusers.py",
                                     "b3_modulation_memory.py", "b5_validate_1m.py",
-                                    "b6_overlap.py", "b7_batching.py"])  # fmt: skip
+                                    "b6_overlap.py", "b7_batching.py",
+                                    "b13_driver_scale.py"])  # fmt: skip
 def test_every_benchmark_of_ours_takes_an_injected_slowdown(script):
     assert "add_slowdown_flag(parser" in (BENCH / script).read_text()
 
@@ -166,3 +169,33 @@ def test_b5_misses_with_a_slowdown_injected_by_flag_or_environment():
     by_flag = run_bench("b5_validate_1m.py", "--rows", "20000", "--inject-slowdown", "1.5")
     by_env = run_bench("b5_validate_1m.py", "--rows", "20000", env={SLOWDOWN_ENV: "1.5"})
     assert verdicts([by_flag]) == verdicts([by_env]) == {"validate_20000_seconds": "miss"}
+
+
+# -- B13, the driver alone: run for real, tiny ---------------------------------------------
+
+
+def mark(items: int, wall_s: float, worker_s: float, rss_mb: float) -> b13_driver_scale.Mark:
+    return b13_driver_scale.Mark(items, wall_s, worker_s, int(rss_mb * 2**20))
+
+
+def test_b13s_rate_counts_the_drivers_own_seconds_between_two_marks():
+    first, last = mark(100, 10.0, 4.0, 300), mark(900, 30.0, 16.0, 300)
+    assert b13_driver_scale.sustained_rate(first, last) == pytest.approx(800 / 8.0)
+
+
+def test_b13s_memory_growth_is_bytes_gained_per_item_between_two_marks():
+    first, last = mark(100, 1.0, 0.0, 300), mark(1100, 2.0, 0.0, 301)
+    assert b13_driver_scale.growth_per_item(first, last) == pytest.approx(2**20 / 1000)
+    assert b13_driver_scale.growth_per_item(last, first) == 0.0  # shrinking is flat
+
+
+def test_b13_misses_both_targets_with_a_slowdown_injected():
+    out = run_bench(
+        "b13_driver_scale.py",
+        *("--rows", "2000", "--items", "200", "--workers", "20", "--no-ray"),
+        *("--inject-slowdown", "0.01"),
+    )
+    assert verdicts([out]) == {
+        "driver_items_per_s": "miss",
+        "driver_rss_growth_b_per_item": "miss",
+    }, out
