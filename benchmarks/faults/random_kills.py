@@ -3,9 +3,12 @@
 Each round starts `pusa-batch run` on a fresh root (tiny pipeline, embedded local Ray), kills
 its whole process group at a random time after the first commit, records what is committed,
 reruns the same command at once, and checks the final root: every id done once, nothing lost,
-no item committed before the kill made again. Prints one line per round and a summary line.
+no item committed before the kill made again. With `--actor-kills P`, a round is, with
+probability P, an actor round: the Ray actor (`ray::Worker`) is SIGKILLed first, at a random
+time after the first commit, and the driver once Ray has restarted it and it has committed
+again. Prints one line per round and a summary line.
 
-    python benchmarks/faults/random_kills.py [--rounds N] [--items N] [--seed S]
+    python benchmarks/faults/random_kills.py [--rounds N] [--items N] [--seed S] [--actor-kills P]
 """
 
 from __future__ import annotations
@@ -40,7 +43,39 @@ def command(manifest: Path, out: Path) -> list[str]:
             "--pipeline", str(TINY), "--workers", "1", "--no-progress"]  # fmt: skip
 
 
-def one_round(folder: Path, items: int, rng: random.Random) -> dict:
+def actors(driver_pid: int) -> set[int]:
+    """Pids of the run's Ray actors: processes under the driver titled `ray::Worker`."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from process_support import descendants
+
+    found = set()
+    for pid in descendants(driver_pid):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::Worker"):
+            found.add(pid)
+    return found
+
+
+def kill_an_actor(driver: subprocess.Popen, out: Path, rng: random.Random) -> dict:
+    """SIGKILL the actor at a random time; wait until a restarted one has committed again."""
+    time.sleep(rng.uniform(0.0, 3.0))
+    victims = actors(driver.pid)
+    if not victims or driver.poll() is not None:
+        return {"actor_killed": False}
+    done_then = set(markers(out))
+    os.kill(min(victims), signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:
+        if actors(driver.pid) - victims and set(markers(out)) - done_then:
+            break
+        time.sleep(0.1)
+    return {"actor_killed": True, "done_at_actor_kill": len(done_then)}
+
+
+def one_round(folder: Path, items: int, rng: random.Random, actor_round: bool = False) -> dict:
     manifest = folder / "m.csv"
     rows = [f"k{n:03d},t2v,a scene {n},{n},5,32,32,150" for n in range(items)]
     manifest.write_text("id,task,prompt,seed,num_frames,height,width,steps\n" + "\n".join(rows))
@@ -50,7 +85,11 @@ def one_round(folder: Path, items: int, rng: random.Random) -> dict:
     deadline = time.monotonic() + 300
     while not markers(out) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 6.0))
+    if not markers(out):  # Ray did not start (a busy machine): this round saw no fault
+        driver.wait()
+        return {"setup_failed": driver.returncode}
+    actor = kill_an_actor(driver, out, rng) if actor_round else {}
+    time.sleep(rng.uniform(0.0, 3.0 if actor_round else 6.0))
     killed_at = time.monotonic()
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
@@ -60,7 +99,10 @@ def one_round(folder: Path, items: int, rng: random.Random) -> dict:
     after = markers(out)
     videos = {p.stem for p in (out / "videos").glob("*.mp4")}
     ids = {f"k{n:03d}" for n in range(items)}
+    failed = [json.loads(p.read_text()) for p in (out / "failures").glob("*.json")]
     return {
+        **actor,
+        "failure_records": len(failed),
         "rc": resumed.returncode,
         "done_at_kill": len(before),
         "lost": len(ids - set(after) - videos),
@@ -80,21 +122,31 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--items", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--actor-kills", type=float, default=0.0, help="share of rounds that kill an actor first"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     results = []
     for n in range(args.rounds):
-        with tempfile.TemporaryDirectory() as tmp:
-            result = one_round(Path(tmp), args.items, rng)
+        actor_round = rng.random() < args.actor_kills
+        for _ in range(3):
+            with tempfile.TemporaryDirectory() as tmp:
+                result = one_round(Path(tmp), args.items, rng, actor_round)
+            if "setup_failed" not in result:
+                break
+            print(f"round {n + 1}: setup failed, again", flush=True)
         results.append(result)
         print(f"round {n + 1}: {json.dumps(result)}", flush=True)
     bad = sum(r["rc"] != 0 or r["missing_at_end"] or r["regenerated"] or r["extra_videos"]
+              or r["failure_records"]
               or (r["mid_run"] and not r["took_over"]) for r in results)  # fmt: skip
     print(
         f"FAULTS random_driver_kills rounds={len(results)} items={args.items * len(results)} "
         f"lost={sum(r['missing_at_end'] for r in results)} "
         f"regenerated={sum(r['regenerated'] for r in results)} "
         f"mid_run_kills={sum(r['mid_run'] for r in results)} "
+        f"actor_kills={sum(r.get('actor_killed', False) for r in results)} "
         f"taken_over_at_once={sum(r['took_over'] for r in results)} "
         f"{'pass' if not bad else 'miss'}"
     )
