@@ -37,8 +37,10 @@ from pusa_batch.engine.config import RunConfig
 from pusa_batch.engine.run import run
 
 run(RunConfig(manifest=sys.argv[1], output=sys.argv[2], pipeline=sys.argv[3],
-              address=sys.argv[4], workers=1, lease_stale_s=float(sys.argv[5])))
+              address=sys.argv[4], workers=1, lease_stale_s=float(sys.argv[5]), max_retries=5))
 """
+# max_retries=5: an item its worker may no longer commit comes back as an item failure; the
+# heartbeat must find the lease lost before such an item runs out of tries (one sample each)
 
 
 def markers(out: Path) -> dict[str, dict]:
