@@ -25,6 +25,25 @@ def test_the_secrets_of_a_root_are_its_userinfo_and_every_string_option():
     assert {USER, PASSWORD, OPTION_SECRET, "TOKENVALUE"} <= set(found)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"s3://bucket/run?{SIGNATURE}",  # a bare query, no `=`
+        f"s3://bucket/run#token={SIGNATURE}/lease.json",  # a fragment, with a key appended
+        f"s3://bucket/run?a=1&{SIGNATURE}",
+    ],
+)
+def test_a_bare_query_or_a_fragment_is_redacted_whole(url):
+    assert SIGNATURE not in redact_text(f"Error: {url}: failed")
+
+
+def test_percent_encoded_userinfo_is_a_secret_in_either_spelling():
+    url = f"s3://{USER}:PASS%58WORD9@bucket/run"
+    text = f'Invalid bucket name "{USER}:PASS%58WORD9@bucket" (PASSXWORD9)'
+    clean = redact_text(text, secrets_of(url, {}))
+    assert "PASS%58WORD9" not in clean and "PASSXWORD9" not in clean and USER not in clean
+
+
 def test_a_missing_bucket_is_named_as_the_cause_without_the_option_secrets(s3):
     options = {**s3.storage_options, "secret": OPTION_SECRET}
     store = Store(f"s3://no-such-bucket-here/run?X-Amz-Signature={SIGNATURE}", options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -150,12 +151,29 @@ def parse_labels(pairs: list[str] | None) -> dict:
     return labels
 
 
-def load_spec_or_none(pipeline: Path | None):
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def local_pipeline(pipeline: str | Path) -> Path:
+    """The pipeline TOML as a local path; a URL is refused (its weights may be URLs, the TOML
+    itself is read on the driver and shipped)."""
+    if _URL_SCHEME.match(str(pipeline)):
+        from pusa_batch.errors import PipelineError
+        from pusa_batch.store.io import redact_url
+
+        raise PipelineError(
+            f"{redact_url(str(pipeline))}: the pipeline TOML must be a local file (its weight "
+            "paths may be URLs); copy it here and pass its path to --pipeline."
+        )
+    return Path(pipeline)
+
+
+def load_spec_or_none(pipeline: str | Path | None):
     if pipeline is None:
         return None
     from pusa_batch.pipelines.spec import load_pipeline_spec
 
-    return load_pipeline_spec(pipeline)
+    return load_pipeline_spec(local_pipeline(pipeline))
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c not in (9, 10)}

@@ -35,6 +35,7 @@ from pusa_batch.cli.app import (
     WorkersOpt,
     err,
     load_spec_or_none,
+    local_pipeline,
     out,
     parse_labels,
     parse_resources,
@@ -44,6 +45,7 @@ from pusa_batch.cli.app import (
     safe_text,
     verbosity,
 )
+from pusa_batch.store.io import redact_text
 
 # ---------------------------------------------------------------- checking inputs
 
@@ -63,8 +65,8 @@ StrictColumnsOpt = typer.Option(
 
 
 def validate(
-    manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
-    pipeline: Path | None = PipelineOpt,
+    manifest: str = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl, a path or URL."),
+    pipeline: str | None = PipelineOpt,
     check_files: bool = typer.Option(True, help="Probe every input file's header."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     strict_columns: bool = StrictColumnsOpt,
@@ -81,21 +83,23 @@ def validate(
     if as_json:
         out.print_json(data=dataclasses.asdict(report))
     elif report.problems:
-        err.print(f"{manifest}: {report.problem_count} problem(s) in {report.rows} row(s):")
+        shown = safe_text(redact_text(manifest))
+        err.print(f"{shown}: {report.problem_count} problem(s) in {report.rows} row(s):")
         for problem in report.problems:
-            err.print(f"  {problem}", markup=False, highlight=False)
+            err.print(f"  {safe_text(redact_text(str(problem)))}", markup=False, highlight=False)
         if report.problem_count > len(report.problems):
             err.print(f"  ... and {report.problem_count - len(report.problems)} more")
     else:
         tasks = ", ".join(f"{task} {n}" for task, n in sorted(report.task_counts.items()))
-        out.print(f"{manifest}: {report.rows} row(s) OK ({tasks})", highlight=False)
+        shown = safe_text(redact_text(manifest))
+        out.print(f"{shown}: {report.rows} row(s) OK ({tasks})", markup=False, highlight=False)
         if report.extra_columns:
             out.print(f"  {safe_text(report.extra_note())}", markup=False, highlight=False)
     return 2 if report.problems else 0
 
 
 def doctor(
-    pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML."),
+    pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML."),
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> int:
     """Check a pipeline's files, keys, shapes, LoRAs and memory without loading weights."""
@@ -168,7 +172,7 @@ def run_config(manifest, output, pipeline, storage_option, weights_storage_optio
         return RunConfig(
             manifest=str(manifest),
             output=str(output),
-            pipeline=str(pipeline),
+            pipeline=str(local_pipeline(pipeline)),
             storage_options=parse_storage_options(storage_option),
             weights_storage_options=parse_storage_options(
                 weights_storage_option, "--weights-storage-option"
@@ -248,9 +252,9 @@ def print_summary(summary, level: int = 0) -> None:
 
 
 def run(
-    manifest: Path = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl"),
+    manifest: str = typer.Argument(..., help="Manifest: .csv, .parquet or .jsonl, a path or URL."),
     output: str = typer.Option(..., "-o", "--output", help="Output root: a path or fsspec URL."),
-    pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML (see pipelines/)."),
+    pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML (see pipelines/)."),
     workers: str | None = WorkersOpt,
     address: str | None = typer.Option(
         None,
@@ -343,8 +347,8 @@ def print_preview(config, as_json: bool) -> int:
 
 def status(
     output: str = typer.Argument(..., help="Output root of a run."),
-    manifest: Path | None = typer.Option(None, help="Also count pending and changed items."),
-    pipeline: Path | None = PipelineOpt,
+    manifest: str | None = typer.Option(None, help="Also count pending and changed items."),
+    pipeline: str | None = PipelineOpt,
     storage_option: list[str] | None = StorageOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> int:
@@ -394,11 +398,11 @@ def verify(
 
 
 def submit(
-    manifest: Path = typer.Argument(..., help="Manifest, relative to the working dir shipped."),
+    manifest: str = typer.Argument(..., help="Manifest, relative to the working dir shipped."),
     output: str = typer.Option(
         ..., "-o", "--output", help="Output root reachable from the cluster."
     ),
-    pipeline: Path = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML."),
+    pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline TOML."),
     address: str | None = typer.Option(
         None,
         help="Ray dashboard address, e.g. http://HEAD:8265 "

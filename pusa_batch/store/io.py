@@ -183,7 +183,8 @@ def secrets_of(url: str, storage_options: dict) -> tuple[str, ...]:
     """What must never be printed: the URL's userinfo parts and every string option value."""
     found: list[str] = []
     userinfo = urlsplit(url).netloc.rpartition("@")[0]
-    found += [unquote(part) for part in userinfo.split(":") if part]
+    for part in (p for p in userinfo.split(":") if p):
+        found += [part, unquote(part)]  # libraries quote it either way
     stack: list = [storage_options]
     while stack:
         value = stack.pop()
@@ -226,8 +227,15 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = "&".join(f"{kv.split('=', 1)[0]}=***" for kv in parts.query.split("&") if kv)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query = "&".join(_redacted_pair(kv) for kv in parts.query.split("&") if kv)
+    fragment = "***" if parts.fragment else ""  # a fragment is never a path; it may be a token
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _redacted_pair(pair: str) -> str:
+    """`key=***`; a bare `?token` (no `=`) may itself be the secret: `***`."""
+    key, sep, _ = pair.partition("=")
+    return f"{key}=***" if sep else "***"
 
 
 class Root:
