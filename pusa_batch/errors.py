@@ -11,6 +11,11 @@ class PusaBatchError(Exception):
     exit_code = 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, systemd, Slurm and Kubernetes send) during a run: unwound like
+    Ctrl-C, so the lease is released and the counts are printed."""
+
+
 @dataclass(frozen=True)
 class RowProblem:
     """One problem found in one manifest row (row is 1-based, as a user counts data rows)."""
@@ -130,3 +135,7 @@ class UnsafeRootError(StoreError):
     """An output root whose layout would make writes land outside it (a symlinked folder)."""
 
     exit_code = 2
+
+
+class RayStartError(PusaBatchError):
+    """The embedded Ray would not start, or the cluster given could not be joined."""

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pusa_batch.cli.run_commands import print_summary
 from pusa_batch.engine.config import RunSummary
 
@@ -26,7 +28,14 @@ def driver_counted(out: Path) -> int:
         return 0
 
 
-def test_ctrl_c_prints_what_was_committed_and_exits_130(tmp_path):
+@pytest.mark.parametrize(
+    ("sent", "code", "said_as"),
+    [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, r"Terminated \(SIGTERM\)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stopped_run_prints_what_was_committed_and_releases_its_lease(
+    tmp_path, sent, code, said_as
+):
     manifest = tmp_path / "m.csv"
     rows = [f"i{n},t2v,a cat {n},{n},5,32,32,{300 if n else 2}" for n in range(4)]
     manifest.write_text("id,task,prompt,seed,num_frames,height,width,steps\n" + "\n".join(rows))
@@ -44,15 +53,17 @@ def test_ctrl_c_prints_what_was_committed_and_exits_130(tmp_path):
     while driver_counted(out) < 1:  # the driver has seen the commit, not only the worker made it
         assert driver.poll() is None and time.monotonic() < deadline, "no commit before the signal"
         time.sleep(0.1)
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(sent)
     stdout, stderr = driver.communicate(timeout=120)
-    assert driver.returncode == 130, stderr[-3000:]
-    said = re.search(r"Interrupted: (\d+) committed this run, (\d+) pending; run the same", stderr)
+    assert driver.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr and "SIGTERM received" not in stderr  # Ray's stack dump
+    said = re.search(said_as + r": (\d+) committed this run, (\d+) pending; run the same", stderr)
     assert said, stderr[-3000:]
     committed, pending = int(said[1]), int(said[2])
     assert committed >= 1 and committed + pending == 4
     assert committed <= len(list((out / "items").glob("*.json")))  # what it counted is there
     assert json.loads((out / "items" / "i0.json").read_text())["id"] == "i0"
+    assert not (out / "lease.json").exists()  # released: the next run starts without a takeover
 
 
 def test_a_rerun_that_only_skips_failed_items_points_at_retry_failed(capsys):

@@ -14,7 +14,7 @@ import typer
 from pusa_batch import __version__
 from pusa_batch.cli import output_commands, run_commands
 from pusa_batch.cli.app import err, out, safe_text
-from pusa_batch.errors import PusaBatchError
+from pusa_batch.errors import PusaBatchError, Terminated
 from pusa_batch.store.io import redact_text
 
 # Typer >= 0.20 raises its vendored click's usage errors, all `typer.TyperException`s with `show`;
@@ -100,13 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         err.print("Aborted.")
         return 130
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
+        if isinstance(stopped, Terminated) or _sigterm_received():
+            err.print("Terminated (SIGTERM). Run the same command again to resume.")
+            return 143
         err.print("Interrupted. Run the same command again to resume.")
         return 130
     except USAGE_ERRORS as error:  # click's own message (usage and the problem), exit 2
         error.show()
         return error.exit_code
     return result if isinstance(result, int) else 0
+
+
+def _sigterm_received() -> bool:
+    run = sys.modules.get("pusa_batch.engine.run")  # set only where a run started
+    return bool(run and run.SIGTERM_RECEIVED.is_set())
 
 
 if __name__ == "__main__":

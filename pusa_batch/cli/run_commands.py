@@ -45,6 +45,7 @@ from pusa_batch.cli.app import (
     safe_text,
     verbosity,
 )
+from pusa_batch.errors import Terminated
 from pusa_batch.store.io import redact_text
 
 # ---------------------------------------------------------------- checking inputs
@@ -305,6 +306,7 @@ def run(
     if dry_run:
         return print_preview(config, as_json)
     from pusa_batch.cli.live import LiveRunView
+    from pusa_batch.engine.run import SIGTERM_RECEIVED
     from pusa_batch.engine.run import run as run_engine
 
     if log_format is LogFormat.json:
@@ -318,15 +320,16 @@ def run(
         try:
             with live:
                 summary = run_engine(config, live)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stopped:
             view = live.view
             pending = max(0, view.pending - view.done - view.failed)
+            terminated = isinstance(stopped, Terminated) or SIGTERM_RECEIVED.is_set()
             err.print(
-                f"Interrupted: {view.done} committed this run, {pending} pending; "
-                "run the same command to resume.",
+                f"{'Terminated (SIGTERM)' if terminated else 'Interrupted'}: {view.done} "
+                f"committed this run, {pending} pending; run the same command to resume.",
                 highlight=False,
             )
-            return 130
+            return 143 if terminated else 130
     if as_json:
         print_json(summary_dict(summary))
     else:

@@ -20,7 +20,9 @@ import functools
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,7 +43,7 @@ from pusa_batch.engine.dispatch import Driver
 from pusa_batch.engine.plan import Rules, changed_error, iter_todo, make_plan
 from pusa_batch.engine.runner import PipelineRunner, run_spec
 from pusa_batch.engine.worker import ItemRunner
-from pusa_batch.errors import UsageError
+from pusa_batch.errors import RayStartError, Terminated, UsageError
 from pusa_batch.manifest.read import validate_manifest
 from pusa_batch.store.io import RetryPolicy, add_retry_listener
 from pusa_batch.store.store import Store
@@ -167,13 +169,37 @@ def _ray_session(
             with _ray_logs_as_notices(emit):
                 _ray_init(config, address)
         try:
-            if checked is not None:
-                emit(Phase("checking the pipeline"))
-                checked.result()
-            yield
+            with _sigterm_unwinds():
+                if checked is not None:
+                    emit(Phase("checking the pipeline"))
+                    checked.result()
+                yield
         finally:
             if owned:
                 ray.shutdown()
+
+
+SIGTERM_RECEIVED = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread, as Ctrl-C raises KeyboardInterrupt.
+    Installed after Ray starts: Ray's core worker puts its own handler there (a stack dump and
+    an abort), and ours must be the one that answers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        SIGTERM_RECEIVED.set()  # Ray's calls turn any KeyboardInterrupt into a plain one
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def ray_address(given: str | None, environ) -> str | None:
@@ -194,13 +220,34 @@ def ray_address(given: str | None, environ) -> str | None:
     return address
 
 
+EMBEDDED_RAY_STARTS = 2  # Ray gives its raylet 30 s to register; a loaded machine may need more
+
+
 def _ray_init(config: RunConfig, address: str | None) -> None:
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address is None:
-        cpus = max(os.cpu_count() or 1, math.ceil((config.workers or 1) * config.cpus_per_worker))
-        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
-    else:
-        ray.init(address=address, **quiet)
+    if address is not None:
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RayStartError(
+                f"could not join the Ray cluster at {address}: {e}. Check the address "
+                "(HOST:6379, ray://HOST:10001 or auto), that the cluster is up, and its token."
+            ) from e
+        return
+    cpus = max(os.cpu_count() or 1, math.ceil((config.workers or 1) * config.cpus_per_worker))
+    for start in range(1, EMBEDDED_RAY_STARTS + 1):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception on a start timeout
+            ray.shutdown()
+            if start == EMBEDDED_RAY_STARTS:
+                raise RayStartError(
+                    f"the embedded Ray did not start ({start} tries): {e} This machine may be "
+                    "overloaded: run the same command again when it is quieter, or start Ray "
+                    "yourself (`ray start --head`) and pass --address."
+                ) from e
+            log.warning("the embedded Ray did not start (%s); trying once more", e)
 
 
 # Ray's own start-up chatter that says nothing to act on (kept out of the live view).
