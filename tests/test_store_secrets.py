@@ -3,6 +3,8 @@ every storage error, against a real S3 API (moto on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from pusa_batch.errors import StoreError
@@ -68,3 +70,11 @@ def test_bad_storage_options_are_named_without_their_values(s3):
     with pytest.raises(StoreError, match="storage option") as failed:
         store.acquire_lease({"command": "run"})
     assert OPTION_SECRET not in str(failed.value)
+
+
+def test_a_url_whose_filesystem_is_not_installed_names_the_package_to_install():
+    pytest.importorskip("fsspec")
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(StoreError, match=r"needs gcsfs: pip install gcsfs \(or the \[gcs\] extra"):
+        Store("gs://bucket/run")

@@ -201,6 +201,8 @@ def storage_hint(exc: BaseException) -> str:
     """What a failed storage call most likely needs, from the exception's type and errno."""
     name = type(exc).__name__
     text = str(exc)
+    if isinstance(exc, ImportError):
+        return _missing_filesystem(text)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "the disk is full: free space or choose another output root"
     if name in ("NoCredentialsError", "PartialCredentialsError") or "credentials" in text.lower():
@@ -217,6 +219,17 @@ def storage_hint(exc: BaseException) -> str:
     if isinstance(exc, TypeError):
         return "a storage option is not one this filesystem takes: check --storage-option"
     return "check the output root's URL, credentials and options"
+
+
+_EXTRAS = {"gcsfs": "gcs", "s3fs": "s3"}  # fsspec's package per protocol -> our extra
+
+
+def _missing_filesystem(text: str) -> str:
+    """fsspec says e.g. "Install gcsfs to access Google Storage": name our extra for it."""
+    for package, extra in _EXTRAS.items():
+        if package in text:
+            return f"this URL needs {package}: pip install {package} (or the [{extra}] extra)"
+    return "the filesystem for this URL is not installed: see the error for the package"
 
 
 def redact_url(url: str) -> str:
