@@ -11,6 +11,7 @@ import pytest
 import webdataset as wds
 from test_export_support import DONE_IDS, SCRIPT_PROMPT, build_root, commit_item, item_dict
 
+from pusa_batch.cli.main import main
 from pusa_batch.errors import ExportError
 from pusa_batch.outputs.common import HF_SCHEMA
 from pusa_batch.outputs.hf import export_hf
@@ -197,3 +198,11 @@ def test_hf_metadata_records_how_inputs_were_framed(tmp_path):
     export_hf(store, tmp_path / "hf")
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "hf" / "metadata.parquet").to_pylist()}
     assert rows["boxed"]["fit"] == "contain"
+
+
+def test_a_dest_under_a_file_is_exit_2_naming_it(root, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["export", root.url, "--format", "hf", "--dest", str(blocker / "x")])
+    text = capsys.readouterr().err
+    assert code == 2 and "cannot create the export destination" in text and "Traceback" not in text

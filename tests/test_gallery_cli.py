@@ -32,6 +32,13 @@ def test_without_html_the_page_is_gallery_html_in_the_root(root, capsys):
     assert (root / "gallery.html").is_file()
 
 
+def test_html_naming_a_folder_writes_gallery_html_inside_it(root, tmp_path):
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    assert main(["gallery", str(root), "--html", str(folder)]) == 0
+    assert ids_of(folder / "gallery.html") == ["fox-1", "fox-2"]
+
+
 @pytest.mark.parametrize("spelling", ["-o", "--output"])
 def test_the_old_output_spelling_still_works_with_a_notice(root, tmp_path, capsys, spelling):
     page = tmp_path / "old.html"

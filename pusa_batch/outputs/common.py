@@ -178,7 +178,13 @@ def open_destination(dest: str | os.PathLike, storage_options: dict | None) -> D
     if is_local and os.path.exists(root) and not os.path.isdir(root):
         raise ExportError(f"--dest {redact_url(url)} is a file: give a folder (new or empty)")
     dest_obj = Destination(fs, root.rstrip("/"), redact_url(url), is_local)
-    dest_obj.makedirs("")
+    try:
+        dest_obj.makedirs("")
+    except OSError as exc:  # a file on the way (NotADirectoryError), no permission, ...
+        raise ExportError(
+            f"cannot create the export destination {redact_url(url)}: {exc.strerror or exc}; "
+            "give a folder you can write (new or empty)"
+        ) from None
     return dest_obj
 
 

@@ -166,6 +166,8 @@ def _page(store: Store, dest: str | os.PathLike | None, storage_options: dict | 
         folder = Destination(store.root.fs, store.root.root, store.url, store.root.is_local)
         return _Page(folder, DEFAULT_PAGE, in_root=True)
     url = os.fspath(dest)
+    if "://" not in url and os.path.isdir(url):  # a folder: the page goes inside it
+        url = os.path.join(url, DEFAULT_PAGE)
     parent, name = posixpath.split(url.replace(os.sep, "/") if "://" not in url else url)
     folder = open_destination(parent or ".", storage_options)
     same_fs = type(folder.fs) is type(store.root.fs)
