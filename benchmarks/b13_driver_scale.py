@@ -257,6 +257,10 @@ def measure(args: argparse.Namespace, tmp: Path, slow_s: float) -> int:
     spec = load_pipeline_spec(TINY)
     output = str(tmp / "out")
     config = RunConfig(str(manifest), output, str(TINY), workers=args.workers)
+    if args.compact_every:
+        config = dataclasses.replace(
+            config, compact_every_items=args.compact_every, compact_every_s=float("inf")
+        )
     store = Store(output)
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "b13"}
     lease = store.acquire_lease(owner, stale_after_s=config.lease_stale_s, wait=False)
@@ -338,6 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000_000, help="manifest rows")
     parser.add_argument("--items", type=int, default=100_000, help="items dispatched")
     parser.add_argument("--workers", type=int, default=1000, help="simulated workers")
+    parser.add_argument(
+        "--compact-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="compact the index every N commits only (default: run's, every 200 or 300 s); "
+        "above --items it leaves the index work to the end, to tell its cost and memory apart",
+    )
     parser.add_argument(
         "--no-ray", action="store_true", help="no local Ray: the metrics are not recorded"
     )
