@@ -94,6 +94,7 @@ def one_round(folder: Path, items: int, size: str, steps: int) -> dict:
             "failure_records": len(list((out / "failures").glob("*.json"))),
             "rerun_rc": rerun.returncode,
             "rerun_s": round(time.monotonic() - started, 1),
+            "rerun_said": None if rerun.returncode == 0 else " ".join(rerun.stderr.split())[-400:],
             **verdict(out, ids_of(manifest), before),
             "last_line": said[-300:],
         }
