@@ -16,6 +16,7 @@ from pusa_batch.cli.app import (
     out,
     parse_storage_options,
     print_json,
+    safe_text,
 )
 from pusa_batch.tasks import TASKS
 
@@ -199,6 +200,64 @@ def gallery(
         highlight=False,
     )
     return 0
+
+
+def verify(
+    output: str = typer.Argument(..., help="Output root of a run."),
+    repair: bool = typer.Option(
+        False,
+        help="Restore markers from the index where the video is whole, index again the done "
+        "items the index lost, and remove the rest (the next run makes them again).",
+    ),
+    checksums: bool = typer.Option(
+        False,
+        "--checksums",
+        help="Also compare each done video's sha256 with the recorded one (reads every video).",
+    ),
+    storage_option: list[str] | None = StorageOpt,
+) -> int:
+    """Check every done item's video and marker against the index (exit 1 if any is damaged)."""
+    from pusa_batch.store.store import Store
+
+    store = Store(output, parse_storage_options(storage_option))
+    store.require_existing("verify")
+    state = store.state()
+    if checksums:
+        state.damaged.update(store.checksum_damage(state))
+    done = len(state.done_ids() - set(state.damaged))
+    index_ok = _report_index(store, state, repair)
+    if not state.damaged:
+        out.print(f"{store.url}: {done} done item(s), none damaged", highlight=False)
+        return 0 if index_ok else 1
+    err.print(f"{store.url}: {len(state.damaged)} damaged item(s), {done} whole:", highlight=False)
+    outcome = store.repair(state) if repair else {}
+    for item_id, why in sorted(state.damaged.items()):
+        done_about_it = f" -> {outcome[item_id]}" if item_id in outcome else ""
+        err.print(f"  {safe_text(item_id)}: {why}{done_about_it}", markup=False, highlight=False)
+    if not repair:
+        err.print("A run of the same manifest makes them again; --repair mends what it can now.")
+    restored = sum(1 for v in outcome.values() if v.startswith("marker restored"))
+    return 0 if repair and index_ok and restored == len(state.damaged) else 1
+
+
+def _report_index(store, state, repair: bool) -> bool:
+    """Say what the index lacks (unreadable parts, done items it lost); with `repair`, mend it.
+    True when the index is whole (now)."""
+    if not state.corrupt_parts and not state.rebuilt:
+        return True
+    if repair:
+        err.print(f"{store.url}: {store.heal_index(state)}", markup=False, highlight=False)
+        return True
+    if state.corrupt_parts:
+        names = ", ".join(state.corrupt_parts)
+        err.print(f"{store.url}: unreadable index part(s): {names}", markup=False, highlight=False)
+    err.print(
+        f"{store.url}: {len(state.rebuilt)} done item(s) found from their markers, missing from "
+        "the index; a run or --repair indexes them again (none is regenerated)",
+        markup=False,
+        highlight=False,
+    )
+    return False
 
 
 # ---------------------------------------------------------------- building manifests

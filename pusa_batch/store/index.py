@@ -352,16 +352,52 @@ def read_state(root: Root, *, verify: bool = True) -> RootState:
         source=root,
     )
     recent_keys = key_set(recent.pointers)
-    if verify and len(indexed.keys):
-        videos = listing_sizes(root.list_sizes(VIDEOS_DIR), ".mp4")
-        markers = listing_sizes(root.list_sizes(ITEMS_DIR), ".json")
-        state.damaged = verify_files(indexed, recent_keys, videos, markers)
+    known = np.union1d(indexed.keys.keys, recent_keys)
+    if verify:
+        video_sizes = root.list_sizes(VIDEOS_DIR)
+        if len(indexed.keys):
+            videos = listing_sizes(video_sizes, ".mp4")
+            markers = listing_sizes(root.list_sizes(ITEMS_DIR), ".json")
+            state.damaged = verify_files(indexed, recent_keys, videos, markers)
         state.verified = True
+        if not indexed.corrupt:
+            state.rebuilt = rebuild_unindexed(root, video_sizes, known)
     if indexed.corrupt:
-        known = np.union1d(indexed.keys.keys, recent_keys)
         state.rebuilt = rebuild_from_markers(root, known)
     state.done = done_table(indexed.keys, state)
     return state
+
+
+def rebuild_unindexed(
+    root: Root, video_sizes: dict[str, int], known: np.ndarray
+) -> dict[str, tuple[dict, int | None]]:
+    """Done items the index lost (a part deleted, or the whole `index/`), found from the listing
+    of `videos/` the verification takes anyway: a video whose id neither the index nor `recent/`
+    knows is an orphan of a crash between video and marker (rare) or an item the index lost.
+    Only those ids' markers are read, one read each; a marker that names that video with the
+    listed size counts as done (`heal` indexes it again). With the index whole this costs no
+    storage call beyond the listing; n lost items cost n marker reads."""
+    sizes = {n[: -len(".mp4")]: s for n, s in video_sizes.items() if n.endswith(".mp4")}
+    ids = np.array(list(sizes), dtype=object)
+    if not len(ids):
+        return {}
+    unknown = [str(i) for i in ids[~np.isin(text_keys(ids), known)]]
+    rebuilt = {}
+    for item_id, (marker, size) in zip(
+        unknown, _reader_pool().map(lambda i: read_marker(root, i), unknown)
+    ):
+        if _names_video(marker, item_id, sizes[item_id]):
+            rebuilt[item_id] = (marker, size)
+    return rebuilt
+
+
+def _names_video(marker: dict | None, item_id: str, size: int) -> bool:
+    return (
+        marker is not None
+        and marker.get("id") == item_id
+        and marker.get("video") == video_path(item_id)
+        and marker.get("video_bytes") == size
+    )
 
 
 def recent_state(root: Root) -> RootState:
@@ -413,8 +449,9 @@ def rebuild_from_markers(root: Root, known: np.ndarray) -> dict[str, tuple[dict,
 
 def heal(root: Root, state: RootState) -> str | None:
     """Run by the lease holder: move unreadable parts to `index/quarantine/` and index the
-    markers rebuilt in their place as a new part. Returns a notice, or None if all was well."""
-    if not state.corrupt_parts:
+    markers rebuilt in their place (or found for videos the index lost) as a new part. Returns a
+    notice, or None if all was well."""
+    if not state.corrupt_parts and not state.rebuilt:
         return None
     for rel in state.corrupt_parts:
         root.write_bytes(f"{QUARANTINE_DIR}/{posixpath.basename(rel)}", root.read_bytes(rel))
@@ -423,9 +460,11 @@ def heal(root: Root, state: RootState) -> str | None:
         rel = f"{INDEX_DIR}/{part_name(next_number(list_parts(root)))}"
         markers = [m for m, _ in state.rebuilt.values()]
         root.create_exclusive(rel, encode_part(markers, [n for _, n in state.rebuilt.values()]))
+    found = f"{len(state.rebuilt)} done item(s) found again from their markers"
+    if not state.corrupt_parts:
+        return f"{found}: the index had lost them; indexed them again"
     return (
-        f"{len(state.corrupt_parts)} unreadable index part(s) moved to {QUARANTINE_DIR}/; "
-        f"{len(state.rebuilt)} done item(s) found again from their markers"
+        f"{len(state.corrupt_parts)} unreadable index part(s) moved to {QUARANTINE_DIR}/; {found}"
     )
 
 

@@ -208,31 +208,60 @@ def _as_text(value: object) -> str | None:
 # --------------------------------------------------------------------------- reading
 
 
+# What makes a Parquet file an index part: these columns, of these kinds (`marker_bytes` may be
+# missing from a part older than it, and is then read as nulls).
+REQUIRED_COLUMNS = {
+    "id": pa.types.is_string,
+    "fingerprint": pa.types.is_string,
+    "video_bytes": pa.types.is_integer,
+    "marker_json": pa.types.is_string,
+}
+OPTIONAL_COLUMNS = {"marker_bytes": pa.types.is_integer}
+
+
+def check_part_schema(schema: pa.Schema, where: str) -> None:
+    """Raise `UnreadablePart` for Parquet that is not an index part (another schema, or a state
+    column of another type): it is quarantined like a corrupt one, never read as nulls."""
+    for name, is_kind in {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}.items():
+        index = schema.get_field_index(name)
+        if index < 0 and name in REQUIRED_COLUMNS:
+            raise UnreadablePart(f"{where}: no {name!r} column, not an index part")
+        if index >= 0 and not (is_kind(schema.field(index).type) or _is_null(schema, index)):
+            raise UnreadablePart(f"{where}: column {name!r} is {schema.field(index).type}")
+
+
+def _is_null(schema: pa.Schema, index: int) -> bool:
+    return pa.types.is_null(schema.field(index).type)
+
+
 def read_columns(root: Root, rel: str, columns: list[str]) -> pa.Table:
     """These columns of a part (nulls for one an older part lacks), reading only their bytes.
 
     Raises `UnreadablePart` when the part's bytes, read again whole, are still not Parquet (so a
-    read that failed half-way is never taken for a corrupt part), FileNotFoundError if it is
-    gone (a merge replaced it).
+    read that failed half-way is never taken for a corrupt part) or are Parquet of another schema
+    (`check_part_schema`), FileNotFoundError if it is gone (a merge replaced it).
     """
     try:
-        table = root.call("read", rel, lambda: _read_projected(root, rel, columns))
+        schema, table = root.call("read", rel, lambda: _read_projected(root, rel, columns))
     except FileNotFoundError:
         raise
     except Exception:  # noqa: BLE001 - decided below, from the whole bytes
         data = root.read_bytes(rel)
         try:
-            table = _with_columns(pq.read_table(io.BytesIO(data), columns=None), columns)
+            table = pq.read_table(io.BytesIO(data), columns=None)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise UnreadablePart(root.where(rel)) from exc
-    return table
+        schema = table.schema
+    check_part_schema(schema, root.where(rel))
+    return _with_columns(table, columns)
 
 
-def _read_projected(root: Root, rel: str, columns: list[str]) -> pa.Table:
+def _read_projected(root: Root, rel: str, columns: list[str]) -> tuple[pa.Schema, pa.Table]:
     with root.fs.open(root.path(rel), "rb") as handle:
         parquet = pq.ParquetFile(handle, pre_buffer=True)  # coalesced ranges: fewer requests
-        present = [c for c in columns if c in parquet.schema_arrow.names]
-        return _with_columns(parquet.read(columns=present), columns)
+        schema = parquet.schema_arrow
+        present = [c for c in columns if c in schema.names]
+        return schema, parquet.read(columns=present)
 
 
 def _with_columns(table: pa.Table, columns: list[str]) -> pa.Table:
@@ -551,11 +580,13 @@ def _schema_of(root: Root, rel: str) -> pa.Schema:
             return pq.ParquetFile(handle).schema_arrow
 
     try:
-        return root.call("read", rel, read)
+        schema = root.call("read", rel, read)
     except FileNotFoundError:
         raise
     except Exception:  # noqa: BLE001 - the whole bytes decide, as in read_columns
-        return read_columns(root, rel, ["id"]).schema
+        return read_columns(root, rel, ["id"]).schema  # which checks the schema too
+    check_part_schema(schema, root.where(rel))
+    return schema
 
 
 def final_columns(schema: pa.Schema) -> tuple[pa.Schema, list[str]]:

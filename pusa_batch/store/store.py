@@ -30,11 +30,13 @@ from typing import IO, Any
 import fsspec
 
 from pusa_batch.errors import RootNotFoundError, StoreError, UnsafeRootError
+from pusa_batch.store.checksums import checksum_damage
 from pusa_batch.store.index import (
     FAILURES_DIR,
     FINAL_INDEX,
     INDEX_DIR,
     ITEMS_DIR,
+    QUARANTINE_DIR,
     RECENT_DIR,
     VIDEOS_DIR,
     CompactionResult,
@@ -52,6 +54,7 @@ from pusa_batch.store.index import (
     write_final_index,
 )
 from pusa_batch.store.io import (
+    TMP_DIR,
     RetryPolicy,
     Root,
     redact_text,
@@ -84,11 +87,14 @@ def check_item_id(item_id: str) -> str:
     return item_id
 
 
-LAYOUT_DIRS = (ITEMS_DIR, VIDEOS_DIR, FAILURES_DIR, INDEX_DIR, RECENT_DIR)
+# Every folder the store writes, moves files into or deletes from (`.tmp/` is emptied by
+# `clean_temp` on every start, so a symlinked one would delete files elsewhere).
+LAYOUT_DIRS = (ITEMS_DIR, VIDEOS_DIR, FAILURES_DIR, INDEX_DIR, RECENT_DIR, TMP_DIR, QUARANTINE_DIR)
 
 
 def check_local_layout(root: str) -> None:
-    """Refuse a local root whose layout folders are symlinks or resolve outside the root."""
+    """Refuse a local root whose layout folders are symlinks or resolve outside the root: nothing
+    outside the root is ever written or deleted."""
     if os.path.exists(root) and not os.path.isdir(root):
         raise UnsafeRootError(f"{root} is a file, not a folder: give -o a folder (new or a run's)")
     top = os.path.realpath(root)
@@ -303,7 +309,7 @@ class Store:
     def iter_done_metadata(self, state: RootState | None = None) -> Iterator[dict]:
         """The marker of every done item: compacted ones, then those written since."""
         state = self.state() if state is None else state
-        skip = state.recent_open | set(state.recent_done) | set(state.damaged)
+        skip = state.recent_open | set(state.recent_done) | set(state.damaged) | set(state.rebuilt)
         yield from iter_indexed_markers(self._root, skip=skip)
         yield from (state.rebuilt[k][0] for k in sorted(state.rebuilt))
         yield from (state.recent_done[k] for k in sorted(state.recent_done))
@@ -335,6 +341,11 @@ class Store:
                 self._root.delete_many([marker_path(item_id), video_path(item_id)])
                 outcome[item_id] = "removed; the next run makes it again"
         return outcome
+
+    def checksum_damage(self, state: RootState) -> dict[str, str]:
+        """id -> what is wrong, for done items whose video's sha256 is not the recorded one (an
+        overwrite of the same size). Reads every done video whole: opt-in (`verify --checksums`)."""
+        return checksum_damage(self._root, self.iter_done_metadata(state))
 
     def _video_is(self, marker: dict) -> bool:
         try:
