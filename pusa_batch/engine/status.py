@@ -9,7 +9,8 @@ Run states:
 - stale: a lease whose heartbeat is older than its `stale_after_s`, or run.json says running
   but was not updated for more than `STALE_AFTER_S` (the driver is probably gone);
 - stopped: run.json says running but the lease was released (the run ended on an error or an
-  interrupt; rerun to resume);
+  interrupt; rerun to resume), or the lease's holder is a process of this machine that no longer
+  runs (killed), or lease.json is not a lease record;
 - finished: the last run wrote its final run.json;
 - not started: no run.json and no lease (a root that does not exist at all is an error).
 
@@ -24,12 +25,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from pusa_batch.engine.plan import count_plan
-from pusa_batch.errors import PipelineError
+from pusa_batch.errors import PipelineError, StoreError
+from pusa_batch.store.holder import holder_is_gone
 from pusa_batch.store.index import RootState
 from pusa_batch.store.lease import LEASE_FILE
 from pusa_batch.store.store import Store
 
 STALE_AFTER_S = 120.0
+UNREADABLE_LEASE = {"unreadable": True, "heartbeat_unix": 0}
 MAX_ERRORS = 10
 MAX_CHANGED_IDS = 20
 WORKER_KEYS = ("state", "item", "step", "steps", "done", "load_s", "deaths", "reason")
@@ -52,7 +55,7 @@ def read_status(
     store = Store(output, dict(storage_options or {}))
     store.require_existing("status")
     run_info = store.read_run_info()
-    lease = store.root.read_json(LEASE_FILE)
+    lease = _read_lease(store)
     root_state = store.state()  # one read of the root serves the counts, the plan and the errors
     counts: dict[str, Any] = dict(store.status_counts(root_state))
     counts.update(total=None, pending=None, changed=None)
@@ -80,8 +83,28 @@ def read_status(
     }
 
 
+def _read_lease(store: Store) -> dict | None:
+    """lease.json's record; one that is not a record (torn, garbage) reads as UNREADABLE_LEASE."""
+    try:
+        lease = store.root.read_json(LEASE_FILE)
+    except StoreError:
+        if store.root.size(LEASE_FILE) is None:
+            raise
+        return dict(UNREADABLE_LEASE)
+    if lease is None or (isinstance(lease, dict) and "heartbeat_unix" in lease):
+        return lease
+    return dict(UNREADABLE_LEASE)
+
+
 def run_state(run_info: dict | None, lease: dict | None, now: float) -> tuple[str, str]:
     """(state, one-line reason) from run.json and lease.json; see the module docstring."""
+    if lease is not None and lease.get("unreadable"):
+        return "stopped", "lease.json is unreadable (not a lease record); a new run replaces it"
+    if lease is not None and holder_is_gone(lease):
+        return "stopped", (
+            f"its driver is gone: {lease.get('host')} pid {lease.get('pid')} no longer runs; "
+            "rerun to resume"
+        )
     if lease is not None:
         age = now - float(lease.get("heartbeat_unix", 0))
         limit = float(lease.get("stale_after_s", STALE_AFTER_S))
@@ -159,8 +182,11 @@ def _plan_manifest(state: RootState, manifest: str, spec: Any | None, counts: di
     """Fill counts' total / pending / changed from the manifest, streamed through the run's own
     plan; return the first changed ids. Without a spec, done-ness alone is known."""
     plan = count_plan(manifest, spec, state)
+    counts["done_in_root"], counts["failed_in_root"] = counts["done"], counts["failed"]
     counts["total"] = plan.total
-    counts["pending"] = plan.pending + plan.failed + plan.damaged
+    # the manifest's items, each counted once: done + failed + pending (+ changed) = total
+    counts["done"], counts["failed"] = plan.done, plan.failed
+    counts["pending"] = plan.pending + plan.damaged
     if spec is not None:
         counts["changed"] = plan.changed
         counts["done_in_manifest"] = plan.done

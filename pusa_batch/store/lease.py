@@ -46,7 +46,14 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
+def is_record(record: dict) -> bool:
+    """Whether a parsed lease.json is a lease record (a torn or foreign file is not)."""
+    return isinstance(record.get("token"), str) and "heartbeat_unix" in record
+
+
 def describe(record: dict, now: float) -> str:
+    if not is_record(record):
+        return "an unreadable lease.json (not a lease record)"
     owner = record.get("owner") or {}
     age = now - _heartbeat_unix(record)
     return (
@@ -174,6 +181,11 @@ def acquire_lease(
         current = _parsed(read.data)
         now = time.time()
         age = now - _heartbeat_unix(current)
+        if not is_record(current):
+            note = (
+                "lease.json was unreadable (not a lease record), so it counts as stale: replaced it"
+            )
+            return _take_over(root, read, record, data, note)
         if holder_is_gone(current):
             note = f"took over the lease of a run that is gone: {describe(current, now)}"
             return _take_over(root, read, record, data, note)
