@@ -71,3 +71,16 @@ def test_taking_over_a_garbage_lease_says_it_was_unreadable(root, garbage):
     lease = store.acquire_lease({"command": "run"})
     lease.release()
     assert "lease.json was unreadable" in lease.note and "owner {}" not in lease.note
+
+
+def test_done_items_the_index_lost_are_counted_done_with_a_note(root):
+    store, _ = root
+    store.compact_index()
+    for name in store.root.list_names("index"):
+        store.root.delete(f"index/{name}")
+    report = read_status(store.url)
+    assert report["counts"]["done"] == 1
+    assert report["notes"] == [
+        "1 done item(s) found from their markers, missing from the index; the next run or "
+        "`pusa-batch verify --repair` indexes them again"
+    ]

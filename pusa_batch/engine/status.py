@@ -59,7 +59,7 @@ def read_status(
     root_state = store.state()  # one read of the root serves the counts, the plan and the errors
     counts: dict[str, Any] = dict(store.status_counts(root_state))
     counts.update(total=None, pending=None, changed=None)
-    notes: list[str] = []
+    notes: list[str] = index_notes(root_state)
     changed_ids: list[str] = []
     if manifest is not None:
         spec, note = _spec_for_manifest(spec, run_info)
@@ -94,6 +94,22 @@ def _read_lease(store: Store) -> dict | None:
     if lease is None or (isinstance(lease, dict) and "heartbeat_unix" in lease):
         return lease
     return dict(UNREADABLE_LEASE)
+
+
+def index_notes(state: RootState) -> list[str]:
+    """What the index lacks, which the next run (or `verify --repair`) mends: counted done."""
+    notes = []
+    if state.corrupt_parts:
+        notes.append(
+            f"{len(state.corrupt_parts)} unreadable index part(s); the next run moves them to "
+            "index/quarantine/"
+        )
+    if state.rebuilt:
+        notes.append(
+            f"{len(state.rebuilt)} done item(s) found from their markers, missing from the index; "
+            "the next run or `pusa-batch verify --repair` indexes them again"
+        )
+    return notes
 
 
 def run_state(run_info: dict | None, lease: dict | None, now: float) -> tuple[str, str]:
