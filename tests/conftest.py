@@ -24,6 +24,16 @@ def s3() -> S3Server:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def no_storage_outage_carried_over():
+    """The store remembers, per process, since when its calls have been failing; a test that
+    ends inside an outage must not shorten the next test's retries."""
+    yield
+    from pusa_batch.store import io
+
+    io._OUTAGE.ended()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Two cores shared by Ray workers and the test process: one torch thread each avoids

@@ -3,9 +3,9 @@
 The short form of `benchmarks/faults/storage_cut.py`, which cuts a whole CLI run. Here a store
 commits through the proxy: a cut shorter than the storage timeout is ridden out by retries; a
 longer one ends in a StoreError that names the cause and how long it was retried, with nothing
-counted done; the same commit after the cut goes through. The xfail test is a cut the store does
-not survive yet: connections reset. (A partition that swallows a PUT hangs it for good: see
-`storage_cut.py --mode blackhole` and RELIABILITY.md.)
+counted done; the same commit after the cut goes through. Connections reset are ridden out like
+refused ones, and a partition that swallows a PUT ends in a storage error too: every call to an
+object store carries a timeout of its own (see `storage_cut.py --mode blackhole`).
 
 No timing guesses: a short cut ends from the retry listener, after the third retry it announces.
 """
@@ -99,11 +99,35 @@ def test_the_same_commit_after_a_long_cut_completes(proxy):
     assert store.status_counts(state)["done"] == 1 and not state.damaged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="botocore's ConnectionClosedError is not among store/io.py's transient errors",
-)
 def test_a_cut_that_resets_connections_is_ridden_out_too(proxy):
     store = store_through(proxy, "cut-reset", timeout_s=60)
     commit_through_a_cut(proxy, store, "reset")
+    assert store.status_counts()["done"] == 1
+
+
+def test_a_partition_that_swallows_a_put_ends_in_a_storage_error_not_a_hang(proxy, monkeypatch):
+    import threading
+
+    from pusa_batch.store import io
+
+    monkeypatch.setattr(io, "CALL_TIMEOUT_FLOOR_S", 2.0)  # one call's timeout, shortened here
+    store = store_through(proxy, "cut-blackhole", timeout_s=2)
+    store.commit("a", VIDEO, {"fingerprint": "f"})
+    raised: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            store.commit("b", VIDEO, {"fingerprint": "f"})
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            raised.append(exc)
+
+    proxy.cut("blackhole")
+    try:
+        writer = threading.Thread(target=commit, daemon=True)
+        writer.start()
+        writer.join(timeout=120)  # a hang guard, far above the ~6 s it takes
+        assert not writer.is_alive(), "the PUT into the partition never returned"
+    finally:
+        proxy.restore()
+    assert len(raised) == 1 and isinstance(raised[0], StoreError)
     assert store.status_counts()["done"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import fsspec
 import pytest
@@ -88,6 +89,27 @@ def test_with_a_deadline_transient_errors_are_retried_until_it_passes_not_n_time
     with pytest.raises(ConnectionError):
         with_retries(fn, attempts=2, base_delay=0, max_delay=0, deadline_s=5, clock=clock)
     assert len(calls) == 7  # failures at t=0..6 s: only the one at 6 s is past the deadline
+
+
+def test_a_call_started_during_an_outage_gets_only_what_is_left_of_the_timeout():
+    def down():
+        calls.append(1)
+        raise ConnectionError("connection refused")
+
+    calls: list[int] = []
+    with pytest.raises(ConnectionError):  # the outage begins: this call retries for 0.3 s
+        with_retries(down, base_delay=0.01, max_delay=0.02, deadline_s=0.3)
+    assert len(calls) > 1
+    time.sleep(0.3)  # the outage goes on past the whole timeout
+    calls.clear()
+    with pytest.raises(ConnectionError):
+        with_retries(down, base_delay=0.01, max_delay=0.02, deadline_s=0.3)
+    assert len(calls) == 1  # no fresh 0.3 s of its own
+    with_retries(lambda: "up", deadline_s=0.3)  # any success ends the outage
+    calls.clear()
+    with pytest.raises(ConnectionError):
+        with_retries(down, base_delay=0.01, max_delay=0.02, deadline_s=0.3)
+    assert len(calls) > 1
 
 
 def test_retries_are_announced_to_listeners_with_the_time_waited():

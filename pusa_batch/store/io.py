@@ -18,6 +18,7 @@ import os
 import posixpath
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -68,6 +69,7 @@ _TRANSIENT_WORDS = (
 # Network errors of botocore / aiohttp, matched by name so this module imports neither.
 _TRANSIENT_CLASS_NAMES = {
     "EndpointConnectionError",
+    "ConnectionClosedError",  # closed before a response: a balancer with no backends, a restart
     "ConnectTimeoutError",
     "ReadTimeoutError",
     "ClientConnectorError",
@@ -111,6 +113,33 @@ def add_retry_listener(listener: OnRetry) -> Callable[[], None]:
     return lambda: _retry_listeners.remove(listener) if listener in _retry_listeners else None
 
 
+class _Outage:
+    """When this process's storage calls began failing, cleared by any success: a call started
+    during an outage gets only what is left of `--storage-timeout`, so a run that cannot reach
+    its store ends after about one timeout, not one per call on the way out."""
+
+    QUIET_S = 15.0  # no failure for this long (retries come at most 10 s apart): a new outage
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def began(self, now: float) -> float:
+        """When the outage that this failure (at `now`) belongs to began."""
+        with self._lock:
+            if self._since is None or now - self._last > self.QUIET_S:
+                self._since = now
+            self._last = now
+            return self._since
+
+    def ended(self) -> None:
+        self._since = None
+
+
+_OUTAGE = _Outage()
+
+
 def with_retries(
     fn: Callable[[], T],
     attempts: int = 5,
@@ -128,12 +157,17 @@ def with_retries(
     the first failure (however many attempts that takes); without it, `attempts` bound them.
     """
     first_failure: float | None = None
+    shared = deadline_s is not None and clock is time.monotonic  # an outage, not one call
     for attempt in itertools.count(1):
         try:
-            return fn()
+            result = fn()
+            if shared:
+                _OUTAGE.ended()
+            return result
         except Exception as exc:
             now = clock()
-            first_failure = now if first_failure is None else first_failure
+            since = _OUTAGE.began(now) if shared and retryable(exc) else now
+            first_failure = since if first_failure is None else first_failure
             waited = now - first_failure
             delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
             out_of_time = attempt >= attempts if deadline_s is None else waited + delay > deadline_s
@@ -209,9 +243,12 @@ def storage_hint(exc: BaseException) -> str:
         return "no usable credentials: set them in the environment or with --storage-option"
     if name == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text:
         return "the bucket does not exist: create it or fix the URL"
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionError") or (
-        isinstance(exc, (ConnectionError, TimeoutError))
-    ):
+    if name in (
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectionError",
+        "ConnectionClosedError",
+    ) or (isinstance(exc, (ConnectionError, TimeoutError))):
         return (
             "the storage endpoint cannot be reached after retries: check the endpoint URL and "
             "the network, then retry"
@@ -251,6 +288,14 @@ def _redacted_pair(pair: str) -> str:
     return f"{key}=***" if sep else "***"
 
 
+CALL_TIMEOUT_FLOOR_S = 60.0  # a big video's PUT on a slow link must still fit in one call
+
+
+def call_timeout_s(retry: RetryPolicy) -> float:
+    """How long one call to an object store may take before it counts as a transient failure."""
+    return max(CALL_TIMEOUT_FLOOR_S, retry.deadline_s or 0.0)
+
+
 class Root:
     """An fsspec filesystem plus a root path; every method takes a path relative to the root."""
 
@@ -271,6 +316,10 @@ class Root:
         self.protocols = frozenset(protocols)
         self.is_local = bool({"file", "local"} & self.protocols)
         self._made_dirs: set[str] = set()
+        # fsspec's async filesystems take `timeout=` per call (then FSTimeoutError, a transient
+        # TimeoutError): without it a PUT into a partition that swallows bytes waits forever
+        # (aiohttp's 100-continue has no timeout), and --storage-timeout never fires.
+        self.io = {"timeout": call_timeout_s(retry)} if getattr(fs, "async_impl", False) else {}
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if self.root else rel
@@ -309,7 +358,7 @@ class Root:
 
     # reads
     def read_bytes(self, rel: str) -> bytes:
-        return self.call("read", rel, lambda: self.fs.cat_file(self.path(rel)))
+        return self.call("read", rel, lambda: self.fs.cat_file(self.path(rel), **self.io))
 
     def read_json(self, rel: str) -> dict | None:
         """The parsed JSON file, or None if it does not exist."""
@@ -327,7 +376,7 @@ class Root:
     def size(self, rel: str) -> int | None:
         """Size in bytes, or None if the file does not exist."""
         try:
-            info = self.call("stat", rel, lambda: self.fs.info(self.path(rel)))
+            info = self.call("stat", rel, lambda: self.fs.info(self.path(rel), **self.io))
         except FileNotFoundError:
             return None
         return None if info.get("type") == "directory" else int(info["size"])
@@ -338,7 +387,7 @@ class Root:
 
         def listing() -> list[str]:
             self.fs.invalidate_cache(path)  # other processes write here: never trust a cache
-            return self.fs.ls(path, detail=False)
+            return self.fs.ls(path, detail=False, **self.io)
 
         try:
             names = self.call("list", rel_dir, listing)
@@ -358,7 +407,7 @@ class Root:
 
         def listing() -> list[dict]:
             self.fs.invalidate_cache(path)
-            return self.fs.ls(path, detail=True)
+            return self.fs.ls(path, detail=True, **self.io)
 
         try:
             entries = self.call("list", rel_dir, listing)
@@ -380,7 +429,7 @@ class Root:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomically create or replace one file."""
         if not self.is_local:
-            self.call("write", rel, lambda: self.fs.pipe_file(self.path(rel), data))
+            self.call("write", rel, lambda: self.fs.pipe_file(self.path(rel), data, **self.io))
             return
         self._local_write(rel, data, publish=lambda tmp: self.fs.mv(tmp, self.path(rel)))
 
@@ -414,13 +463,17 @@ class Root:
         finally:
             self._remove_tmp(tmp)
 
-    def clean_temp(self, older_than_s: float = 0.0) -> int:
-        """Delete what dead writers left under TMP_DIR; return how many files went."""
+    def clean_temp(self, older_than_s: float = 0.0, beside: Iterable[str] = ()) -> int:
+        """Delete what dead writers left: everything under TMP_DIR, and `*.tmp` files in the
+        folders `beside` (a half-written video of another writer); return how many went."""
         if not self.is_local:  # object stores are written with one PUT: no temporary files
             return 0
         now, removed = time.time(), 0
-        for name, _ in self.list_sizes(TMP_DIR).items():
-            path = self.path(f"{TMP_DIR}/{name}")
+        leftovers = [(TMP_DIR, name) for name in self.list_sizes(TMP_DIR)]
+        for folder in beside:
+            leftovers += [(folder, n) for n in self.list_sizes(folder) if n.endswith(".tmp")]
+        for folder, name in leftovers:
+            path = self.path(f"{folder}/{name}")
             try:
                 if now - os.path.getmtime(path) >= older_than_s:
                     os.remove(path)
@@ -446,7 +499,7 @@ class Root:
     def delete(self, rel: str) -> None:
         """Delete one file; a missing file is fine."""
         try:
-            self.call("delete", rel, lambda: self.fs.rm_file(self.path(rel)))
+            self.call("delete", rel, lambda: self.fs.rm_file(self.path(rel), **self.io))
         except FileNotFoundError:
             pass
 
@@ -460,7 +513,7 @@ class Root:
                 self.delete(rel)
             return
         try:
-            self.call("delete", posixpath.dirname(rels[0]), lambda: self.fs.rm(paths))
+            self.call("delete", posixpath.dirname(rels[0]), lambda: self.fs.rm(paths, **self.io))
         except FileNotFoundError:
             for rel in rels:
                 self.delete(rel)
