@@ -303,11 +303,28 @@ def verify_recent(
     return (marker if done else None), size is not None, marker_bytes
 
 
-def listing_sizes(sizes: dict[str, int], suffix: str) -> KeyTable:
-    """A listing (name -> size) as id key -> size, for names ending in `suffix`."""
+@dataclass(frozen=True)
+class Listing:
+    """A folder's listing, for names ending in one suffix: ids, their keys, their sizes."""
+
+    ids: np.ndarray  # object (text)
+    keys: np.ndarray
+    sizes: np.ndarray  # uint64
+
+    def table(self) -> KeyTable:
+        """id key -> size."""
+        return KeyTable.latest(self.keys, self.sizes)
+
+
+def listing(sizes: dict[str, int], suffix: str) -> Listing:
     ids = np.array([n[: -len(suffix)] for n in sizes if n.endswith(suffix)], dtype=object)
     values = np.fromiter((s for n, s in sizes.items() if n.endswith(suffix)), np.uint64)
-    return KeyTable.latest(text_keys(ids), values)
+    return Listing(ids, text_keys(ids), values)
+
+
+def listing_sizes(sizes: dict[str, int], suffix: str) -> KeyTable:
+    """A listing (name -> size) as id key -> size, for names ending in `suffix`."""
+    return listing(sizes, suffix).table()
 
 
 def verify_files(indexed: Indexed, skip: np.ndarray, videos: KeyTable, markers: KeyTable) -> dict:
@@ -354,14 +371,13 @@ def read_state(root: Root, *, verify: bool = True) -> RootState:
     recent_keys = key_set(recent.pointers)
     known = np.union1d(indexed.keys.keys, recent_keys)
     if verify:
-        video_sizes = root.list_sizes(VIDEOS_DIR)
+        videos = listing(root.list_sizes(VIDEOS_DIR), ".mp4")
         if len(indexed.keys):
-            videos = listing_sizes(video_sizes, ".mp4")
             markers = listing_sizes(root.list_sizes(ITEMS_DIR), ".json")
-            state.damaged = verify_files(indexed, recent_keys, videos, markers)
+            state.damaged = verify_files(indexed, recent_keys, videos.table(), markers)
         state.verified = True
         if not indexed.corrupt:
-            state.rebuilt = rebuild_unindexed(root, video_sizes, known)
+            state.rebuilt = rebuild_unindexed(root, videos, known)
     if indexed.corrupt:
         state.rebuilt = rebuild_from_markers(root, known)
     state.done = done_table(indexed.keys, state)
@@ -369,7 +385,7 @@ def read_state(root: Root, *, verify: bool = True) -> RootState:
 
 
 def rebuild_unindexed(
-    root: Root, video_sizes: dict[str, int], known: np.ndarray
+    root: Root, videos: Listing, known: np.ndarray
 ) -> dict[str, tuple[dict, int | None]]:
     """Done items the index lost (a part deleted, or the whole `index/`), found from the listing
     of `videos/` the verification takes anyway: a video whose id neither the index nor `recent/`
@@ -377,16 +393,14 @@ def rebuild_unindexed(
     Only those ids' markers are read, one read each; a marker that names that video with the
     listed size counts as done (`heal` indexes it again). With the index whole this costs no
     storage call beyond the listing; n lost items cost n marker reads."""
-    sizes = {n[: -len(".mp4")]: s for n, s in video_sizes.items() if n.endswith(".mp4")}
-    ids = np.array(list(sizes), dtype=object)
-    if not len(ids):
+    lost = ~np.isin(videos.keys, known)
+    if not lost.any():
         return {}
-    unknown = [str(i) for i in ids[~np.isin(text_keys(ids), known)]]
+    unknown = [str(i) for i in videos.ids[lost]]
     rebuilt = {}
-    for item_id, (marker, size) in zip(
-        unknown, _reader_pool().map(lambda i: read_marker(root, i), unknown)
-    ):
-        if _names_video(marker, item_id, sizes[item_id]):
+    found = _reader_pool().map(lambda i: read_marker(root, i), unknown)
+    for item_id, listed, (marker, size) in zip(unknown, videos.sizes[lost], found, strict=True):
+        if _names_video(marker, item_id, int(listed)):
             rebuilt[item_id] = (marker, size)
     return rebuilt
 
