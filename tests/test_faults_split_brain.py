@@ -136,11 +136,6 @@ def test_the_resumed_first_driver_writes_no_file_of_the_root(split):
     assert files_of(split["out"]) == split["second_files"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a driver that lost its lease still writes run.json (state stopped): engine/run.py's "
-    "error path and dispatch.py's write_status do not check the lease",
-)
 def test_the_resumed_first_driver_leaves_the_second_runs_run_json(split):
     info = json.loads((split["out"] / "run.json").read_text())
     assert (info["state"], info["pid"]) == ("finished", os.getpid())

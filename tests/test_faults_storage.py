@@ -131,3 +131,26 @@ def test_a_partition_that_swallows_a_put_ends_in_a_storage_error_not_a_hang(prox
         proxy.restore()
     assert len(raised) == 1 and isinstance(raised[0], StoreError)
     assert store.status_counts()["done"] == 1
+
+
+def test_a_reset_connections_orphaned_task_is_not_printed_but_other_loop_errors_are(caplog):
+    import asyncio
+    import logging
+
+    from pusa_batch.store.io import quiet_orphaned_io_errors
+
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_orphaned_io_errors(loop)
+        reset = ConnectionResetError("Cannot write to closing transport")
+        loop.call_exception_handler(
+            {"message": "Task exception was never retrieved", "exception": reset}
+        )
+        shown = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not shown  # asyncio would log it at ERROR, with the traceback
+        loop.call_exception_handler({"message": "something else", "exception": ValueError("x")})
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+            "something else"
+        ]
+    finally:
+        loop.close()

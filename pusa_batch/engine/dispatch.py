@@ -202,6 +202,8 @@ class Driver(PoolKeeping, LossHandling, StatusKeeping):
         self.metrics.item_done(slot.wid, result.timings)
 
     def _failed(self, pending: Pending, slot: Slot, error: ItemError) -> None:
+        if error.error_type == "LeaseError" and not self.lease.still_held():
+            raise self.lease.lost  # the worker saw another run's lease: this run is over
         pending.attempts += 1
         pending.tried.add(slot.wid)
         final = pending.attempts > self.config.max_retries

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from pusa_batch.engine.config import RunSummary
+from pusa_batch.store.io import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class StatusKeeping:
                 total=summary.total, done_before=summary.done_before, skipped=summary.skipped
             )
         try:
+            if self.lease is not None and not self.lease.still_held():
+                return  # run.json is the new holder's now
             self.store.write_run_info(status)
-        except Exception:  # progress is best effort; the run itself must not stop for it
-            log.warning("could not write run.json", exc_info=True)
+        except Exception as exc:  # progress is best effort; the run itself must not stop for it
+            log.warning("could not write run.json: %s", redact_text(str(exc)))

@@ -43,7 +43,7 @@ from pusa_batch.engine.dispatch import Driver
 from pusa_batch.engine.plan import Rules, changed_error, iter_todo, make_plan
 from pusa_batch.engine.runner import PipelineRunner, run_spec
 from pusa_batch.engine.worker import ItemRunner
-from pusa_batch.errors import RayStartError, Terminated, UsageError
+from pusa_batch.errors import LeaseError, RayStartError, StoreError, Terminated, UsageError
 from pusa_batch.manifest.read import validate_manifest
 from pusa_batch.store.io import RetryPolicy, add_retry_listener
 from pusa_batch.store.store import Store
@@ -123,10 +123,12 @@ def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> 
                     driver.run(
                         iter_todo(config.manifest, spec, state, rules, plan=planned), plan.todo
                     )
-            except BaseException:
-                with contextlib.suppress(Exception):  # keep what is done; the error is the news
-                    store.compact_index()
-                    driver.write_status(state="stopped")
+            except BaseException as stopped:
+                still_ours = not isinstance(stopped, LeaseError) and lease.lost is None
+                if still_ours and not _unreachable(stopped):
+                    with contextlib.suppress(Exception):  # keep what is done; the error is news
+                        store.compact_index()
+                        driver.write_status(state="stopped")
                 raise
         compacted = store.compact_index()
         changed_root = driver.generated or compacted.folded or healed or state.damaged
@@ -177,6 +179,12 @@ def _ray_session(
         finally:
             if owned:
                 ray.shutdown()
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A storage error after retries ran out: more calls on the way out would each wait out
+    their own timeout, and the store could not take them anyway."""
+    return isinstance(error, StoreError) and "cannot be reached" in str(error)
 
 
 SIGTERM_RECEIVED = threading.Event()

@@ -288,6 +288,35 @@ def _redacted_pair(pair: str) -> str:
     return f"{key}=***" if sep else "***"
 
 
+def _orphaned_io_error(context: dict) -> bool:
+    """An aiohttp task of a reset connection that nobody awaited (the call that owned it was
+    retried): asyncio would print its traceback into the run's output."""
+    error = context.get("exception")
+    return (
+        "never retrieved" in str(context.get("message", ""))
+        and error is not None
+        and (is_transient(error) or type(error).__module__.startswith("aiohttp"))
+    )
+
+
+_QUIETED_LOOPS: set[int] = set()
+
+
+def quiet_orphaned_io_errors(loop: Any) -> None:
+    """Log those at debug level on fsspec's event loop; everything else as asyncio would."""
+    if loop is None or id(loop) in _QUIETED_LOOPS:
+        return
+    _QUIETED_LOOPS.add(id(loop))
+
+    def handler(loop: Any, context: dict) -> None:
+        if _orphaned_io_error(context):
+            log.debug("a reset connection's task failed unobserved: %s", context.get("exception"))
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 CALL_TIMEOUT_FLOOR_S = 60.0  # a big video's PUT on a slow link must still fit in one call
 
 
@@ -320,6 +349,8 @@ class Root:
         # TimeoutError): without it a PUT into a partition that swallows bytes waits forever
         # (aiohttp's 100-continue has no timeout), and --storage-timeout never fires.
         self.io = {"timeout": call_timeout_s(retry)} if getattr(fs, "async_impl", False) else {}
+        if self.io:
+            quiet_orphaned_io_errors(getattr(fs, "loop", None))
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if self.root else rel

@@ -99,6 +99,16 @@ class Lease:
                 raise self._lost(current) from None
         self.record = record
 
+    def still_held(self) -> bool:
+        """Whether lease.json still names this run (one read); once not, `lost` says why."""
+        if self.lost is not None:
+            return False
+        current = read_versioned(self._root, LEASE_FILE)
+        if current is None or _parsed(current.data).get("token") != self.token:
+            self.lost = self._lost(current)
+            return False
+        return True
+
     def _lost(self, current: Versioned | None) -> LeaseError:
         who = describe(_parsed(current.data), time.time()) if current else None
         return LeaseError(
