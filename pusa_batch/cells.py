@@ -1,7 +1,8 @@
 """Manifest cell parsers: frame lists ('0,20', '[0, 20]', '0..12') and number lists.
 
 `tasks` re-exports `parse_int_list` and `parse_float_list`, which the manifest code reads there.
-`is_empty` is the one rule for an empty cell, in every manifest format.
+`is_empty` is the one rule for an empty cell, in every manifest format; `printable` is how an id,
+a cell or a column name from a manifest is shown in a message.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def is_empty(value: Any) -> bool:
     if getattr(value, "ndim", None) == 0:  # a numpy scalar
         return is_empty(value.item())
     return False
+
+
+def printable(text: object) -> str:
+    """The text with every character a terminal would act on or hide escaped as Python writes it
+    (ESC as \\x1b, NUL, newline, bidi and zero-width marks as \\u202e...): a message quoting a
+    manifest can neither clear the screen nor reorder what it says."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _cell_items(value: Any, column: str, example: str) -> list[Any]:

@@ -148,15 +148,41 @@ def columns_of(path: str) -> list[str]:
 def finish_build(
     out, rows: Iterable[dict], columns, skipped, notes, validate, spec
 ) -> BuildSummary:
-    """Write, then check the result with the validator `run` uses (raises its ManifestError)."""
-    count, tasks = write_rows(rows, out, columns, CHUNK_ROWS)
+    """Write, then check the result with the validator `run` uses (raises its ManifestError).
+    With `validate`, the rows go to a hidden name beside `out`, renamed only once they pass: a
+    build that fails leaves no file behind."""
     notes = list(notes)
-    if validate:
-        report = validate_manifest(out, spec, check_files=True)
-        report.raise_for_problems(out)
-        if report.extra_columns:
-            notes.append(report.extra_note())
+    if not validate:
+        count, tasks = write_rows(rows, out, columns, CHUNK_ROWS)
+        return BuildSummary(out, count, dict(tasks), tuple(skipped), tuple(notes), validate)
+    fs, target = fsspec.core.url_to_fs(str(out))
+    folder, _, name = target.rpartition("/")
+    pending = f"{folder}/.{name}.pending-{os.getpid()}{_suffix(name)}"
+    pending_url = pending if "://" not in str(out) else fs.unstrip_protocol(pending)
+    try:
+        count, tasks = write_rows(rows, pending_url, columns, CHUNK_ROWS)
+        try:
+            report = validate_manifest(pending_url, spec, check_files=True)
+        except ManifestError as e:
+            raise ManifestError(str(e).replace(pending_url, str(out)), e.problems) from None
+        report.raise_for_problems(str(out))
+        fs.mv(pending, target)
+    finally:
+        if fs.exists(pending):
+            fs.rm(pending)
+    if report.extra_columns:
+        notes.append(report.extra_note())
     return BuildSummary(out, count, dict(tasks), tuple(skipped), tuple(notes), validate)
+
+
+def _suffix(name: str) -> str:
+    """The format's suffixes (`.csv`, `.jsonl.gz`), so the hidden file reads as `out` does."""
+    lower = name.lower()
+    for comp in ("", ".gz", ".bz2", ".xz", ".zst"):
+        for ext in (".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson"):
+            if lower.endswith(ext + comp):
+                return name[len(name) - len(ext + comp) :]
+    return os.path.splitext(name)[1]
 
 
 def check_defaults(defaults: Mapping[str, Any], owned: Sequence[str]) -> None:

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from pusa_batch.cells import is_empty
+from pusa_batch.cells import is_empty, printable
 from pusa_batch.errors import ManifestError
 from pusa_batch.manifest.builders import (
     BuildSummary,
@@ -22,6 +22,7 @@ from pusa_batch.manifest.builders import (
 )
 from pusa_batch.manifest.columns import column_problem
 from pusa_batch.manifest.schema import COLUMNS
+from pusa_batch.manifest.write import normalise_cell
 
 # --------------------------------------------------------------------------- sweep
 
@@ -89,6 +90,19 @@ def _suffixes(column: str, values: list) -> list[str]:
     return [f"{safe_id(column)}_{t}" for t in texts]
 
 
+def _refuse_bad_values(names: list[str], values: list[list]) -> None:
+    """A grid value its column cannot hold (seed=nan), named before anything is written."""
+    bad = []
+    for name, column_values in zip(names, values, strict=True):
+        for value in column_values:
+            try:
+                normalise_cell(COLUMNS.get(name), value)
+            except (TypeError, ValueError) as e:
+                bad.append(f"grid {name}={printable(json.dumps(value))}: {printable(e)}")
+    if bad:
+        raise ManifestError("; ".join(bad) + ". Give values the column can hold.")
+
+
 def sweep(
     base_manifest: str,
     out: str,
@@ -119,6 +133,7 @@ def sweep(
     if any(not v for v in values):
         empty = [c for c, v in zip(names, values, strict=True) if not v]
         raise ManifestError(f"grid column(s) {', '.join(empty)} have no values")
+    _refuse_bad_values(names, values)
     suffixes = [_suffixes(c, v) for c, v in zip(names, values, strict=True)]
     points = list(
         zip(

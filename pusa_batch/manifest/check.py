@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ import pyarrow as pa
 
 from pusa_batch import tasks as task_rules
 from pusa_batch import video as media
-from pusa_batch.cells import is_empty
+from pusa_batch.cells import is_empty, printable
 from pusa_batch.errors import InputMediaError, RowProblem, TaskError
 from pusa_batch.item import FITS, Item
 from pusa_batch.manifest.columns import extra_values
@@ -24,7 +25,6 @@ from pusa_batch.manifest.schema import (
     ID_PATTERN_TEXT,
     PATH_COLUMNS,
     REQUIRED_COLUMNS,
-    SEED_MAX,
     IdSet,
     Rules,
     canonical_value,
@@ -35,13 +35,14 @@ from pusa_batch.manifest.schema import (
     resolve_path,
     text_column,
 )
-from pusa_batch.pipelines.spec import Limits
+from pusa_batch.manifest.value_rules import limit_rules, range_rules, written_text
 
 # --------------------------------------------------------------------------- row checks
 
 # Without check_files a video's length is unknown: plan as if it were long enough.
 UNPROBED_VIDEO_FRAMES = 10**9
 ID_TEXTS = "id (as text)"  # key in the parsed columns: the id column as a string Series
+READ_PROBLEMS = "pusa_batch.read_problems"  # df.attrs key: [(row offset, column, message)]
 PLAN_COLUMNS = frozenset({"task", "num_frames", "cond_frames", "noise_multipliers", *PATH_COLUMNS})
 
 
@@ -158,6 +159,8 @@ class ChunkChecker:
     def check(self, df: pd.DataFrame, first_row: int, *, extra: Iterable[str] = ()) -> CheckedChunk:
         """The chunk checked; `extra` names the user's own columns, carried into the items."""
         n, found = len(df), _Problems()
+        for offset, column, message in df.attrs.get(READ_PROBLEMS, ()):
+            found.add(offset, column, message)  # what the reader found (a JSONL NaN, a repeat)
         cols = self._parse_columns(df, found)
         self._check_values(cols, found, n)
         images, paths = self._resolve_paths(cols, found, n)
@@ -165,7 +168,10 @@ class ChunkChecker:
         self._plan_rows(cols, images, paths, found, n)
         fits, sizes = self._fits(cols, images, paths, found, n)
         found.found.sort(key=lambda p: (p[0], COLUMN_ORDER.get(p[1], 99)))
-        problems = [RowProblem(first_row + i, ids[i], c, m) for i, c, m in found.found]
+        problems = [
+            RowProblem(first_row + i, _shown_id(ids[i]), printable(c), printable(m))
+            for i, c, m in found.found
+        ]
         bad = np.zeros(n, dtype=bool)
         bad[[i for i, _, _ in found.found]] = True
         return CheckedChunk(
@@ -201,6 +207,7 @@ class ChunkChecker:
                 what = _expected("a whole number" if kind == "int" else "a number")
                 found.add_where(num.bad, name, what, s.to_numpy(object))
                 cols[name] = num.values
+                cols[_as_written(name)] = s
             else:
                 cols[name] = self._parse_lists(name, kind, s, found)
         return cols
@@ -232,12 +239,14 @@ class ChunkChecker:
                 unknown, "task", lambda v: f"unknown task {v!r}; use one of: {valid}.", tasks
             )
         r, m = self.rules.temporal_factor, self.rules.spatial_multiple
-        for name, is_bad, message in _range_rules(r, m) + _limit_rules(self.rules.limits):
+        for name, is_bad, message in range_rules(r, m) + limit_rules(self.rules.limits):
             if name in cols:
-                values = cols[name]
+                values, written = cols[name], cols[_as_written(name)]
                 with np.errstate(invalid="ignore"):
                     mask = ~np.isnan(values) & is_bad(values)
-                found.add_where(mask, name, message, values)
+                for i in np.flatnonzero(mask):
+                    v = values[i]
+                    found.add(int(i), name, message(v, written_text(written.iloc[i], v)))
         self._check_pixels(cols, found)
         if "fit" in cols:
             fits = pd.Series(cols["fit"], dtype=object)
@@ -315,14 +324,23 @@ class ChunkChecker:
     def _probe_uncached(self, kind: str, path: str) -> tuple[Any, str | None]:
         try:
             fs, fs_path = fsspec.core.url_to_fs(path, **self.storage_options)
-            if not fs.exists(fs_path):
-                return None, f"input file not found: {path}"
+            problem = _file_problem(fs, fs_path, path)
+            if problem:
+                return None, problem
             probe = media.probe_video if kind == "video" else media.probe_image
             return probe(path, storage_options=self.storage_options or None), None
         except InputMediaError as e:
             return None, f"cannot read the {kind}: {e}"
         except (OSError, ValueError) as e:
             return None, f"cannot open {path}: {e}"
+        except Exception as e:  # a storage client's own errors (botocore's), never a traceback
+            if "credential" in f"{type(e).__name__} {e}".lower():
+                return None, (
+                    f"cannot open {path}: no credentials for this storage; set them (for S3: "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), or use a "
+                    "local file."
+                )
+            return None, f"cannot open {path}: {type(e).__name__}: {e}"
 
     def _check_file(self, i: int, column: str, path: str, found: _Problems) -> None:
         if self.check_files:
@@ -479,6 +497,35 @@ class ChunkChecker:
                 found.add(int(i), e.column, e.message)
 
 
+def _file_problem(fs: Any, fs_path: str, path: str) -> str | None:
+    """Why an input file cannot be probed (missing, not a regular file, empty), else None: a
+    FIFO or a device would block or never end, and an empty file has nothing to read."""
+    if getattr(fs, "local_file", False):
+        try:
+            mode = os.stat(fs_path).st_mode
+        except FileNotFoundError:
+            return f"input file not found: {path}"
+        if not stat.S_ISREG(mode):
+            return (
+                f"{path} is not a regular file (a folder, FIFO or device); give an image or "
+                "video file."
+            )
+    elif not fs.exists(fs_path):
+        return f"input file not found: {path}"
+    if fs.size(fs_path) == 0:
+        return f"{path} is an empty file (0 bytes); give a whole image or video."
+    return None
+
+
+def _shown_id(value: Any) -> str | None:
+    return None if value is None else printable(value)
+
+
+def _as_written(name: str) -> str:
+    """Key in the parsed columns: a number column's cells as the manifest wrote them."""
+    return f"{name} (as written)"
+
+
 def _present(values: np.ndarray) -> np.ndarray:
     """Elementwise `is not None` over an object array."""
     return np.not_equal(values, None)
@@ -527,73 +574,9 @@ def _canonical(cols: dict[str, Any], idx: np.ndarray) -> list[str]:
     return list(out)
 
 
-def _map_unique(values: np.ndarray, check: Callable[[int], bool]) -> np.ndarray:
-    """Apply a per-value rule once per distinct value (whole, non-NaN values only)."""
-    uniq = np.unique(values[~np.isnan(values)])
-    good = [u for u in uniq if u == math.floor(u) and check(int(u))]
-    return np.isin(values, good)
-
-
 def _pixels(size: str) -> int:
     h, _, w = size.partition("x")
     return int(h) * int(w)
-
-
-def _limit_rules(limits: Limits) -> list[tuple[str, Callable, Callable]]:
-    """Upper bounds from the pipeline spec (`[limits]`), so nothing huge is ever allocated."""
-
-    def over(name: str, limit: int, key: str) -> tuple[str, Callable, Callable]:
-        return (
-            name,
-            lambda v: v > limit,
-            lambda v: (
-                f"{name} {v:.0f} is over this pipeline's limit of {limit} ({key}); "
-                f"use at most {limit}, or raise limits.{key} in the pipeline TOML."
-            ),
-        )
-
-    return [
-        over("num_frames", limits.max_frames, "max_frames"),
-        over("height", limits.max_side, "max_side"),
-        over("width", limits.max_side, "max_side"),
-        over("steps", limits.max_steps, "max_steps"),
-    ]
-
-
-def _range_rules(r: int, m: int) -> list[tuple[str, Callable, Callable]]:
-    def frames_msg(v: float) -> str:
-        low = max(1, (int(v) - 1) // r * r + 1)
-        return f"num_frames {int(v)} is not {r}*k+1; use {low} or {low + r}."
-
-    def size_msg(name: str) -> Callable:
-        def msg(v: float) -> str:
-            low = max(m, int(v) // m * m)
-            return f"{name} {int(v)} is not a positive multiple of {m}; use {low} or {low + m}."
-
-        return msg
-
-    return [
-        (
-            "num_frames",
-            lambda v: ~_map_unique(v, lambda n: task_rules.valid_num_frames(n, r)),
-            frames_msg,
-        ),
-        ("height", lambda v: (v <= 0) | (v % m != 0), size_msg("height")),
-        ("width", lambda v: (v <= 0) | (v % m != 0), size_msg("width")),
-        ("fps", lambda v: v < 1, lambda v: f"fps must be at least 1, got {v:g}."),
-        (
-            "seed",
-            lambda v: (v < 0) | (v > SEED_MAX),
-            lambda v: f"seed {v:.0f} is outside 0..{SEED_MAX} (uint32).",
-        ),
-        ("steps", lambda v: v < 1, lambda v: f"steps must be at least 1, got {int(v)}."),
-        (
-            "guidance_scale",
-            lambda v: ~np.isfinite(v) | (v < 1),
-            lambda v: f"guidance_scale must be >= 1 (1 turns guidance off), got {v:g}.",
-        ),
-        ("shift", lambda v: ~np.isfinite(v) | (v <= 0), lambda v: f"shift must be > 0, got {v:g}."),
-    ]
 
 
 COLUMN_ORDER = {name: k for k, name in enumerate(COLUMNS)}

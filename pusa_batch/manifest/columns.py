@@ -4,6 +4,8 @@ Decisions:
 - A column that is not ours but is one slip from one of ours (`sed`, `num_frame`,
   `negative_promt`; see `nearest_column`) or repeats a column (`seed.1`, pandas' name for a
   second `seed`) is an error: its values would silently be ignored and the default used.
+  A name that is the start of one of ours or one of its words (`guidance`, `negative`,
+  `frames`) is carried, but the summary line asks "did you mean guidance_scale?".
   Any other column is the user's own metadata: it is carried into
   each item (`Item.extra`), its marker and the index, and named once in the summary.
   `strict_columns` makes those an error too.
@@ -27,8 +29,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pusa_batch.cells import printable
 from pusa_batch.errors import RowProblem
-from pusa_batch.manifest.schema import COLUMNS, REQUIRED_COLUMNS
+from pusa_batch.manifest.schema import COLUMNS, DEFAULTED_COLUMNS, REQUIRED_COLUMNS
 
 _MANGLED = re.compile(r"^(?P<name>.+)\.(?P<n>\d+)$")  # how pandas renames a repeated header
 
@@ -66,7 +69,7 @@ def check_header(
         if problem is None:
             extra.append(name)
         else:
-            problems.append(RowProblem(0, None, name, problem))
+            problems.append(RowProblem(0, None, printable(name), problem))
     return Header(tuple(problems), tuple(extra))
 
 
@@ -75,14 +78,25 @@ def column_problem(name: str, columns: Iterable[str] = ()) -> str | None:
     column of the manifest), else None: then it is the user's own."""
     mangled = _MANGLED.match(name)
     if mangled and (mangled["name"] in COLUMNS or mangled["name"] in set(columns)):
-        return f"the column '{mangled['name']}' appears more than once; keep one."
+        return f"the column '{printable(mangled['name'])}' appears more than once; keep one."
     close = nearest_column(name)
     if close:
         return (
-            f"unknown column '{name}': did you mean '{close}'? Rename it; as it is, its "
-            "values would be ignored and the default used."
+            f"unknown column '{printable(name)}': did you mean '{close}'? Rename it; as it is, "
+            "its values would be ignored and the default used."
         )
     return None
+
+
+def partial_columns(name: str) -> list[str]:
+    """Our columns that start with `name` or have it as a word (`guidance`, `frames`), more than
+    a slip away: the user may mean their own column, or ours."""
+    text = name.strip().lower()
+    if len(text) < 4:
+        return []
+    starts = [c for c in COLUMNS if c.startswith(text) and c != text]
+    words = [c for c in COLUMNS if c not in starts and text in c.split("_")]
+    return starts + sorted(words, key=lambda c: c not in DEFAULTED_COLUMNS)
 
 
 def nearest_column(name: str) -> str | None:
@@ -114,14 +128,20 @@ def _slips(a: str, b: str) -> int:
 
 def strict_problem(name: str) -> str:
     return (
-        f"unknown column '{name}': --strict-columns allows only pusa-batch's columns; remove "
-        "it, or drop --strict-columns to carry it as extra metadata."
+        f"unknown column '{printable(name)}': --strict-columns allows only pusa-batch's "
+        "columns; remove it, or drop --strict-columns to carry it as extra metadata."
     )
 
 
 def extra_note(names: Iterable[str]) -> str:
-    """The summary's one line about the user's own columns."""
-    return f"carried as extra metadata: {', '.join(names)}"
+    """The summary's one line about the user's own columns, asking about partial names."""
+    return f"carried as extra metadata: {', '.join(map(_noted, names))}"
+
+
+def _noted(name: str) -> str:
+    close = partial_columns(name)
+    ask = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return printable(name) + ask
 
 
 # --------------------------------------------------------------------------- values

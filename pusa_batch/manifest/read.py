@@ -1,8 +1,9 @@
 """Manifests: the streaming loader, the whole-file validator and resolved `Item`s.
 
-The schema (columns, defaults, `Item`) is in `manifest.schema`, the header's checks and the
-user's own columns in `manifest.columns`, fingerprints in `manifest.fingerprint` (re-exported
-here); `manifests/README.md` is the user-facing description of all of them.
+The schema (columns, defaults, `Item`) is in `manifest.schema`, reading each format in
+`manifest.formats`, the header's checks and the user's own columns in `manifest.columns`,
+fingerprints in `manifest.fingerprint` (re-exported here); `manifests/README.md` is the
+user-facing description of all of them.
 
 Decisions:
 - The plan's second pass reads only the rows its first pass chose (`iter_chosen_items`): other
@@ -13,22 +14,18 @@ Decisions:
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pusa_batch.cells import printable
 from pusa_batch.errors import ManifestError, RowProblem
 from pusa_batch.item import Item
-from pusa_batch.manifest.check import CheckedChunk, ChunkChecker
+from pusa_batch.manifest.check import READ_PROBLEMS, CheckedChunk, ChunkChecker
 from pusa_batch.manifest.columns import check_header, extra_note
 from pusa_batch.manifest.fingerprint import (  # noqa: F401 - re-exported: read's old face
     ROW_FIELDS,
@@ -43,146 +40,21 @@ from pusa_batch.manifest.fingerprint import (  # noqa: F401 - re-exported: read'
     plain_t2v_template,
     resolved_conditioning,
 )
-from pusa_batch.manifest.schema import COLUMNS, manifest_folder, rules_from_spec
+from pusa_batch.manifest.formats import (  # noqa: F401 - re-exported: read's old face
+    COLUMN_PROBLEMS,
+    COMPRESSIONS,
+    FORMATS,
+    iter_raw_chunks,
+    manifest_format,
+)
+from pusa_batch.manifest.schema import manifest_folder, rules_from_spec
 
 MAX_PROBLEMS_KEPT = 1000
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
-FORMATS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
 
 class ManifestWarning(UserWarning):
     """Something in the manifest is ignored (kept for callers that filter it; nothing in a
     manifest is ignored silently any more: the user's own columns are carried as `extra`)."""
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def manifest_format(path: str) -> str:
-    name = path.lower().split("?", 1)[0]
-    for comp in COMPRESSIONS:
-        name = name.removesuffix(comp)
-    for ext, kind in FORMATS.items():
-        if name.endswith(ext):
-            return kind
-    raise ManifestError(
-        f"{path}: unknown manifest format. Use a .csv, .tsv, .parquet or .jsonl file "
-        "(optionally .gz-compressed for CSV and JSONL)."
-    )
-
-
-def iter_raw_chunks(
-    path: str, chunk_rows: int = 65536, *, storage_options: dict | None = None
-) -> Iterator[pd.DataFrame]:
-    """Yield the manifest as DataFrames of at most `chunk_rows` rows, cells as stored.
-
-    CSV cells come as text (empty cell = NaN); Parquet and JSONL keep their types (lists stay
-    lists). Local paths and fsspec URLs both work; the file is never read whole.
-    """
-    kind = manifest_format(path)
-    opts = storage_options or {}
-    try:
-        with fsspec.open(path, "rb", compression="infer", **opts) as f:
-            if kind == "parquet":
-                yield from _parquet_chunks(f, chunk_rows)
-            elif kind == "jsonl":
-                yield from _jsonl_chunks(f, chunk_rows, path)
-            else:
-                yield from _csv_chunks(f, chunk_rows, "\t" if kind == "tsv" else ",")
-    except FileNotFoundError as e:
-        raise ManifestError(f"{path}: manifest not found.") from e
-    except pd.errors.EmptyDataError:
-        raise ManifestError(
-            f"{path}: the manifest is empty; it needs a header row (id,task,prompt,...) and rows"
-        ) from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, pa.ArrowException) as e:
-        if isinstance(e, ManifestError):
-            raise
-        raise ManifestError(
-            f"{path}: cannot read the manifest as {kind} ({e}); is it a whole {kind} file?"
-        ) from None
-
-
-def _csv_chunks(f: Any, chunk_rows: int, sep: str) -> Iterator[pd.DataFrame]:
-    reader = pd.read_csv(  # raises EmptyDataError for a file with no header at all
-        f,
-        sep=sep,
-        dtype=str,
-        keep_default_na=False,
-        na_values=[""],
-        index_col=False,
-        chunksize=chunk_rows,
-    )
-    while True:
-        with warnings.catch_warnings():  # pandas only warns when a row has too many cells
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            try:
-                chunk = next(reader)
-            except StopIteration:
-                return
-            except pd.errors.ParserWarning as e:
-                raise pd.errors.ParserError(
-                    "a row has more cells than the header; quote cells that contain commas"
-                ) from e
-        yield chunk
-
-
-def _parquet_chunks(f: Any, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    parquet = pq.ParquetFile(f)
-    empty = True
-    for batch in parquet.iter_batches(batch_size=chunk_rows):
-        empty = False
-        df = batch.to_pandas()
-        for name in _user_columns(batch.schema.names):  # pandas reads ints with nulls as floats
-            column = batch.column(name)
-            if pa.types.is_integer(column.type) and column.null_count:
-                df[name] = pd.Series(column.to_pylist(), index=df.index, dtype=object)
-        yield df
-    if empty:
-        yield parquet.schema_arrow.empty_table().to_pandas()
-
-
-def _refuse_constant(name: str) -> None:
-    """JSON's NaN / Infinity would pass for an empty cell and silently take the default."""
-    raise ValueError(
-        f"{name} is not a value a manifest can hold; leave the key out for the default."
-    )
-
-
-def _jsonl_chunks(f: Any, chunk_rows: int, path: str) -> Iterator[pd.DataFrame]:
-    records: list[dict] = []
-    columns: dict[str, None] = {}
-    for line_no, raw in enumerate(f, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw, parse_constant=_refuse_constant)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{path}, line {line_no}: not valid JSON ({e.msg}).") from e
-        except ValueError as e:
-            raise ManifestError(f"{path}, line {line_no}: {e}") from None
-        if not isinstance(record, dict):
-            raise ManifestError(f"{path}, line {line_no}: each line must be a JSON object.")
-        columns.update(dict.fromkeys(record))
-        records.append(record)
-        if len(records) == chunk_rows:
-            yield _jsonl_frame(records, list(columns))
-            records = []
-    if records or not columns:
-        yield _jsonl_frame(records, list(columns))
-
-
-def _jsonl_frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
-    df = pd.DataFrame.from_records(records, columns=columns)
-    for name in _user_columns(columns):  # pandas makes [1, missing] floats: keep JSON's types
-        if df[name].dtype.kind == "f" and df[name].isna().any():
-            df[name] = pd.Series([r.get(name) for r in records], index=df.index, dtype=object)
-    return df
-
-
-def _user_columns(names: Iterable[str]) -> list[str]:
-    return [name for name in names if str(name).strip() not in COLUMNS]
 
 
 # --------------------------------------------------------------------------- validation
@@ -264,6 +136,10 @@ def _checked_chunks(
     for df in iter_raw_chunks(path, chunk_rows, storage_options=storage_options):
         df.columns = [str(c).strip() for c in df.columns]
         header_problems = columns.check(list(df.columns))
+        header_problems += [
+            RowProblem(0, None, printable(column), printable(message))
+            for column, message in df.attrs.get(COLUMN_PROBLEMS, ())
+        ]
         chunk = checker.check(df, first_row, extra=columns.extra)
         first_row += len(df)
         yield chunk, header_problems, columns.extra
@@ -304,7 +180,14 @@ def validate_manifest(
         report.bad_rows += int(chunk.bad.sum())
         counts.update(chunk.task_counts())
     report.task_counts = dict(sorted(counts.items()))
+    if report.rows == 0 and report.ok:
+        raise ManifestError(_NO_ROWS.format(path))
     return report
+
+
+_NO_ROWS = (
+    "{}: the manifest has no rows; add at least one row (task, prompt, ...) under the header."
+)
 
 
 def iter_items(
@@ -370,6 +253,17 @@ def chunk_items(chunk: CheckedChunk, rows: Iterable[int]) -> Iterator[Item]:
         yield chunk._item(int(row))
 
 
+def _refuse_read_problems(df: pd.DataFrame, offsets: np.ndarray, first_row: int, path: str):
+    """A chosen row the reader found a problem in: the manifest changed since it was checked."""
+    chosen = set(map(int, offsets))
+    for offset, column, message in df.attrs.get(READ_PROBLEMS, ()):
+        if offset in chosen:
+            raise ManifestError(
+                f"{path} changed while the run planned it: row {first_row + offset}, column "
+                f"'{printable(column)}': {printable(message)} Rerun to plan it again."
+            )
+
+
 def iter_chosen_items(
     path: str,
     spec: Any | None,
@@ -397,7 +291,9 @@ def iter_chosen_items(
         offsets = chosen.get(index)
         if offsets is not None and len(offsets):
             df.columns = [str(c).strip() for c in df.columns]
+            _refuse_read_problems(df, offsets, first_row, path)
             rows = df.iloc[np.asarray(offsets, dtype=np.int64)].reset_index(drop=True)
+            rows.attrs = {}
             chunk = checker.check(rows, first_row, extra=check_header(df.columns).extra)
             if chunk.problems:
                 problem = chunk.problems[0]

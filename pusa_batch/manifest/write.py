@@ -126,7 +126,11 @@ def _normalise_chunk(rows: list[dict], columns: list[str], first_row: int) -> di
         for c in columns
     }
     if problems:
-        raise ManifestError(f"{len(problems)} bad cell(s) while writing the manifest", problems)
+        shown = "".join(f"\n  {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ManifestError(
+            f"{len(problems)} bad cell(s) while writing the manifest:{shown}{more}", problems
+        )
     return table
 
 

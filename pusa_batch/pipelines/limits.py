@@ -22,13 +22,15 @@ class Limits:
     """The largest item a pipeline takes, checked by `validate` before anything is allocated.
 
     The defaults sit a little above what each family was trained for (Wan: 81 frames at
-    1280x720; Mochi: 163 frames at 848x480); a `[limits]` table in the TOML overrides them.
+    1280x720, 16 fps; Mochi: 163 frames at 848x480, 30 fps); a `[limits]` table in the TOML
+    overrides them.
     """
 
     max_frames: int = 321
     max_side: int = 2048
     max_pixels: int = 1920 * 1088  # height x width
     max_steps: int = 1000
+    max_fps: int = 240  # only the mp4's timing, but a huge rate breaks players and encoders
 
 
 MOCHI_LIMITS = Limits(max_frames=331, max_side=1536, max_pixels=1280 * 736)

@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -381,9 +382,16 @@ def load_pipeline_spec(path: str | os.PathLike) -> PipelineSpec:
     """Read and validate a pipeline TOML file."""
     source = Path(path).expanduser().resolve()
     try:
+        if not stat.S_ISREG(source.stat().st_mode):  # a FIFO or a device would block reading
+            raise PipelineError(
+                f"{source}: not a regular file (a folder, FIFO or device); give the pipeline's "
+                ".toml file"
+            )
         raw = tomllib.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise PipelineError(f"{source}: pipeline file not found") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{source}: cannot read the pipeline file ({e})") from e
     except tomllib.TOMLDecodeError as e:
         raise PipelineError(f"{source}: not valid TOML ({e})") from e
     return parse_pipeline_spec(raw, source)

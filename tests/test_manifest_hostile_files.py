@@ -1,0 +1,83 @@
+"""Hostile manifests and pipeline files (issue 13): escaped ids, special files, unreadable shapes
+and missing credentials are each a clear error, never a hang or a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pusa_batch.errors import ManifestError, PipelineError
+from pusa_batch.manifest.read import validate_manifest
+from pusa_batch.pipelines.spec import load_pipeline_spec
+
+
+@pytest.mark.parametrize(
+    ("char", "escaped"),
+    [("\x1b", "\\x1b"), ("\x00", "\\x00"), ("\n", "\\n"), ("\u202e", "\\u202e")],
+)
+def test_a_bad_id_is_printed_escaped_in_the_row_prefix_too(tmp_path, char, escaped):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"id": f"a{char}[2Jb", "task": "t2v", "prompt": "a"}) + "\n")
+    [problem] = validate_manifest(str(path)).problems
+    assert str(problem).isprintable()
+    assert str(problem).startswith(f"row 1 (id a{escaped}[2Jb), column 'id'")
+
+
+def _special(tmp_path, kind: str) -> str:
+    path = tmp_path / f"{kind}.csv"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/null")  # a device (/dev/zero too, which never ends)
+    else:
+        path.mkdir()
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_manifest_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    with pytest.raises(ManifestError, match="not a regular file"):
+        validate_manifest(_special(tmp_path, kind))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_pipeline_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    with pytest.raises(PipelineError, match="not a regular file"):
+        load_pipeline_spec(_special(tmp_path, kind))
+
+
+def test_a_deeply_nested_jsonl_value_is_a_clear_error(tmp_path):
+    path = tmp_path / "m.jsonl"
+    deep = "[" * 100_000 + "]" * 100_000
+    path.write_text(f'{{"task": "t2v", "prompt": "a", "meta": {deep}}}\n')
+    with pytest.raises(ManifestError, match="line 1: a value is nested too deeply"):
+        validate_manifest(str(path))
+
+
+def test_a_parquet_with_two_prompt_columns_names_the_repeat(tmp_path):
+    path = tmp_path / "m.parquet"
+    table = pa.table([["t2v"], ["a cat"], [3]], names=["task", "prompt", "prompt"])
+    pq.write_table(table, path)
+    [problem] = validate_manifest(str(path)).problems
+    assert (problem.row, problem.message) == (
+        0,
+        "the column 'prompt' appears more than once; keep one.",
+    )
+
+
+def test_an_s3_input_without_credentials_is_a_row_error(tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    path = tmp_path / "m.csv"
+    path.write_text("id,task,prompt,image\nx1,i2v,a,s3://no-bucket/x.png\n")
+    options = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+    [problem] = validate_manifest(str(path), storage_options=options).problems
+    assert (problem.row, problem.column) == (1, "image")
+    assert "s3://no-bucket/x.png" in problem.message and "no credentials" in problem.message
