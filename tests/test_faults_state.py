@@ -8,15 +8,9 @@ part and `.tmp/` leftovers (`test_store_heal.py`), symlinked layout folders
 
 from __future__ import annotations
 
-import pytest
-
 from pusa_batch.store.store import Store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Root.clean_temp (store/io.py) removes leftovers under .tmp/ only, not videos/*.tmp",
-)
 def test_a_half_written_video_left_under_videos_is_removed_with_the_other_temp_files(tmp_path):
     store = Store(str(tmp_path / "out"))
     store.commit("a", b"video a", {"fingerprint": "f"})

@@ -102,7 +102,7 @@ def test_a_manifest_with_its_pipeline_adds_pending_and_changed(root, spec):
     tmp_path, _, manifest = root
     report = read_status(str(tmp_path / "out"), manifest=str(manifest), spec=spec)
     counts = report["counts"]
-    assert (counts["total"], counts["pending"], counts["changed"]) == (4, 2, 0)
+    assert (counts["total"], counts["pending"], counts["changed"]) == (4, 1, 0)
     assert report["notes"] == []
 
 
@@ -117,7 +117,7 @@ def test_an_edited_prompt_is_counted_as_changed(root, spec):
 def test_without_a_pipeline_pending_counts_ids_and_changed_is_explained(root):
     tmp_path, _, manifest = root
     report = read_status(str(tmp_path / "out"), manifest=str(manifest))
-    assert report["counts"]["pending"] == 2
+    assert report["counts"]["pending"] == 1
     assert report["counts"]["changed"] is None
     assert "--pipeline" in report["notes"][0]
 
@@ -208,7 +208,7 @@ def test_items_held_by_workers_are_in_flight_not_pending(root, spec):
     finally:
         lease.release()
     counts = report["counts"]
-    assert (counts["done"], counts["in_flight"], counts["pending"]) == (2, 1, 1)
+    assert (counts["done"], counts["in_flight"], counts["pending"]) == (2, 1, 0)
     assert "1 in flight" in format_status(report)
 
 
@@ -216,7 +216,7 @@ def test_a_finished_run_has_nothing_in_flight(root, spec):
     tmp_path, store, manifest = root
     store.write_run_info(engine_run_json(time.time(), state="finished", in_flight=1))
     report = read_status(str(tmp_path / "out"), manifest=str(manifest), spec=spec)
-    assert (report["counts"]["in_flight"], report["counts"]["pending"]) == (0, 2)
+    assert (report["counts"]["in_flight"], report["counts"]["pending"]) == (0, 1)
 
 
 def test_throughput_and_eta_come_from_run_json(root):
@@ -289,7 +289,7 @@ def test_the_text_form_has_counts_rate_workers_and_errors_without_colour(root, s
     store.write_run_info(engine_run_json(time.time()))
     text = format_status(read_status(str(tmp_path / "out"), manifest=str(manifest), spec=spec))
     assert "\x1b" not in text
-    assert "2 done, 1 failed, 2 pending, 0 changed (manifest: 4 items)" in text
+    assert "2 done, 1 failed, 1 pending, 0 changed (manifest: 4 items)" in text
     assert "3.00 items/min" in text
     worker_rows = [line.split() for line in text.splitlines() if line.strip().startswith("w0")]
     assert worker_rows == [["w0", "ready", "c", "2/3", "2", "12.5s"]]

@@ -32,7 +32,7 @@ COMMANDS: tuple[tuple[str, Callable[..., int]], ...] = (
     ("make-tiny-model", run_commands.make_tiny_model),
     ("run", run_commands.run),
     ("status", run_commands.status),
-    ("verify", run_commands.verify),
+    ("verify", output_commands.verify),
     ("submit", run_commands.submit),
     ("export", output_commands.export),
     ("gallery", output_commands.gallery),

@@ -373,33 +373,6 @@ def status(
     return 0
 
 
-def verify(
-    output: str = typer.Argument(..., help="Output root of a run."),
-    repair: bool = typer.Option(
-        False, help="Restore markers from the index where the video is whole; remove the rest."
-    ),
-    storage_option: list[str] | None = StorageOpt,
-) -> int:
-    """Check every done item's video and marker against the index (exit 1 if any is damaged)."""
-    from pusa_batch.store.store import Store
-
-    store = Store(output, parse_storage_options(storage_option))
-    state = store.state()
-    done = len(state.done_ids())
-    if not state.damaged:
-        out.print(f"{store.url}: {done} done item(s), none damaged", highlight=False)
-        return 0
-    err.print(f"{store.url}: {len(state.damaged)} damaged item(s), {done} whole:", highlight=False)
-    outcome = store.repair(state) if repair else {}
-    for item_id, why in sorted(state.damaged.items()):
-        done_about_it = f" -> {outcome[item_id]}" if item_id in outcome else ""
-        err.print(f"  {safe_text(item_id)}: {why}{done_about_it}", markup=False, highlight=False)
-    if not repair:
-        err.print("A run of the same manifest makes them again; --repair mends what it can now.")
-    restored = sum(1 for v in outcome.values() if v.startswith("marker restored"))
-    return 0 if repair and restored == len(state.damaged) else 1
-
-
 def submit(
     manifest: str = typer.Argument(..., help="Manifest, relative to the working dir shipped."),
     output: str = typer.Option(

@@ -261,8 +261,9 @@ class Store:
         return heal(self._root, state)
 
     def clean_temp(self, older_than_s: float = 0.0) -> int:
-        """Remove temporary files that dead runs left under `.tmp/` (lease holder only)."""
-        return self._root.clean_temp(older_than_s)
+        """Remove temporary files that dead runs left under `.tmp/`, and `videos/*.tmp` (lease
+        holder only)."""
+        return self._root.clean_temp(older_than_s, beside=(VIDEOS_DIR,))
 
     def compact_index(self, min_items: int = 1, max_parts: int = 32) -> CompactionResult:
         """Fold markers written since the last compaction into a new tier-0 index part, then
