@@ -248,6 +248,7 @@ def storage_hint(exc: BaseException) -> str:
         "ConnectTimeoutError",
         "ConnectionError",
         "ConnectionClosedError",
+        "ReadTimeoutError",  # connected, then no answer: a partition
     ) or (isinstance(exc, (ConnectionError, TimeoutError))):
         return (
             "the storage endpoint cannot be reached after retries: check the endpoint URL and "
