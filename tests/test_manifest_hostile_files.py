@@ -12,6 +12,7 @@ import pytest
 
 from pusa_batch.errors import ManifestError, PipelineError
 from pusa_batch.manifest.read import validate_manifest
+from pusa_batch.manifest.write import write_manifest
 from pusa_batch.pipelines.spec import load_pipeline_spec
 
 
@@ -81,3 +82,11 @@ def test_an_s3_input_without_credentials_is_a_row_error(tmp_path, monkeypatch):
     [problem] = validate_manifest(str(path), storage_options=options).problems
     assert (problem.row, problem.column) == (1, "image")
     assert "s3://no-bucket/x.png" in problem.message and "no credentials" in problem.message
+
+
+def test_a_bad_row_being_written_is_printed_escaped(tmp_path):
+    rows = [{"id": "a\x1b[2J", "task": "t2v", "prompt": "x", "seed": "1\x1b"}]
+    with pytest.raises(ManifestError) as caught:
+        write_manifest(rows, str(tmp_path / "m.csv"))
+    assert "\x1b" not in str(caught.value)
+    assert "row 1 (id a\\x1b[2J), column 'seed'" in str(caught.value)

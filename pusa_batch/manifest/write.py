@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pusa_batch.cells import is_empty
+from pusa_batch.cells import is_empty, printable
 from pusa_batch.errors import ManifestError, RowProblem
 from pusa_batch.manifest.schema import COLUMNS
 
@@ -108,9 +108,15 @@ def _normalise_column(
         try:
             out.append(normalise_cell(kind, value))
         except (TypeError, ValueError) as e:
-            problems.append(RowProblem(first_row + offset, rows[offset].get("id"), column, str(e)))
+            problems.append(_problem(first_row + offset, rows[offset].get("id"), column, str(e)))
             out.append(None)
     return out
+
+
+def _problem(row: int, given_id: Any, column: str, message: str) -> RowProblem:
+    """A problem of a row being written, its id, column and message printable."""
+    shown = None if is_empty(given_id) else printable(given_id)
+    return RowProblem(row, shown, printable(column), printable(message))
 
 
 def _normalise_chunk(rows: list[dict], columns: list[str], first_row: int) -> dict[str, list]:
@@ -120,7 +126,7 @@ def _normalise_chunk(rows: list[dict], columns: list[str], first_row: int) -> di
     for offset, row in enumerate(rows):
         for name in sorted(extra.intersection(row)):
             message = "column not among the manifest's columns (those of the first rows)"
-            problems.append(RowProblem(first_row + offset, row.get("id"), name, message))
+            problems.append(_problem(first_row + offset, row.get("id"), name, message))
     table = {
         c: _normalise_column(c, [r.get(c) for r in rows], rows, first_row, problems)
         for c in columns
