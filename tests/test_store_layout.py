@@ -28,6 +28,13 @@ def test_a_file_given_as_the_root_is_refused(tmp_path):
         Store(str(tmp_path / "out"))
 
 
+def test_a_root_under_a_file_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(UnsafeRootError, match="a-file is a file, so .* cannot be made") as refused:
+        Store(str(tmp_path / "a-file" / "deeper" / "out"))
+    assert refused.value.exit_code == 2
+
+
 def test_a_symlinked_root_itself_is_the_users_choice(tmp_path):
     (tmp_path / "real").mkdir()
     os.symlink(tmp_path / "real", tmp_path / "out")

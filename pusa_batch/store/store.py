@@ -97,6 +97,13 @@ def check_local_layout(root: str) -> None:
     outside the root is ever written or deleted."""
     if os.path.exists(root) and not os.path.isdir(root):
         raise UnsafeRootError(f"{root} is a file, not a folder: give -o a folder (new or a run's)")
+    above = os.path.dirname(os.path.abspath(root))
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise UnsafeRootError(
+            f"{above} is a file, so {root} cannot be made under it: give -o another folder"
+        )
     top = os.path.realpath(root)
     for name in LAYOUT_DIRS:
         path = os.path.join(root, name)
