@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -90,3 +91,20 @@ def test_a_bad_row_being_written_is_printed_escaped(tmp_path):
         write_manifest(rows, str(tmp_path / "m.csv"))
     assert "\x1b" not in str(caught.value)
     assert "row 1 (id a\\x1b[2J), column 'seed'" in str(caught.value)
+
+
+def test_s3_inputs_that_are_empty_or_missing_are_named(s3, image, tmp_path):
+    options = s3.storage_options
+    prefix = f"s3://pusa-test/hostile-{os.getpid()}"
+    with fsspec.open(f"{prefix}/ok.png", "wb", **options) as f, open(image, "rb") as source:
+        f.write(source.read())
+    with fsspec.open(f"{prefix}/empty.png", "wb", **options):
+        pass
+    path = tmp_path / "m.csv"
+    rows = "".join(f"{n},i2v,x,{prefix}/{n}.png\n" for n in ("ok", "empty", "gone"))
+    path.write_text("id,task,prompt,image\n" + rows)
+    found = validate_manifest(str(path), storage_options=options).problems
+    assert [(p.id, p.message) for p in found] == [
+        ("empty", f"{prefix}/empty.png is an empty file (0 bytes); give a whole image or video."),
+        ("gone", f"input file not found: {prefix}/gone.png"),
+    ]

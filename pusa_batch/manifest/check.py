@@ -499,20 +499,22 @@ class ChunkChecker:
 
 def _file_problem(fs: Any, fs_path: str, path: str) -> str | None:
     """Why an input file cannot be probed (missing, not a regular file, empty), else None: a
-    FIFO or a device would block or never end, and an empty file has nothing to read."""
-    if getattr(fs, "local_file", False):
-        try:
-            mode = os.stat(fs_path).st_mode
-        except FileNotFoundError:
-            return f"input file not found: {path}"
-        if not stat.S_ISREG(mode):
-            return (
-                f"{path} is not a regular file (a folder, FIFO or device); give an image or "
-                "video file."
-            )
-    elif not fs.exists(fs_path):
+    FIFO or a device would block or never end, and an empty file has nothing to read. One
+    stat (local) or one info call (remote) per file."""
+    try:
+        if getattr(fs, "local_file", False):
+            found = os.stat(fs_path)
+            regular, size = stat.S_ISREG(found.st_mode), found.st_size
+        else:
+            info = fs.info(fs_path)
+            regular, size = info.get("type", "file") == "file", info.get("size")
+    except FileNotFoundError:
         return f"input file not found: {path}"
-    if fs.size(fs_path) == 0:
+    if not regular:
+        return (
+            f"{path} is not a regular file (a folder, FIFO or device); give an image or video file."
+        )
+    if size == 0:
         return f"{path} is an empty file (0 bytes); give a whole image or video."
     return None
 
