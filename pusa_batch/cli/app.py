@@ -176,9 +176,9 @@ def load_spec_or_none(pipeline: str | Path | None):
     return load_pipeline_spec(local_pipeline(pipeline))
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c not in (9, 10)}
-
-
 def safe_text(text: object) -> str:
-    """Text from a manifest or a root, printable: control characters (ESC...) escaped."""
-    return str(text).translate(_CONTROL)
+    """Text from a manifest or a root, printable line by line: control characters (ESC...),
+    bidi and zero-width marks escaped as Python writes them; its own newlines kept."""
+    from pusa_batch.cells import printable
+
+    return "\n".join(printable(line) for line in str(text).split("\n"))
