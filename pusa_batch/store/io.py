@@ -419,7 +419,10 @@ class Root:
 
         def listing() -> list[str]:
             self.fs.invalidate_cache(path)  # other processes write here: never trust a cache
-            return self.fs.ls(path, detail=False, **self.io)
+            try:
+                return self.fs.ls(path, detail=False, **self.io)
+            finally:  # nor leave one: s3fs answers `info` of a file from its folder's listing
+                self.fs.invalidate_cache(path)
 
         try:
             names = self.call("list", rel_dir, listing)
@@ -439,7 +442,10 @@ class Root:
 
         def listing() -> list[dict]:
             self.fs.invalidate_cache(path)
-            return self.fs.ls(path, detail=True, **self.io)
+            try:
+                return self.fs.ls(path, detail=True, **self.io)
+            finally:  # a cached listing would hide files written after it from `size`
+                self.fs.invalidate_cache(path)
 
         try:
             entries = self.call("list", rel_dir, listing)
