@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-from pusa_batch.errors import TaskError
+from pusa_batch.errors import TaskError, printable  # noqa: F401 - printable: re-exported
 
 _RANGE = re.compile(r"^\s*([+-]?\d+)\s*\.\.\s*([+-]?\d+)\s*$")
 _INT = re.compile(r"^\s*[+-]?\d+\s*$")
@@ -33,16 +33,6 @@ def is_empty(value: Any) -> bool:
     if getattr(value, "ndim", None) == 0:  # a numpy scalar
         return is_empty(value.item())
     return False
-
-
-def printable(text: object) -> str:
-    """The text with every character a terminal would act on or hide escaped as Python writes it
-    (ESC as \\x1b, NUL, newline, bidi and zero-width marks as \\u202e...): a message quoting a
-    manifest can neither clear the screen nor reorder what it says."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _cell_items(value: Any, column: str, example: str) -> list[Any]:

@@ -11,6 +11,16 @@ class PusaBatchError(Exception):
     exit_code = 1
 
 
+def printable(text: object) -> str:
+    """The text with every character a terminal would act on or hide escaped as Python writes it
+    (ESC as \\x1b, NUL, newline, bidi and zero-width marks as \\u202e...): a message quoting a
+    manifest can neither clear the screen nor reorder what it says."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what `timeout`, systemd, Slurm and Kubernetes send) during a run: unwound like
     Ctrl-C, so the lease is released and the counts are printed."""
@@ -26,7 +36,7 @@ class RowProblem:
     message: str
 
     def __str__(self) -> str:
-        who = f"row {self.row}" + (f" (id {self.id})" if self.id else "")
+        who = f"row {self.row}" + (f" (id {printable(self.id)})" if self.id else "")
         return f"{who}, column '{self.column}': {self.message}"
 
 

@@ -345,28 +345,37 @@ class Outcome:
         return done
 
 
+def connect_to_head(nodes: Nodes, monkeypatch) -> str:
+    """`ray.init` this process to the started head with its token (retried while the head
+    starts listening); returns the head's address."""
+    import ray
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(nodes.token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    reset_auth_token_state()  # Ray reads the auth settings once per process, and caches them
+    address = f"127.0.0.1:{nodes.port}"
+    connect = {"address": address, "logging_level": "WARNING", "log_to_driver": False}
+    deadline = time.monotonic() + 120
+    while True:  # the head takes a few seconds to listen
+        try:
+            ray.init(**connect)
+            return address
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def run_on_two_nodes(nodes: Nodes, tmp_path: Path, monkeypatch, **settings) -> Outcome:
     """The scenario: a head with one CPU, a second node joining once w0 is loaded, then lost."""
     import ray
     from ray._private.authentication_test_utils import reset_auth_token_state
 
     nodes.start("head", head=True)
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(nodes.token))
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    reset_auth_token_state()  # Ray reads the auth settings once per process, and caches them
-    address = f"127.0.0.1:{nodes.port}"
+    address = connect_to_head(nodes, monkeypatch)
     released = tmp_path / "released"
-    connect = {"address": address, "logging_level": "WARNING", "log_to_driver": False}
-    deadline = time.monotonic() + 120
-    while True:  # the head takes a few seconds to listen
-        try:
-            ray.init(**connect)
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
     try:
         (head_node,) = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         rows = [f"{i},t2v,clip {n},5,32,32,3,{n}" for n, i in enumerate(IDS)]

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from test_elastic import Nodes, wait_for
+from test_elastic import Nodes, connect_to_head, wait_for
 
 from pusa_batch.engine.config import RunConfig, WorkersStarting
 from pusa_batch.engine.run import run
@@ -29,21 +28,7 @@ def labelled_nodes(monkeypatch):
     nodes = Nodes(temp)
     try:
         nodes.start("head", head=True, labels={"pool": "head"})
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")
-        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(nodes.token))
-        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-        reset_auth_token_state()  # Ray reads the auth settings once per process, and caches them
-        address = f"127.0.0.1:{nodes.port}"
-        connect = {"address": address, "logging_level": "WARNING", "log_to_driver": False}
-        deadline = time.monotonic() + 120
-        while True:  # the head takes a few seconds to listen
-            try:
-                ray.init(**connect)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+        address = connect_to_head(nodes, monkeypatch)
         nodes.start("node2", labels={"pool": "gen"})
         wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, "the second node")
         by_pool = {n["Labels"].get("pool"): n["NodeID"] for n in ray.nodes() if n["Alive"]}

@@ -179,6 +179,6 @@ def load_spec_or_none(pipeline: str | Path | None):
 def safe_text(text: object) -> str:
     """Text from a manifest or a root, printable line by line: control characters (ESC...),
     bidi and zero-width marks escaped as Python writes them; its own newlines kept."""
-    from pusa_batch.cells import printable
+    from pusa_batch.errors import printable
 
     return "\n".join(printable(line) for line in str(text).split("\n"))
