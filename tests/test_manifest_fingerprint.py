@@ -67,7 +67,9 @@ def test_input_content_is_part_of_it(item):
 
 def test_the_sampler_version_is_part_of_it(item, monkeypatch):
     before = item_fingerprint(item, IDENTITY)
-    monkeypatch.setattr("pusa_batch.manifest.fingerprint.SAMPLER_VERSION", SAMPLER_VERSION + "-next")
+    monkeypatch.setattr(
+        "pusa_batch.manifest.fingerprint.SAMPLER_VERSION", SAMPLER_VERSION + "-next"
+    )
     assert item_fingerprint(item, IDENTITY) != before
 
 
