@@ -17,7 +17,6 @@ Figures per round: what each step found, regenerated ids, and lost / duplicated 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -28,11 +27,11 @@ from pathlib import Path
 
 from fault_support import (
     cli,
+    each_round,
     figures,
     first_traceback,
     ids_of,
     markers,
-    retried,
     run_command,
     verdict,
     write_manifest,
@@ -143,11 +142,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    results = []
-    for n in range(args.rounds):
-        result = retried(lambda: in_a_folder(args.items, rng), f"round {n + 1}")
-        results.append(result)
-        print(f"round {n + 1}: {json.dumps(result)}", flush=True)
+    results = list(each_round(args.rounds, lambda: in_a_folder(args.items, rng)))
     ok = all(passed(r) for r in results)
     print(
         figures(

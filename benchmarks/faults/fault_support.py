@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,3 +135,11 @@ def retried(one_round: Callable[[], dict], label: str, tries: int = 3) -> dict:
             return result
         print(f"{label}: setup failed, again: {json.dumps(result)}", flush=True)
     return result
+
+
+def each_round(rounds: int, one_round: Callable[[], dict]) -> Iterator[dict]:
+    """Each round's result (`retried` when its setup failed), printed as it comes."""
+    for n in range(rounds):
+        result = retried(one_round, f"round {n + 1}")
+        print(f"round {n + 1}: {json.dumps(result)}", flush=True)
+        yield result

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from fault_support import (
     cli,
+    each_round,
     figures,
     first_traceback,
     ids_of,
     markers,
-    retried,
     run_command,
     verdict,
     wait_for,
@@ -115,10 +115,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=150)
     args = parser.parse_args()
     results = []
-    for n in range(args.rounds):
-        result = retried(lambda: in_a_folder(args), f"round {n + 1}")
+    for result in each_round(args.rounds, lambda: in_a_folder(args)):
         results.append(result)
-        print(f"round {n + 1}: {json.dumps(result)}", flush=True)
         if "skipped" in result:
             print(figures("full_disk", True, skipped=json.dumps(result["skipped"])))
             return 0

@@ -13,7 +13,6 @@ the pool, items charged an extra attempt, failure records, lost / duplicated / r
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import subprocess
@@ -23,11 +22,11 @@ import time
 from pathlib import Path
 
 from fault_support import (
+    each_round,
     figures,
     first_traceback,
     ids_of,
     markers,
-    retried,
     run_command,
     verdict,
     wait_for,
@@ -108,11 +107,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    results = []
-    for n in range(args.rounds):
-        result = retried(lambda: in_a_folder(args, rng), f"round {n + 1}")
-        results.append(result)
-        print(f"round {n + 1}: {json.dumps(result)}", flush=True)
+    results = list(each_round(args.rounds, lambda: in_a_folder(args, rng)))
     ok = all(
         r["rc"] == 0 and r["done_on_lost_node"] and not r["lost"] and not r["duplicated"]
         and not r["regenerated"] and not r["failure_records"] and not r["extra_attempts"]

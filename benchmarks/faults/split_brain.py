@@ -27,11 +27,11 @@ from datetime import datetime
 from pathlib import Path
 
 from fault_support import (
+    each_round,
     figures,
     first_traceback,
     ids_of,
     markers,
-    retried,
     run_command,
     signal_group,
     verdict,
@@ -145,11 +145,7 @@ def main() -> int:
     parser.add_argument("--stale-s", type=float, default=6.0)
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
-    results = []
-    for n in range(args.rounds):
-        result = retried(lambda: in_a_folder(args), f"round {n + 1}")
-        results.append(result)
-        print(f"round {n + 1}: {json.dumps(result)}", flush=True)
+    results = list(each_round(args.rounds, lambda: in_a_folder(args)))
     ok = all(
         r["first_rc"] != 0
         and r["second_rc"] == 0
