@@ -86,6 +86,10 @@ class StoreError(PusaBatchError):
     """The output root cannot be read or written."""
 
 
+class StoreUnreachableError(StoreError):
+    """The storage endpoint stopped answering and the retries ran out."""
+
+
 class LeaseError(StoreError):
     """Another live run holds the output root."""
 

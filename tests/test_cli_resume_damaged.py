@@ -79,3 +79,24 @@ def test_verify_repair_restores_a_marker_from_the_index(done_root):
     assert repaired.returncode == 0, repaired.stderr
     assert "c: marker is 10 bytes" in repaired.stderr and "marker restored" in repaired.stderr
     assert marker.read_bytes() == whole
+
+
+def test_verify_repair_is_refused_while_a_run_holds_the_root(done_root):
+    from pusa_batch.store.store import Store
+
+    manifest, out = done_root
+    marker = out / "items" / "c.json"
+    whole = marker.read_bytes()
+    marker.write_bytes(whole[:10])
+    lease = Store(str(out)).acquire_lease({"command": "run"}, wait=False)
+    try:
+        refused = cli("verify", out, "--repair")
+    finally:
+        lease.release()
+    assert refused.returncode == 3, refused.stderr
+    assert "another run holds" in refused.stderr and "Traceback" not in refused.stderr
+    assert marker.read_bytes() == whole[:10]  # nothing mended beside the live run
+
+    mended = cli("verify", out, "--repair")
+    assert mended.returncode == 0, mended.stderr
+    assert marker.read_bytes() == whole and not (out / "lease.json").exists()

@@ -18,7 +18,7 @@ import pytest
 from process_support import TcpProxy
 from s3server import ACCESS_KEY, REGION, SECRET_KEY
 
-from pusa_batch.errors import StoreError
+from pusa_batch.errors import StoreError, StoreUnreachableError
 from pusa_batch.store.io import RetryPolicy, add_retry_listener
 from pusa_batch.store.store import Store
 
@@ -78,7 +78,7 @@ def test_a_cut_longer_than_the_storage_timeout_is_a_storage_error_naming_the_cau
     store.commit("a", VIDEO, {"fingerprint": "f"})
     proxy.cut("refuse")
     try:
-        with pytest.raises(StoreError) as raised:
+        with pytest.raises(StoreUnreachableError) as raised:
             store.commit("b", VIDEO, {"fingerprint": "f"})
     finally:
         proxy.restore()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import socket
 from pathlib import Path
 
 import typer
@@ -221,6 +223,23 @@ def verify(
 
     store = Store(output, parse_storage_options(storage_option))
     store.require_existing("verify")
+    if not repair:
+        return _verify(store, checksums, repair=False)
+    # --repair writes markers and index parts: never beside a live run (exit 3, as for `run`)
+    lease = store.acquire_lease(_owner("verify --repair"), wait=False)
+    if lease.note:
+        err.print(lease.note, markup=False, highlight=False)
+    try:
+        return _verify(store, checksums, repair=True)
+    finally:
+        lease.release()
+
+
+def _owner(command: str) -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "command": command}
+
+
+def _verify(store, checksums: bool, repair: bool) -> int:
     state = store.state()
     if checksums:
         state.damaged.update(store.checksum_damage(state))

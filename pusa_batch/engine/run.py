@@ -43,7 +43,13 @@ from pusa_batch.engine.dispatch import Driver
 from pusa_batch.engine.plan import Rules, changed_error, iter_todo, make_plan
 from pusa_batch.engine.runner import PipelineRunner, run_spec
 from pusa_batch.engine.worker import ItemRunner
-from pusa_batch.errors import LeaseError, RayStartError, StoreError, Terminated, UsageError
+from pusa_batch.errors import (
+    LeaseError,
+    RayStartError,
+    StoreUnreachableError,
+    Terminated,
+    UsageError,
+)
 from pusa_batch.manifest.read import validate_manifest
 from pusa_batch.store.io import RetryPolicy, add_retry_listener
 from pusa_batch.store.store import Store
@@ -184,7 +190,7 @@ def _ray_session(
 def _unreachable(error: BaseException) -> bool:
     """A storage error after retries ran out: more calls on the way out would each wait out
     their own timeout, and the store could not take them anyway."""
-    return isinstance(error, StoreError) and "cannot be reached" in str(error)
+    return isinstance(error, StoreUnreachableError)
 
 
 SIGTERM_RECEIVED = threading.Event()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pusa_batch.errors import StoreError
+from pusa_batch.errors import StoreError, StoreUnreachableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -231,6 +231,20 @@ def secrets_of(url: str, storage_options: dict) -> tuple[str, ...]:
     return tuple(found)
 
 
+_UNREACHABLE = (
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ConnectionError",
+    "ConnectionClosedError",
+    "ReadTimeoutError",  # connected, then no answer: a partition
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The endpoint did not answer (refused, timed out, dropped): not a refusal by the store."""
+    return type(exc).__name__ in _UNREACHABLE or isinstance(exc, (ConnectionError, TimeoutError))
+
+
 def storage_hint(exc: BaseException) -> str:
     """What a failed storage call most likely needs, from the exception's type and errno."""
     name = type(exc).__name__
@@ -243,13 +257,7 @@ def storage_hint(exc: BaseException) -> str:
         return "no usable credentials: set them in the environment or with --storage-option"
     if name == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text:
         return "the bucket does not exist: create it or fix the URL"
-    if name in (
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ConnectionError",
-        "ConnectionClosedError",
-        "ReadTimeoutError",  # connected, then no answer: a partition
-    ) or (isinstance(exc, (ConnectionError, TimeoutError))):
+    if is_unreachable(exc):
         return (
             "the storage endpoint cannot be reached after retries: check the endpoint URL and "
             "the network, then retry"
@@ -384,7 +392,8 @@ class Root:
             waited = ""
             if self.retry.deadline_s is not None and is_transient(exc):
                 waited = f", still failing after {self.retry.deadline_s:g} s of retries"
-            raise StoreError(
+            kind = StoreUnreachableError if is_unreachable(exc) else StoreError
+            raise kind(
                 f"could not {what} {self.where(rel)}: {storage_hint(exc)} ({detail}){waited}"
             ) from None
 
