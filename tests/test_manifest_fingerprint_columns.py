@@ -159,3 +159,25 @@ def test_a_column_the_template_does_not_know_sends_the_chunk_one_item_at_a_time(
     rows = [{"id": f"p{n}", "task": "t2v", "prompt": p, "seed": n} for n, p in enumerate(PROMPTS)]
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     assert column_wise(manifest) == per_item(manifest)
+
+
+def test_plain_t2v_rows_with_every_number_given_are_hashed_column_wise(tmp_path, monkeypatch):
+    import pusa_batch.manifest.fingerprint as fingerprints
+
+    one_by_one = []
+    real = fingerprints.item_fingerprint
+
+    def counted(item, *args, **kwargs):
+        one_by_one.append(item.id)
+        return real(item, *args, **kwargs)
+
+    rows = [
+        {"id": f"p{n}", "task": "t2v", "prompt": "x", "seed": n, "steps": 3, "num_frames": 9}
+        | {"height": 32, "width": 32, "fps": 16, "guidance_scale": 4.5, "shift": 3.0}
+        for n in range(40)
+    ]
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    expected = per_item(manifest)
+    monkeypatch.setattr(fingerprints, "item_fingerprint", counted)
+    assert column_wise(manifest, chunk_rows=20) == expected
+    assert one_by_one == ["p0", "p20"]  # only the spot check of each chunk

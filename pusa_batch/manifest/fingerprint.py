@@ -29,6 +29,7 @@ from pusa_batch import tasks as task_rules
 from pusa_batch.errors import InputMediaError
 from pusa_batch.item import Item
 from pusa_batch.manifest.check import ID_TEXTS, UNPROBED_VIDEO_FRAMES, CheckedChunk
+from pusa_batch.manifest.check_cells import as_written
 from pusa_batch.manifest.schema import COLUMNS
 
 log = logging.getLogger(__name__)
@@ -247,9 +248,11 @@ def chunk_fingerprints(
 
 # Columns the template accounts for: a chunk with any other (a column added later that the
 # fingerprint may read) is fingerprinted one item at a time.
+# A number column's cells as written serve only error messages.
 TEMPLATE_COLUMNS = frozenset(
     {"id", ID_TEXTS, "task", "image", "images", "video", "video_b", "cond_frames"}
     | {"noise_multipliers", *ROW_FIELDS}
+    | {as_written(name) for name, kind in ROW_FIELDS.items() if kind in ("int", "float")}
 )
 
 

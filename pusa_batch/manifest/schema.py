@@ -208,9 +208,7 @@ def number_column(s: pd.Series, *, integer: bool) -> NumberColumn:
         empty = np.isnan(values)
         bad = np.zeros(len(s), dtype=bool)
     else:
-        obj = s.astype(object)
-        empty = obj.map(is_empty).to_numpy(dtype=bool)
-        texts = obj.where(~empty, None).map(lambda v: v.strip() if isinstance(v, str) else v)
+        texts, empty = _stripped_cells(s)
         try:
             values = pd.to_numeric(texts, errors="coerce").to_numpy(
                 dtype="float64", na_value=np.nan
@@ -224,6 +222,18 @@ def number_column(s: pd.Series, *, integer: bool) -> NumberColumn:
         bad |= ~empty & ~whole
     values = np.where(bad, np.nan, values)
     return NumberColumn(values, empty, bad)
+
+
+def _stripped_cells(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """The cells with text stripped and empty ones None, and which were empty (`is_empty`).
+    A column of text only (a CSV's) is done with pandas' string methods, not cell by cell."""
+    if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
+        stripped = s.astype(object).str.strip()
+        empty = (stripped.isna() | (stripped == "")).to_numpy(dtype=bool)
+        return stripped.where(~empty, None), empty
+    obj = s.astype(object)
+    empty = obj.map(is_empty).to_numpy(dtype=bool)
+    return obj.where(~empty, None).map(lambda v: v.strip() if isinstance(v, str) else v), empty
 
 
 def _to_float(value: Any) -> float:
