@@ -181,7 +181,7 @@ def test_a_second_run_on_a_held_output_is_refused(local_ray, tmp_path):
     assert not (tmp_path / "out" / "items").exists()
 
 
-def test_a_pipeline_failing_its_checks_stops_the_run_before_any_worker_starts(local_ray, tmp_path):
+def test_a_pipeline_failing_its_checks_stops_the_run_before_any_item_is_made(local_ray, tmp_path):
     weights = shutil.copytree(ensure_tiny_model("wan2.1"), tmp_path / "weights")
     for file in (weights / "transformer").glob("*.safetensors"):
         file.write_bytes(b"\0" * file.stat().st_size)  # same size and name, unreadable content

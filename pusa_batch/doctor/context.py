@@ -104,6 +104,10 @@ class Context:
         found = {} if self.paths is None else file_problems(spec, self.paths)
         self.problems = {**found, **twins.problems}
         self._cache: dict[tuple[str, str], Any] = {}
+        # the memory estimate's parts per "device/dtype": remembered from an earlier pass over
+        # the same files (`remembered.py`), and measured in this one
+        self.known_parts: dict[str, dict[str, int]] = {}
+        self.measured_parts: dict[str, dict[str, int]] = {}
 
     def _once(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -118,17 +122,20 @@ class Context:
 
     def expert(self, component: str) -> Denoiser:
         """The denoiser built on `meta` from its config (no memory, no data)."""
-        path = self.paths[component]
-        mochi = self.spec.family == "mochi"
-        build = load_mochi_config if mochi else read_transformer_config
-        model = PusaMochiTransformer if mochi else PusaWanTransformer
+        model = PusaMochiTransformer if self.spec.family == "mochi" else PusaWanTransformer
 
         def make() -> Denoiser:
-            config = build(path)
+            config = self.expert_config(component)
             with torch.device("meta"):
                 return model(config)
 
         return self._once(("expert", component), make)
+
+    def expert_config(self, component: str) -> Any:
+        """The denoiser's config, read from its files (building the model costs far more)."""
+        mochi = self.spec.family == "mochi"
+        build = load_mochi_config if mochi else read_transformer_config
+        return self._once(("config", component), lambda: build(self.paths[component]))
 
     def module(self, component: str) -> torch.nn.Module:
         """The VAE or text encoder built on `meta` from its config.json."""

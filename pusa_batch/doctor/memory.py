@@ -19,7 +19,9 @@ from pusa_batch.pipelines.spec import PipelineSpec
 
 def check_memory(ctx: Context) -> Check:
     device, dtype = ctx.run()
-    parts = memory_parts(ctx, device, dtype)
+    run = f"{device.type}/{dtype}"
+    parts = ctx.known_parts.get(run) or memory_parts(ctx, device, dtype)
+    ctx.measured_parts[run] = parts
     total = sum(parts.values())
     limit, where = _device_memory(device, ctx.memory_budget, ctx.spec.device.memory_bytes)
     shown = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in parts.items())
@@ -88,7 +90,7 @@ def rope_limit(ctx: Context) -> int | None:
     if ctx.spec.family == "mochi" or ctx.paths is None or "transformer" in ctx.problems:
         return None
     try:
-        return ctx.expert("transformer").config.rope_max_seq_len
+        return ctx.expert_config("transformer").rope_max_seq_len
     except PusaBatchError:
         return None
 

@@ -35,6 +35,7 @@ from pusa_batch.doctor.memory import (
     host_ram_available,
     memory_parts,
 )
+from pusa_batch.doctor.remembered import recall, record_key, remember
 from pusa_batch.errors import PipelineError, PusaBatchError
 from pusa_batch.pipelines.spec import PipelineSpec
 
@@ -72,25 +73,43 @@ class Report:
         )
 
 
-def diagnose(spec: PipelineSpec, *, memory_budget: int | None = None) -> Report:
-    """Every check on `spec`; `memory_budget` (bytes) replaces the device's memory if given."""
+def diagnose(
+    spec: PipelineSpec, *, memory_budget: int | None = None, remembered: bool = False
+) -> Report:
+    """Every check on `spec`; `memory_budget` (bytes) replaces the device's memory if given.
+    `remembered` takes the slow checks' verdicts from an earlier pass over the same files
+    (`remembered.py`); either way, a pass where they all passed is kept for next time."""
     ctx = Context(spec, memory_budget)
-    steps: list[tuple[str, list[str], Callable[[], Check]]] = [
-        ("files", [], partial(check_files, ctx))
-    ]
+    key = record_key(ctx.spec, ctx.paths) if ctx.paths is not None and not ctx.problems else None
+    known = recall(key) if remembered else None
+    if known is not None:
+        ctx.known_parts = known["parts"]
+    slow: list[tuple[str, list[str], Callable[[], Check]]] = []
     for expert in spec.experts:
-        steps.append((f"keys: {expert}", [expert], partial(check_transformer_keys, ctx, expert)))
+        slow.append((f"keys: {expert}", [expert], partial(check_transformer_keys, ctx, expert)))
     for comp in ("vae", "text_encoder"):
-        steps.append((f"keys: {comp}", [comp], partial(check_module_keys, ctx, comp)))
+        slow.append((f"keys: {comp}", [comp], partial(check_module_keys, ctx, comp)))
     for i, lora in enumerate(spec.loras):
         needs = [f"lora[{i}]", lora_target(spec, i)]
-        steps.append((f"lora[{i}] {lora.path.name}", needs, partial(check_lora, ctx, i)))
-    steps += [
-        ("dtype", [], partial(check_dtypes, ctx)),
-        ("memory", models(spec), partial(check_memory, ctx)),
-        ("defaults", [], partial(check_defaults, ctx)),
+        slow.append((f"lora[{i}] {lora.path.name}", needs, partial(check_lora, ctx, i)))
+    files = _run(ctx, "files", [], partial(check_files, ctx))
+    slow_checks = [
+        known["checks"][name]
+        if known is not None and name in known["checks"]
+        else _run(ctx, name, needs, step)
+        for name, needs, step in slow
     ]
-    return Report(tuple(_run(ctx, name, needs, step) for name, needs, step in steps))
+    rest = [
+        _run(ctx, name, needs, step)
+        for name, needs, step in (
+            ("dtype", [], partial(check_dtypes, ctx)),
+            ("memory", models(spec), partial(check_memory, ctx)),
+            ("defaults", [], partial(check_defaults, ctx)),
+        )
+    ]
+    if ctx.measured_parts:
+        remember(key, slow_checks, {**ctx.known_parts, **ctx.measured_parts})
+    return Report((files, *slow_checks, *rest))
 
 
 def _run(ctx: Context, name: str, needs: list[str], step: Callable[[], Check]) -> Check:
@@ -120,7 +139,7 @@ def preflight(spec: PipelineSpec, *, device_checks: bool = True) -> Report:
     `device_checks=False` leaves out the checks about this machine's device (dtype, memory),
     for a driver that joins a cluster whose workers hold the GPUs.
     """
-    report = diagnose(spec)
+    report = diagnose(spec, remembered=True)
     failed = [
         check
         for check in report.checks

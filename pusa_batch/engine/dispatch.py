@@ -109,11 +109,17 @@ class Driver(PoolKeeping, LossHandling, StatusKeeping):
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self, source: Iterator[Pending], todo: int) -> None:
-        """Dispatch the items of `source` (`todo` of them, for progress counts)."""
+    def run(
+        self, source: Iterator[Pending], todo: int, ready: Callable[[], None] | None = None
+    ) -> None:
+        """Dispatch the items of `source` (`todo` of them, for progress counts). `ready`, if
+        given, is called once the workers are starting and before the first item is sent: the
+        pre-run check's verdict (it raises to stop the run), taken while the models load."""
         self.source, self.todo = iter(source), todo
         try:
             self._start_workers()
+            if ready is not None:
+                ready()
             self._loop()
         finally:
             for slot in self.slots:  # a shared Ray keeps actors alive otherwise

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import ray
 
-from pusa_batch.doctor.preflight import preflight
 from pusa_batch.engine.config import (
     Finished,
     Notice,
@@ -124,10 +123,12 @@ def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> 
         driver = Driver(config, store, emit, runner, lease)
         if plan.todo:
             try:
-                with _ray_session(config, address, emit, spec, check=make_runner is None):
+                with _ray_session(config, address, emit, spec, check=make_runner is None) as checked:
                     emit(Phase("loading models"))
                     driver.run(
-                        iter_todo(config.manifest, spec, state, rules, plan=planned), plan.todo
+                        iter_todo(config.manifest, spec, state, rules, plan=planned),
+                        plan.todo,
+                        ready=checked,
                     )
             except BaseException as stopped:
                 still_ours = not isinstance(stopped, LeaseError) and lease.lost is None
@@ -165,26 +166,42 @@ def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> 
 @contextlib.contextmanager
 def _ray_session(
     config: RunConfig, address: str | None, emit: OnEvent, spec, *, check: bool
-) -> Iterator[None]:
+) -> Iterator[Callable[[], None]]:
     """Use the connected Ray, else connect (embedded local Ray on 127.0.0.1 when no address).
+
     The pipeline's pre-run check (`check`) runs meanwhile, in a thread: it imports torch and
-    reads file headers while Ray starts its processes."""
+    reads file headers while Ray starts its processes and the workers load. What this yields
+    waits for that check and raises its error; the driver calls it after starting the workers
+    and before the first item, so a bad pipeline still stops the run before anything is made.
+    """
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
-        checked = pool.submit(preflight, spec, device_checks=address is None) if check else None
+        checked = pool.submit(_preflight, spec, address is None) if check else None
         owned = not ray.is_initialized()
         if owned:
             emit(Phase("starting Ray" if address is None else f"connecting to Ray at {address}"))
             with _ray_logs_as_notices(emit):
                 _ray_init(config, address)
+
+        def wait_for_check() -> None:
+            if checked is not None:
+                checked.result()
+
         try:
             with _sigterm_unwinds():
-                if checked is not None:
-                    emit(Phase("checking the pipeline"))
-                    checked.result()
-                yield
+                yield wait_for_check
         finally:
+            if checked is not None:
+                checked.cancel()
             if owned:
                 ray.shutdown()
+
+
+def _preflight(spec, device_checks: bool) -> None:
+    # imported here, in the check's thread: torch and the model classes stay off the path to
+    # Ray's start
+    from pusa_batch.doctor.preflight import preflight
+
+    preflight(spec, device_checks=device_checks)
 
 
 def _unreachable(error: BaseException) -> bool:
