@@ -62,4 +62,6 @@ def local_ray():
         log_to_driver=False,
     )
     yield
-    ray.shutdown()
+    from pusa_batch.engine.run import shutdown_ray
+
+    shutdown_ray(embedded=True)

@@ -39,3 +39,19 @@ def test_a_start_that_keeps_timing_out_is_a_typed_error_saying_what_to_do(monkey
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     with pytest.raises(RayStartError, match="did not start.*ray start --head.*--address"):
         engine_run._ray_init(config(), None)
+
+
+def test_shutting_down_an_embedded_ray_leaves_none_of_its_processes():
+    ray.init(
+        num_cpus=1,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    node = ray._private.worker._global_node
+    started = [info.process for infos in node.all_processes.values() for info in infos]
+    assert any(True for _ in node.all_processes.get("monitor", ()))
+    engine_run.shutdown_ray(embedded=True)
+    assert not ray.is_initialized()
+    assert [p.args[0] for p in started if p.poll() is None] == []

@@ -55,8 +55,10 @@ def recall(key: str | None) -> dict[str, Any] | None:
         return None
     try:
         raw = json.loads((records_dir() / f"{key}.json").read_text())
-        checks = {c["name"]: Check(c["name"], c["status"], c["detail"], tuple(c["lines"]))
-                  for c in raw["checks"]}
+        checks = {
+            c["name"]: Check(c["name"], c["status"], c["detail"], tuple(c["lines"]))
+            for c in raw["checks"]
+        }
         parts = {run: {k: int(v) for k, v in got.items()} for run, got in raw["parts"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # absent, or not ours to trust: checked afresh

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ray
+from ray._private.ray_constants import PROCESS_TYPE_MONITOR
 
 from pusa_batch.engine.config import (
     Finished,
@@ -123,7 +124,8 @@ def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> 
         driver = Driver(config, store, emit, runner, lease)
         if plan.todo:
             try:
-                with _ray_session(config, address, emit, spec, check=make_runner is None) as checked:
+                check = make_runner is None
+                with _ray_session(config, address, emit, spec, check=check) as checked:
                     emit(Phase("loading models"))
                     driver.run(
                         iter_todo(config.manifest, spec, state, rules, plan=planned),
@@ -193,7 +195,19 @@ def _ray_session(
             if checked is not None:
                 checked.cancel()
             if owned:
-                ray.shutdown()
+                shutdown_ray(embedded=address is None)
+
+
+def shutdown_ray(*, embedded: bool) -> None:
+    """`ray.shutdown()`; on an embedded Ray, its autoscaler monitor is killed first. The
+    monitor ignores SIGTERM and Ray waits a second for it before killing it anyway, which is a
+    second at the end of every run; nothing of ours talks to it."""
+    node = getattr(ray._private.worker, "_global_node", None) if embedded else None
+    monitors = getattr(node, "all_processes", {}).get(PROCESS_TYPE_MONITOR, ()) if node else ()
+    for info in monitors:
+        with contextlib.suppress(Exception):
+            info.process.kill()
+    ray.shutdown()
 
 
 def _preflight(spec, device_checks: bool) -> None:
