@@ -66,8 +66,10 @@ def test_trusting_the_index_skips_the_check(root):
 
 def test_checking_costs_one_listing_each_of_videos_and_items(root, monkeypatch):
     listed: list[str] = []
-    real = root.root.list_sizes
-    monkeypatch.setattr(root.root, "list_sizes", lambda rel: listed.append(rel) or real(rel))
+    real = root.root.list_suffixed
+    monkeypatch.setattr(
+        root.root, "list_suffixed", lambda rel, suffix: listed.append(rel) or real(rel, suffix)
+    )
     root.state()
     assert sorted(listed) == ["items", "videos"]
 

@@ -316,15 +316,11 @@ class Listing:
         return KeyTable.latest(self.keys, self.sizes)
 
 
-def listing(sizes: dict[str, int], suffix: str) -> Listing:
-    ids = np.array([n[: -len(suffix)] for n in sizes if n.endswith(suffix)], dtype=object)
-    values = np.fromiter((s for n, s in sizes.items() if n.endswith(suffix)), np.uint64)
-    return Listing(ids, text_keys(ids), values)
-
-
-def listing_sizes(sizes: dict[str, int], suffix: str) -> KeyTable:
-    """A listing (name -> size) as id key -> size, for names ending in `suffix`."""
-    return listing(sizes, suffix).table()
+def listing(root: Root, folder: str, suffix: str) -> Listing:
+    """`folder`'s files ending in `suffix`, from one listing."""
+    names, sizes = root.list_suffixed(folder, suffix)
+    ids = np.array(names, dtype=object)
+    return Listing(ids, text_keys(ids), np.array(sizes, dtype=np.uint64))
 
 
 def verify_files(indexed: Indexed, skip: np.ndarray, videos: KeyTable, markers: KeyTable) -> dict:
@@ -371,9 +367,9 @@ def read_state(root: Root, *, verify: bool = True) -> RootState:
     recent_keys = key_set(recent.pointers)
     known = np.union1d(indexed.keys.keys, recent_keys)
     if verify:
-        videos = listing(root.list_sizes(VIDEOS_DIR), ".mp4")
+        videos = listing(root, VIDEOS_DIR, ".mp4")
         if len(indexed.keys):
-            markers = listing_sizes(root.list_sizes(ITEMS_DIR), ".json")
+            markers = listing(root, ITEMS_DIR, ".json").table()
             state.damaged = verify_files(indexed, recent_keys, videos.table(), markers)
         state.verified = True
         if not indexed.corrupt:
