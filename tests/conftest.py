@@ -62,6 +62,6 @@ def local_ray():
         log_to_driver=False,
     )
     yield
-    from pusa_batch.engine.run import shutdown_ray
+    from pusa_batch.engine.startup import shutdown_ray
 
     shutdown_ray(embedded=True)

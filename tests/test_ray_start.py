@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from pusa_batch.engine import run as engine_run
+from pusa_batch.engine import startup as engine_startup
 from pusa_batch.engine.config import RunConfig
 from pusa_batch.errors import RayStartError
 
@@ -27,7 +27,7 @@ def test_a_start_that_times_out_once_is_tried_again(monkeypatch):
 
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
-    engine_run._ray_init(config(), None)
+    engine_startup.ray_init(config(), None)
     assert len(calls) == 2
 
 
@@ -38,7 +38,7 @@ def test_a_start_that_keeps_timing_out_is_a_typed_error_saying_what_to_do(monkey
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     with pytest.raises(RayStartError, match="did not start.*ray start --head.*--address"):
-        engine_run._ray_init(config(), None)
+        engine_startup.ray_init(config(), None)
 
 
 def test_shutting_down_an_embedded_ray_leaves_none_of_its_processes():
@@ -52,6 +52,6 @@ def test_shutting_down_an_embedded_ray_leaves_none_of_its_processes():
     node = ray._private.worker._global_node
     started = [info.process for infos in node.all_processes.values() for info in infos]
     assert any(True for _ in node.all_processes.get("monitor", ()))
-    engine_run.shutdown_ray(embedded=True)
+    engine_startup.shutdown_ray(embedded=True)
     assert not ray.is_initialized()
     assert [p.args[0] for p in started if p.poll() is None] == []

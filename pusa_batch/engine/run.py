@@ -14,11 +14,9 @@ Decisions:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import logging
-import math
 import os
 import signal
 import socket
@@ -26,9 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import ray
-from ray._private.ray_constants import PROCESS_TYPE_MONITOR
 
 from pusa_batch.engine.config import (
     Finished,
@@ -42,10 +37,10 @@ from pusa_batch.engine.config import (
 from pusa_batch.engine.dispatch import Driver
 from pusa_batch.engine.plan import Rules, changed_error, iter_todo, make_plan
 from pusa_batch.engine.runner import PipelineRunner, run_spec
+from pusa_batch.engine.startup import Startup
 from pusa_batch.engine.worker import ItemRunner
 from pusa_batch.errors import (
     LeaseError,
-    RayStartError,
     StoreUnreachableError,
     Terminated,
     UsageError,
@@ -74,7 +69,6 @@ def run(
     spec = run_spec(config.pipeline, dict(config.weights_storage_options))
     report = validate_manifest(config.manifest, spec, strict_columns=config.strict_columns)
     report.raise_for_problems(config.manifest)
-    extra = tuple(report.extra_columns)
     retry = RetryPolicy(deadline_s=config.storage_timeout_s)
     store = Store(config.output, dict(config.storage_options), retry=retry)
     if "memory" in store.root.protocols and make_runner is None:
@@ -85,12 +79,16 @@ def run(
         )
     stop_watching = add_retry_listener(_outage_notices(emit, config.storage_timeout_s))
     try:
-        return _run_on(config, spec, store, address, emit, make_runner, started, extra)
+        startup = Startup(config, address, emit, spec, check=make_runner is None)
+        try:
+            return _run_on(config, spec, store, startup, emit, make_runner, started, report)
+        finally:
+            startup.close()
     finally:
         stop_watching()
 
 
-def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> RunSummary:
+def _run_on(config, spec, store, startup, emit, make_runner, started, report) -> RunSummary:
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": "run"}
     lease = store.acquire_lease(
         owner,
@@ -109,6 +107,8 @@ def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> 
             emit(Notice(healed))
         if store.root.is_local and store.clean_temp():
             emit(Notice("removed temporary files left by an earlier run"))
+        if report.rows > state.done_count() + len(state.failures):
+            startup.begin()  # some row is pending for sure: Ray starts while the plan is counted
         rules = Rules(config.retry_failed, config.regenerate_changed)
         planned = make_plan(config.manifest, spec, state, rules)
         plan = planned.counts
@@ -124,21 +124,23 @@ def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> 
         driver = Driver(config, store, emit, runner, lease)
         if plan.todo:
             try:
-                check = make_runner is None
-                with _ray_session(config, address, emit, spec, check=check) as checked:
+                startup.ray_ready()
+                with _sigterm_unwinds():
                     emit(Phase("loading models"))
                     driver.run(
                         iter_todo(config.manifest, spec, state, rules, plan=planned),
                         plan.todo,
-                        ready=checked,
+                        ready=startup.wait_for_check,
                     )
             except BaseException as stopped:
+                startup.close()
                 still_ours = not isinstance(stopped, LeaseError) and lease.lost is None
                 if still_ours and not _unreachable(stopped):
                     with contextlib.suppress(Exception):  # keep what is done; the error is news
                         store.compact_index()
                         driver.write_status(state="stopped")
                 raise
+            startup.close()  # Ray stops before the index is finished, as its workers are gone
         compacted = store.compact_index()
         changed_root = driver.generated or compacted.folded or healed or state.damaged
         if changed_root or not store.has_final_index():  # a no-op rerun rewrites nothing
@@ -156,66 +158,13 @@ def _run_on(config, spec, store, address, emit, make_runner, started, extra) -> 
             workers=driver.worker_stats(),
             active_s=driver.active_s(),
             damaged=plan.damaged,
-            extra_columns=extra,
+            extra_columns=tuple(report.extra_columns),
         )
         driver.write_status(state="finished", summary=summary)
     finally:
         lease.release()
     emit(Finished(summary))
     return summary
-
-
-@contextlib.contextmanager
-def _ray_session(
-    config: RunConfig, address: str | None, emit: OnEvent, spec, *, check: bool
-) -> Iterator[Callable[[], None]]:
-    """Use the connected Ray, else connect (embedded local Ray on 127.0.0.1 when no address).
-
-    The pipeline's pre-run check (`check`) runs meanwhile, in a thread: it imports torch and
-    reads file headers while Ray starts its processes and the workers load. What this yields
-    waits for that check and raises its error; the driver calls it after starting the workers
-    and before the first item, so a bad pipeline still stops the run before anything is made.
-    """
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
-        checked = pool.submit(_preflight, spec, address is None) if check else None
-        owned = not ray.is_initialized()
-        if owned:
-            emit(Phase("starting Ray" if address is None else f"connecting to Ray at {address}"))
-            with _ray_logs_as_notices(emit):
-                _ray_init(config, address)
-
-        def wait_for_check() -> None:
-            if checked is not None:
-                checked.result()
-
-        try:
-            with _sigterm_unwinds():
-                yield wait_for_check
-        finally:
-            if checked is not None:
-                checked.cancel()
-            if owned:
-                shutdown_ray(embedded=address is None)
-
-
-def shutdown_ray(*, embedded: bool) -> None:
-    """`ray.shutdown()`; on an embedded Ray, its autoscaler monitor is killed first. The
-    monitor ignores SIGTERM and Ray waits a second for it before killing it anyway, which is a
-    second at the end of every run; nothing of ours talks to it."""
-    node = getattr(ray._private.worker, "_global_node", None) if embedded else None
-    monitors = getattr(node, "all_processes", {}).get(PROCESS_TYPE_MONITOR, ()) if node else ()
-    for info in monitors:
-        with contextlib.suppress(Exception):
-            info.process.kill()
-    ray.shutdown()
-
-
-def _preflight(spec, device_checks: bool) -> None:
-    # imported here, in the check's thread: torch and the model classes stay off the path to
-    # Ray's start
-    from pusa_batch.doctor.preflight import preflight
-
-    preflight(spec, device_checks=device_checks)
 
 
 def _unreachable(error: BaseException) -> bool:
@@ -263,60 +212,6 @@ def ray_address(given: str | None, environ) -> str | None:
             + ("" if source else " (unset RAY_ADDRESS, or give --address)")
         )
     return address
-
-
-EMBEDDED_RAY_STARTS = 2  # Ray gives its raylet 30 s to register; a loaded machine may need more
-
-
-def _ray_init(config: RunConfig, address: str | None) -> None:
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address is not None:
-        try:
-            ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise RayStartError(
-                f"could not join the Ray cluster at {address}: {e}. Check the address "
-                "(HOST:6379, ray://HOST:10001 or auto), that the cluster is up, and its token."
-            ) from e
-        return
-    cpus = max(os.cpu_count() or 1, math.ceil((config.workers or 1) * config.cpus_per_worker))
-    for start in range(1, EMBEDDED_RAY_STARTS + 1):
-        try:
-            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
-            return
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception on a start timeout
-            ray.shutdown()
-            if start == EMBEDDED_RAY_STARTS:
-                raise RayStartError(
-                    f"the embedded Ray did not start ({start} tries): {e} This machine may be "
-                    "overloaded: run the same command again when it is quieter, or start Ray "
-                    "yourself (`ray start --head`) and pass --address."
-                ) from e
-            log.warning("the embedded Ray did not start (%s); trying once more", e)
-
-
-# Ray's own start-up chatter that says nothing to act on (kept out of the live view).
-RAY_NOISE = ("Token authentication is enabled for this Ray cluster",)
-
-
-@contextlib.contextmanager
-def _ray_logs_as_notices(emit: OnEvent) -> Iterator[None]:
-    """Ray logs to the terminal through its own handler, which would write into the live view:
-    while it starts, its warnings become notices instead (its known noise is dropped)."""
-    records: list[logging.LogRecord] = []
-    ray_logger = logging.getLogger("ray")
-    saved = ray_logger.handlers[:]
-    collect = logging.Handler(logging.WARNING)
-    collect.emit = records.append  # type: ignore[method-assign]
-    ray_logger.handlers = [collect]
-    try:
-        yield
-    finally:
-        ray_logger.handlers = saved
-        for record in records:
-            message = record.getMessage()
-            if not any(noise in message for noise in RAY_NOISE):
-                emit(Notice(f"Ray: {message}"))
 
 
 def _outage_notices(emit: OnEvent, timeout_s: float) -> Callable[[float, BaseException], None]:
