@@ -155,6 +155,9 @@ class InProcessPool:
     def ready(self, refs: list[Call], timeout_s: float) -> list[Call]:
         return refs
 
+    def settled(self, refs: list[Call], timeout_s: float) -> list[Call]:
+        return refs
+
     def get(self, ref: Call) -> Any:
         t0 = time.perf_counter()
         try:

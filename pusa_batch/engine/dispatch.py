@@ -41,6 +41,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 
 LOOKAHEAD = 256  # pending items pulled from the manifest at a time
 UNREACHABLE_CHECK_S = 1.0  # how often node states are read while a worker is unreachable
+STOP_WAIT_S = 3.0  # how long a stopped run waits for its ended workers' last answers
 
 
 class Driver(PoolKeeping, LossHandling, StatusKeeping):
@@ -121,9 +123,32 @@ class Driver(PoolKeeping, LossHandling, StatusKeeping):
             if ready is not None:
                 ready()
             self._loop()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM's `Terminated`
+            self._stop_and_count()
+            raise
         finally:
             for slot in self.slots:  # a shared Ray keeps actors alive otherwise
                 self._end(slot)
+
+    def _stop_and_count(self) -> None:
+        """Stopped from outside: end every worker, then count the items in flight that were
+        committed before their worker ended (answered, or found in the root), so what the
+        run says it committed is what the root holds."""
+        with contextlib.suppress(Exception, KeyboardInterrupt):  # a second Ctrl-C: no count
+            for slot in self.slots:
+                self._end(slot)
+            items = [ref for ref, (kind, _, _) in self.refs.items() if kind is RefKind.ITEM]
+            settled = set(self.pool.settled(items, timeout_s=STOP_WAIT_S))
+            for ref in items:
+                kind, slot, pending = self.refs.pop(ref)
+                slot.inflight.pop(ref, None)
+                if ref in settled:
+                    with contextlib.suppress(Exception):
+                        result = self.pool.get(ref)
+                        if result.done:
+                            self._done(pending, slot, result)
+                            continue
+                self._committed(pending, slot)
 
     def _loop(self) -> None:
         self._refill()

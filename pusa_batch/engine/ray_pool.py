@@ -37,6 +37,13 @@ class RayPool:
         more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         return list({*first, *more})
 
+    def settled(self, refs: list[Any], timeout_s: float) -> list[Any]:
+        """The references of `refs` answered (or failed) within `timeout_s`, waiting for all."""
+        if not refs:
+            return []
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        return done
+
     def get(self, ref: Any) -> Any:
         return ray.get(ref)
 

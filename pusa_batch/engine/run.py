@@ -80,10 +80,12 @@ def run(
     stop_watching = add_retry_listener(_outage_notices(emit, config.storage_timeout_s))
     try:
         startup = Startup(config, address, emit, spec, check=make_runner is None)
-        try:
-            return _run_on(config, spec, store, startup, emit, make_runner, started, report)
-        finally:
-            startup.close()
+        with _sigterm_unwinds() as answer_sigterm:
+            startup.on_ready = answer_sigterm
+            try:
+                return _run_on(config, spec, store, startup, emit, make_runner, started, report)
+            finally:
+                startup.close()
     finally:
         stop_watching()
 
@@ -125,13 +127,12 @@ def _run_on(config, spec, store, startup, emit, make_runner, started, report) ->
         if plan.todo:
             try:
                 startup.ray_ready()
-                with _sigterm_unwinds():
-                    emit(Phase("loading models"))
-                    driver.run(
-                        iter_todo(config.manifest, spec, state, rules, plan=planned),
-                        plan.todo,
-                        ready=startup.wait_for_check,
-                    )
+                emit(Phase("loading models"))
+                driver.run(
+                    iter_todo(config.manifest, spec, state, rules, plan=planned),
+                    plan.todo,
+                    ready=startup.wait_for_check,
+                )
             except BaseException as stopped:
                 startup.close()
                 still_ours = not isinstance(stopped, LeaseError) and lease.lost is None
@@ -176,22 +177,27 @@ def _unreachable(error: BaseException) -> bool:
 SIGTERM_RECEIVED = threading.Event()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    SIGTERM_RECEIVED.set()  # Ray's calls turn any KeyboardInterrupt into a plain one
+    raise Terminated()
+
+
 @contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM raises `Terminated` in the main thread, as Ctrl-C raises KeyboardInterrupt.
-    Installed after Ray starts: Ray's core worker puts its own handler there (a stack dump and
-    an abort), and ours must be the one that answers."""
+def _sigterm_unwinds() -> Iterator[Callable[[], None]]:
+    """SIGTERM raises `Terminated` in the main thread, as Ctrl-C raises KeyboardInterrupt, from
+    the lease's taking to the run's end. What this yields takes the handler back: Ray's start
+    (in its own thread) can put its core worker's handler there (a stack dump and an abort),
+    so it is called once Ray is up."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
 
-    def terminate(signum: int, frame: object) -> None:
-        SIGTERM_RECEIVED.set()  # Ray's calls turn any KeyboardInterrupt into a plain one
-        raise Terminated()
+    def answer() -> None:
+        signal.signal(signal.SIGTERM, _terminate)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        yield
+        yield answer
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 

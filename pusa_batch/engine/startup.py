@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import ray
 from ray._private.ray_constants import PROCESS_TYPE_MONITOR
@@ -54,6 +54,7 @@ class Startup:
         self._ray: concurrent.futures.Future | None = None
         self._checked: concurrent.futures.Future | None = None
         self._told = False
+        self.on_ready: Callable[[], None] = lambda: None  # called in the main thread, Ray up
 
     def begin(self) -> None:
         if self._pool is not None:
@@ -74,6 +75,7 @@ class Startup:
         notes = self._ray.result()
         if not self._told:
             self._told = True
+            self.on_ready()
             for note in notes:
                 self.emit(Notice(f"Ray: {note}"))
 
