@@ -183,10 +183,12 @@ def test_b13s_rate_counts_the_drivers_own_seconds_between_two_marks():
     assert b13_driver_scale.sustained_rate(first, last) == pytest.approx(800 / 8.0)
 
 
-def test_b13s_memory_growth_is_bytes_gained_per_item_between_two_marks():
-    first, last = mark(100, 1.0, 0.0, 300), mark(1100, 2.0, 0.0, 301)
-    assert b13_driver_scale.growth_per_item(first, last) == pytest.approx(2**20 / 1000)
-    assert b13_driver_scale.growth_per_item(last, first) == 0.0  # shrinking is flat
+def test_b13s_memory_growth_is_the_slope_of_rss_over_the_marks():
+    steady = [mark(100 + 100 * n, 1.0, 0.0, 300 + n) for n in range(9)]  # +1 MB per 100 items
+    assert b13_driver_scale.growth_per_item(steady) == pytest.approx(2**20 / 100)
+    shrinking = [mark(100 + 100 * n, 1.0, 0.0, 300 - n) for n in range(9)]
+    assert b13_driver_scale.growth_per_item(shrinking) == 0.0  # shrinking is flat
+
 
 
 def test_b13_misses_both_targets_with_a_slowdown_injected():
