@@ -2,9 +2,9 @@
 
 The driver frees about as much as it allocates (manifest chunks, results, index parts), but
 glibc's malloc keeps freed blocks in its arenas and Arrow's allocator keeps its pages, so its RSS
-crept up by about 1 KB per item (B13) though nothing stayed alive: with both given back at each
-mark, the same run's RSS was flat. RSS is what a container's memory limit counts, so the driver
-gives them back every few seconds (a trim takes about 1 ms).
+read as growth of about 1 KB per item (B13) of which little stayed alive: with both given back at
+each mark, a 40,000-item run's RSS was flat. RSS is what a container's memory limit counts, so
+the driver gives them back every few seconds (a trim takes about 1 ms).
 """
 
 from __future__ import annotations
