@@ -30,7 +30,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 def release_freed_memory() -> None:
-    """Return malloc's free pages and Arrow's unused ones to the system; live memory is untouched."""
+    """Give malloc's free pages and Arrow's unused ones back to the system; live memory stays."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
