@@ -190,7 +190,6 @@ def test_b13s_memory_growth_is_the_slope_of_rss_over_the_marks():
     assert b13_driver_scale.growth_per_item(shrinking) == 0.0  # shrinking is flat
 
 
-
 def test_b13_misses_both_targets_with_a_slowdown_injected():
     out = run_bench(
         "b13_driver_scale.py",

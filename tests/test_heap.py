@@ -1,4 +1,4 @@
-"""The driver gives freed memory back to the system: a long run's RSS does not read as growth."""
+"""The driver gives freed memory back to the system: freed heap pages go back, live blocks stay."""
 
 from __future__ import annotations
 
