@@ -4,6 +4,7 @@ Skipped only when no chromium is installed."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_support import Page, open_page
 from gallery_support import BIG_PROMPTS, big_item_id, big_page, sweep_root
 from PIL import Image
 from test_export_support import DONE_IDS, build_root, commit_item, item_dict
@@ -99,40 +101,22 @@ def swept(tmp_path_factory) -> Iterator[Site]:
         yield running
 
 
-def chromium(tmp_path: Path, *args: str, budget_ms: int = 10000) -> str:
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--virtual-time-budget={budget_ms}",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        *args,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    return done.stdout
+MEDIA_SETTLED = "document.body.dataset.mediaDone === '1'"
 
 
-def dump_dom(tmp_path: Path, url: str, size: str = "1200,900", budget_ms: int = 10000) -> str:
-    return chromium(tmp_path, f"--window-size={size}", "--dump-dom", url, budget_ms=budget_ms)
+@contextmanager
+def settled_page(site: Site, tmp_path: Path, url: str, size=(1200, 900)) -> Iterator[Page]:
+    """`url` in a fresh Chromium once every medium it mounted has loaded or failed (the page's
+    data-media-done), waited for in real time; the site's request log then holds that load only."""
+    site.forget_requests()
+    with open_page(CHROMIUM, tmp_path / "chromium-profile", url, size) as page:
+        page.wait_for(MEDIA_SETTLED, timeout_s=60)
+        yield page
 
 
-def settled_attrs(site, tmp_path: Path, size: str) -> dict[str, str]:
-    """The body's attributes once every mounted medium has loaded or failed (the site's request
-    log then holds that page load only); a loaded machine gets a longer virtual-time budget
-    instead of a flaky verdict. Each try has a fresh profile: a cached poster would be a 304."""
-    for budget_ms in (10000, 30000, 90000):
-        site.forget_requests()
-        fresh = tmp_path / f"try-{budget_ms}"
-        fresh.mkdir()
-        attrs = body_attrs(dump_dom(fresh, site.url, size=size, budget_ms=budget_ms))
-        if attrs.get("data-media-done") == "1":
-            break
-    return attrs
+def settled_dom(site: Site, tmp_path: Path, url: str, size=(1200, 900)) -> str:
+    with settled_page(site, tmp_path, url, size) as page:
+        return page.dom()
 
 
 def body_attrs(dom: str) -> dict[str, str]:
@@ -150,9 +134,10 @@ def visible_ids(dom: str) -> list[str]:
 
 
 def test_every_video_poster_and_input_image_in_view_loads(site, tmp_path):
-    attrs = settled_attrs(site, tmp_path, size="1200,4000")  # every card in view
+    dom = settled_dom(site, tmp_path, site.url, size=(1200, 4000))  # every card in view
+    attrs = body_attrs(dom)
     n_videos = len(DONE_IDS) + 1
-    assert attrs["data-media-done"] == "1"
+    assert attrs["data-media-done"] == "1", attrs
     assert attrs["data-media-errors"] == "0", attrs["data-media-error-codes"]
     assert int(attrs["data-media-mounted"]) == n_videos
     assert int(attrs["data-media-loaded"]) == int(attrs["data-media-total"]) == n_videos + 1
@@ -171,24 +156,22 @@ def test_every_video_poster_and_input_image_in_view_loads(site, tmp_path):
     ],
 )
 def test_filters_in_the_url_fragment_hide_other_cards(site, tmp_path, fragment, expected):
-    dom = dump_dom(tmp_path, f"{site.url}#{fragment}")
+    dom = settled_dom(site, tmp_path, f"{site.url}#{fragment}")
     assert visible_ids(dom) == expected
     assert body_attrs(dom)["data-shown"] == str(len(expected))
 
 
 def test_a_group_whose_cards_are_all_filtered_out_is_hidden(site, tmp_path):
-    dom = dump_dom(tmp_path, f"{site.url}#seed=3")
+    dom = settled_dom(site, tmp_path, f"{site.url}#seed=3")
     sections = re.findall(r'<section class="group"([^>]*)>', dom)
     shown = [s for s in sections if " hidden" not in s]
     assert len(shown) == 1 and 'data-group="a red cat"' in shown[0]
 
 
 def test_screenshot_shows_the_rendered_gallery(site, tmp_path):
-    shot = tmp_path / "gallery.png"
-    chromium(
-        tmp_path, "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,900", site.url
-    )
-    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    with settled_page(site, tmp_path, site.url, size=(1200, 900)) as page:
+        shot = page.screenshot_png()
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
     assert pixels.shape == (900, 1200, 3)
     colours = np.unique(pixels.reshape(-1, 3), axis=0)
     assert len(colours) > 200  # posters, plot and text, not a blank or single-colour page
@@ -198,7 +181,7 @@ def test_screenshot_shows_the_rendered_gallery(site, tmp_path):
 
 
 def test_a_swept_column_filters_the_grid(swept, tmp_path):
-    dom = dump_dom(tmp_path, f"{swept.url}#steps=20&guidance_scale=5.0")
+    dom = settled_dom(swept, tmp_path, f"{swept.url}#steps=20&guidance_scale=5.0")
     assert visible_ids(dom) == [
         "fox--steps_20--guidance_scale_5.0",
         "owl--steps_20--guidance_scale_5.0",
@@ -209,8 +192,7 @@ def test_a_swept_column_filters_the_grid(swept, tmp_path):
 
 
 def test_a_2000_item_page_asks_for_fewer_than_50_media_before_scrolling(big, tmp_path):
-    big.forget_requests()
-    attrs = body_attrs(dump_dom(tmp_path, big.url))
+    attrs = body_attrs(settled_dom(big, tmp_path, big.url))
     asked = big.media_requests()
     assert attrs["data-shown"] == str(4 * BIG_PROMPTS)
     assert 0 < len(asked) < 50, asked
@@ -219,9 +201,8 @@ def test_a_2000_item_page_asks_for_fewer_than_50_media_before_scrolling(big, tmp
 
 
 def test_a_filter_loads_only_the_cards_it_brings_into_view(big, tmp_path):
-    big.forget_requests()
     wanted = [big_item_id(4 * 321 + seed) for seed in range(4)]  # prompt 321, deep in the page
-    dom = dump_dom(tmp_path, f"{big.url}#q=p321-")
+    dom = settled_dom(big, tmp_path, f"{big.url}#q=p321-")
     assert visible_ids(dom) == wanted
     videos = sorted(path for _, path in big.media_requests() if path.startswith("/videos/"))
     assert videos == [f"/videos/{item_id}.mp4" for item_id in wanted]
