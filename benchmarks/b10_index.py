@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fake_root  # noqa: E402
+from bench_common import python_as_run_starts  # noqa: E402
 
 from pusa_batch.store.store import Store  # noqa: E402
 
@@ -89,7 +90,7 @@ def end_of_run(args: dict) -> dict:
 
 def child(mode: str, args: dict) -> dict:
     done = subprocess.run(
-        [sys.executable, __file__, "--child", mode, json.dumps(args)],
+        [*python_as_run_starts(__file__), "--child", mode, json.dumps(args)],
         capture_output=True,
         text=True,
         check=False,

@@ -7,7 +7,9 @@ Parquet file of `--rows` t2v rows), the plan (`make_plan`'s counting pass over e
 is committed by `Store.commit`, the driver compacts the index every 200 commits and writes
 `run.json` every 2 s), the lease (taken and heartbeaten), Ray's metrics (a local Ray is started
 for them, as `run` does) and the worker protocol: each worker is a `WorkerCore`, the actor's own
-class, answering `info`, `progress` and `run(Task) -> Result`.
+class, answering `info`, `progress` and `run(Task) -> Result`; and the heap, kept as `run`'s
+process keeps it (the script starts itself again after `heap.keep_one_heap()`, since Arrow picks
+its allocator at import; `--heap-per-thread` leaves glibc's and Arrow's defaults).
 
 What is simulated: where the workers run. `InProcessPool` takes the place of `RayPool` (the seam
 `Driver(..., pool=...)`): a call runs the worker's method in the driver's thread when the driver
@@ -57,7 +59,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from bench_common import Target, add_slowdown_flag, load_average, result_line, slowdown
+from bench_common import (
+    Target,
+    add_slowdown_flag,
+    load_average,
+    python_as_run_starts,
+    result_line,
+    slowdown,
+)
 
 from pusa_batch.engine.config import ItemDone, RunConfig
 from pusa_batch.engine.dispatch import Driver
@@ -265,6 +274,8 @@ def start_ray() -> None:
 
 
 def measure(args: argparse.Namespace, tmp: Path, slow_s: float) -> int:
+    if not args.heap_per_thread:
+        print(f"  one heap, as in `run`: Arrow on {pa.default_memory_pool().backend_name}")
     manifest = tmp / "manifest.parquet"
     began = time.perf_counter()
     write_manifest(manifest, args.rows)
@@ -343,7 +354,9 @@ def report(
         + ", ".join(
             f"{int(share * 100)}% {meter.marks[share].rss / 2**20:.1f} MB" for share in MARKS
         )
-        + f" after freed memory was given back; slope over {len(memory)} marks from 10% to 90%: "
+        + f" after freed memory was given back (all {len(memory)} marks: "
+        + ", ".join(f"{m.rss / 2**20:.0f}" for m in memory)
+        + f" MB); slope over {len(memory)} marks from 10% to 90%: "
         f"{growth:.1f} B per item ({growth * (last.items - first.items) / 2**20:+.1f} MB over "
         f"{last.items - first.items:,} items); raw (before): "
         + ", ".join(f"{m.rss_raw / 2**20:.0f}" for m in memory)
@@ -376,8 +389,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-ray", action="store_true", help="no local Ray: the metrics are not recorded"
     )
+    parser.add_argument(
+        "--heap-per-thread",
+        action="store_true",
+        help="leave glibc's arena per thread and Arrow on mimalloc (what `run` did before it "
+        "kept one heap)",
+    )
     add_slowdown_flag(parser, "S seconds more per item in the driver, and S x 1 MB held per item")
+    parser.add_argument("--started-as-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not (args.heap_per_thread or args.started_as_run):  # Arrow's pool is chosen at import
+        command = [*python_as_run_starts(__file__), *sys.argv[1:], "--started-as-run"]
+        os.execv(command[0], command)
     if args.items < 10:
         parser.error("--items must be at least 10 (the marks at 10%, 50% and 90%)")
     print(f"load average at start: {load_average()}")

@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import fake_root  # noqa: E402
+from bench_common import python_as_run_starts  # noqa: E402
 
 from pusa_batch.pipelines.spec import load_pipeline_spec  # noqa: E402
 
@@ -107,7 +108,7 @@ def measured(url: str, options: dict, manifest: Path, verify: bool, slowdown: fl
     args = {"url": url, "options": options, "manifest": str(manifest), "verify": verify}
     args["slowdown"] = slowdown
     done = subprocess.run(
-        [sys.executable, __file__, "--measure", json.dumps(args)],
+        [*python_as_run_starts(__file__), "--measure", json.dumps(args)],
         capture_output=True,
         text=True,
         check=False,

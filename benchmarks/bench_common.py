@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import operator
 import os
+import sys
 from dataclasses import dataclass
 
 SLOWDOWN_ENV = "PUSA_BENCH_SLOWDOWN"
@@ -55,6 +56,17 @@ def slowdown(args: argparse.Namespace, environ=os.environ) -> float:
     if args.inject_slowdown is not None:
         return max(0.0, args.inject_slowdown)
     return max(0.0, float(environ.get(SLOWDOWN_ENV) or 0.0))
+
+
+def python_as_run_starts(script: str) -> list[str]:
+    """The argv start of a fresh Python that runs `script` as `__main__` after the call `run`'s
+    process makes first (one malloc arena, Arrow on malloc): a child measuring `run`'s work."""
+    code = (
+        "import os, runpy, sys; from pusa_batch.engine.heap import keep_one_heap; keep_one_heap(); "
+        "sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0])); "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    return [sys.executable, "-c", code, script]
 
 
 def load_average() -> str:
