@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fake_root  # noqa: E402
-from bench_common import python_as_run_starts  # noqa: E402
+from bench_common import peak_rss_bytes, python_as_run_starts, rss_bytes  # noqa: E402
 
 from pusa_batch.store.store import Store  # noqa: E402
 
@@ -44,23 +44,6 @@ TARGET_GROWTH = 1.5
 SLOWDOWN_ENV = "PUSA_BENCH_SLOWDOWN"
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
-    with open("/proc/self/status") as status:
-        for text in status:
-            if text.startswith("VmHWM:"):
-                return int(text.split()[1]) / 1024
-    return 0.0
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for text in status:
-            if text.startswith("VmRSS:"):
-                return int(text.split()[1]) / 1024
-    return 0.0
-
-
 # --------------------------------------------------------------------------- 1. end of a run
 
 
@@ -70,7 +53,7 @@ def end_of_run(args: dict) -> dict:
 
     store = Store(args["url"])
     state = RootState()  # the run's own state found nothing damaged (B4 times reading it)
-    before = rss_mb()
+    before = rss_bytes() / 2**20
     started, cpu = time.perf_counter(), time.process_time()
     compacted = store.compact_index()
     compact_s = time.perf_counter() - started
@@ -80,7 +63,7 @@ def end_of_run(args: dict) -> dict:
         "seconds": time.perf_counter() - started,
         "compact_s": compact_s,
         "cpu_s": time.process_time() - cpu,
-        "rss_mb": peak_rss_mb(),
+        "rss_mb": peak_rss_bytes() / 2**20,
         "rss_before_mb": before,
         "folded": compacted.folded,
         "merged_parts": compacted.merged_parts,

@@ -65,6 +65,7 @@ from bench_common import (
     load_average,
     python_as_run_starts,
     result_line,
+    rss_bytes,
     slowdown,
 )
 
@@ -197,11 +198,6 @@ class InProcessPool:
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclasses.dataclass(frozen=True)

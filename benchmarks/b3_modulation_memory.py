@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import Target, add_slowdown_flag, result_line, slowdown
+from bench_common import Target, add_slowdown_flag, result_line, rss_bytes, slowdown
 
 TARGET = Target("<=", 0.5)
 BALLAST_MIB = 100  # per unit of injected slowdown
@@ -56,11 +56,6 @@ def frame_timesteps(frames: int) -> torch.Tensor:
     return t
 
 
-def current_rss_kib() -> int:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() // 1024
-
-
 def child(args: argparse.Namespace) -> None:
     from diffusers import WanTransformer3DModel
 
@@ -78,7 +73,7 @@ def child(args: argparse.Namespace) -> None:
     ctx = torch.randn(1, 512, 256, generator=gen)
     t = frame_timesteps(args.frames)
     tokens_per_frame = (args.height // 2) * (args.width // 2)
-    before = current_rss_kib()
+    before = rss_bytes() // 1024
     start = time.perf_counter()
     if args.child == "ours":
         ballast = torch.ones(int(args.ballast_mib * 2**20) // 4)  # an injected handicap

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import fake_root  # noqa: E402
-from bench_common import python_as_run_starts  # noqa: E402
+from bench_common import peak_rss_bytes, python_as_run_starts  # noqa: E402
 
 from pusa_batch.pipelines.spec import load_pipeline_spec  # noqa: E402
 
@@ -66,7 +65,7 @@ def measure(args: dict) -> dict:
     inner, _ = fsspec.core.url_to_fs(args["url"], **args["options"])
     counting = CountingFS(inner)
     store = Store(args["url"], args["options"], filesystem=counting)
-    rss_before = peak_rss_mb()
+    rss_before = peak_rss_bytes() / 2**20
     started, cpu_started = time.perf_counter(), time.process_time()
     state = store.state(verify=args["verify"])
     read_s = time.perf_counter() - started
@@ -81,7 +80,7 @@ def measure(args: dict) -> dict:
         "state_s": read_s,
         "count_s": counted_s - read_s,
         "first_s": seconds - counted_s,
-        "rss_mb": peak_rss_mb(),
+        "rss_mb": peak_rss_bytes() / 2**20,
         "rss_before_mb": rss_before,
         "calls": dict(counting.calls),
         "first": first.id,
@@ -92,15 +91,6 @@ def measure(args: dict) -> dict:
         "state_bytes_per_done": (state.done.keys.nbytes + state.done.values.nbytes)
         / max(1, state.done_count()),
     }
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
-    with open("/proc/self/status") as status:
-        for text in status:
-            if text.startswith("VmHWM:"):
-                return int(text.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measured(url: str, options: dict, manifest: Path, verify: bool, slowdown: float) -> dict:

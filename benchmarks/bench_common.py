@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import operator
 import os
+import resource
 import sys
 from dataclasses import dataclass
 
@@ -56,6 +57,22 @@ def slowdown(args: argparse.Namespace, environ=os.environ) -> float:
     if args.inject_slowdown is not None:
         return max(0.0, args.inject_slowdown)
     return max(0.0, float(environ.get(SLOWDOWN_ENV) or 0.0))
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux's /proc/self/statm)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: VmHWM, which, unlike ru_maxrss, a child started by
+    exec does not inherit from its parent."""
+    with open("/proc/self/status") as status:
+        for text in status:
+            if text.startswith("VmHWM:"):
+                return int(text.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def python_as_run_starts(script: str) -> list[str]:

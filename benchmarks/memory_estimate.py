@@ -22,9 +22,9 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
+from bench_common import rss_bytes
 
 # (family, dim, layers, latent frames, latent height, latent width); Wan's ffn_dim is 2.7 x dim
 SIZES = [
@@ -37,10 +37,6 @@ SIZES = [
     ("mochi", 1024, 1, 11, 60, 104),
 ]
 LARGE = 4096  # tokens: below this, fixed costs dominate and no item is refused
-
-
-def rss_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
 def build(family: str, dim: int, layers: int) -> torch.nn.Module:
