@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 API (moto_server on 127.0.0.1) for the whole session."""
+"""Shared fixtures: a real S3 API (moto_server on 127.0.0.1) and a GCS one (fake-gcs-server on
+127.0.0.1), each for the whole session."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (s3server) import by name
 
+from gcs_server import GcsServer, gcs_server  # noqa: E402  (first: it sets gcsfs's mode)
 from s3server import S3Server, s3_server  # noqa: E402
 
 pytest_plugins = ["pipeline_support"]  # the tiny-model cache, an input photo and clip fixtures
@@ -20,6 +22,14 @@ BUCKET = "pusa-test"
 def s3() -> S3Server:
     """A moto S3 server started for this session and stopped after it, with BUCKET created."""
     with s3_server() as server:
+        server.make_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs() -> GcsServer:
+    """A fake-gcs-server started for this session and stopped after it, with BUCKET created."""
+    with gcs_server() as server:
         server.make_bucket(BUCKET)
         yield server
 

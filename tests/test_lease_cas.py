@@ -1,6 +1,7 @@
 """Taking over a lease is a compare-and-swap on the stale record's version: of two takers of
-one stale record exactly one wins, on local disk and on S3 (the moto server), whatever the
-interleaving; a paused holder's heartbeat cannot overwrite the run that took over."""
+one stale record exactly one wins, on local disk, on S3 (the moto server) and on GCS
+(fake-gcs-server), whatever the interleaving; a paused holder's heartbeat cannot overwrite the
+run that took over."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pusa_batch.store.conditional import _claim_name, guarantee, read_versioned
 from pusa_batch.store.lease import LEASE_FILE, Lease, process_start, this_machine
 from pusa_batch.store.store import Store
 
-HOOKED = STORAGE_CALLS | {"call_s3"}
+HOOKED = STORAGE_CALLS | {"call_s3", "call"}  # s3fs's and gcsfs's own API calls
 
 
 class Interleave:
@@ -52,15 +53,17 @@ class Interleave:
         return call
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gcs"])
 def new_root(request, tmp_path) -> Callable[[], tuple[str, dict]]:
-    """Makes a fresh output root (URL, storage options) on local disk or on the S3 server."""
+    """Makes a fresh output root (URL, storage options) on local disk, the S3 or the GCS server."""
 
     def make() -> tuple[str, dict]:
         if request.param == "local":
             return str(tmp_path / uuid.uuid4().hex[:8]), {}
-        options = request.getfixturevalue("s3").storage_options  # one client: the race is
-        return f"s3://{BUCKET}/{uuid.uuid4().hex[:10]}", options  # the server's to judge
+        server = request.getfixturevalue(request.param)  # one client: the race is the
+        options = server.storage_options  # server's to judge
+        scheme = {"s3": "s3", "gcs": "gs"}[request.param]
+        return f"{scheme}://{BUCKET}/{uuid.uuid4().hex[:10]}", options
 
     return make
 
@@ -91,7 +94,8 @@ def holder_token(url: str, options: dict) -> str:
 
 def test_each_backend_names_its_guarantee(new_root):
     url, options = new_root()
-    assert guarantee(Store(url, options).root) == ("s3" if url.startswith("s3") else "local")
+    expected = {"s3": "s3", "gs": "gcs"}.get(url.partition("://")[0], "local")
+    assert guarantee(Store(url, options).root) == expected
     assert guarantee(Store(f"memory://m-{uuid.uuid4().hex[:8]}").root) == "none"
 
 
@@ -177,7 +181,7 @@ def race_two_threads(url: str, options: dict) -> list[Lease | LeaseError]:
 
 
 def test_racing_threads_take_over_one_stale_record_with_exactly_one_winner(new_root):
-    rounds = 10 if new_root()[0].startswith("s3") else 60
+    rounds = 60 if "://" not in new_root()[0] else 10
     for _ in range(rounds):
         url, options = new_root()
         results = race_two_threads(url, options)

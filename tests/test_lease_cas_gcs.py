@@ -1,14 +1,14 @@
-"""The compare-and-swap's calls on GCS and S3 error codes, without a GCS server.
-
-`GcsJsonApi` keeps objects and generations the way the GCS JSON API does and answers gcsfs's
-`call()` as gcsfs would: a media GET returns the body with `x-goog-generation`, an upload with
-`ifGenerationMatch` that does not hold raises FileExistsError (gcsfs's mapping of 412).
-"""
+"""The compare-and-swap's calls on GCS, against fake-gcs-server through gcsfs: one GET gives
+the body and its generation, a write lands only on the generation read (or, to create, on none),
+and S3's error codes for a lost race."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from botocore.exceptions import ClientError
+from conftest import BUCKET
 from s3fs.errors import translate_boto_error
 
 from pusa_batch.store.conditional import (
@@ -18,81 +18,60 @@ from pusa_batch.store.conditional import (
     read_versioned,
     replace_if,
 )
-from pusa_batch.store.io import RetryPolicy, Root
-
-UPLOAD = "https://storage.googleapis.com/upload/storage/v1/b/{}/o"
-
-
-class GcsJsonApi:
-    protocol = ("gs", "gcs")
-    _location = "https://storage.googleapis.com"
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], tuple[bytes, int]] = {}
-        self.next_generation = 1700000000000001
-        self.requests: list[tuple[str, str, dict]] = []
-
-    def split_path(self, path: str) -> tuple[str, str, None]:
-        bucket, _, key = path.partition("/")
-        return bucket, key, None
-
-    def invalidate_cache(self, path: str | None = None) -> None:
-        pass
-
-    def call(self, method: str, path: str, *args, json_out=False, **kwargs):
-        self.requests.append((method, path.format(*args), kwargs))
-        if method == "GET" and path == "b/{}/o/{}" and kwargs.get("alt") == "media":
-            if tuple(args) not in self.objects:
-                raise FileNotFoundError(args)
-            data, generation = self.objects[tuple(args)]
-            return {"X-Goog-Generation": str(generation)}, data
-        if method == "POST" and path == UPLOAD and kwargs.get("uploadType") == "media":
-            key = (args[0], kwargs["name"])
-            wanted = kwargs.get("ifGenerationMatch")
-            current = self.objects.get(key, (b"", 0))[1]
-            if wanted is not None and int(wanted) != current:
-                raise FileExistsError(key)  # gcsfs: HTTP 412 precondition failed
-            self.objects[key] = (kwargs["data"], self.next_generation)
-            self.next_generation += 1
-            assert json_out
-            return {"name": key[1], "generation": str(self.objects[key][1])}
-        raise AssertionError(f"a request GCS would not get: {method} {path} {kwargs}")
+from pusa_batch.store.io import Root
+from pusa_batch.store.store import Store
 
 
 @pytest.fixture
-def gcs() -> tuple[Root, GcsJsonApi]:
-    api = GcsJsonApi()
-    api.objects[("bkt", "run/lease.json")] = (b"stale record", 1700000000000000)
-    return Root(api, "bkt/run", "gs://bkt/run", RetryPolicy(attempts=1)), api
+def root(gcs) -> Root:
+    """A fresh output root on the GCS server, its lease.json an old record."""
+    store = Store(f"gs://{BUCKET}/{uuid.uuid4().hex[:10]}", gcs.storage_options)
+    store.root.write_bytes("lease.json", b"stale record")
+    return store.root
 
 
-def test_gcs_reads_body_and_generation_from_one_get(gcs):
-    root, api = gcs
+def server_generation(root: Root, rel: str) -> str:
+    return str(root.fs.info(root.path(rel), refresh=True)["generation"])
+
+
+def test_gcs_reads_the_body_and_its_generation_together(root):
     assert guarantee(root) == "gcs"
-    assert read_versioned(root, "lease.json").version == "1700000000000000"
-    assert [r[:2] for r in api.requests] == [("GET", "b/bkt/o/run/lease.json")]
+    read = read_versioned(root, "lease.json")
+    assert read.data == b"stale record"
+    assert read.version == server_generation(root, "lease.json")
 
 
-def test_gcs_replaces_only_the_generation_read(gcs):
-    root, api = gcs
+def test_gcs_replaces_the_generation_read_and_returns_the_new_one(root):
     stale = read_versioned(root, "lease.json")
     new_version = replace_if(root, "lease.json", b"first taker", stale.version)
-    method, path, params = api.requests[-1]
-    assert (method, path, params["ifGenerationMatch"]) == (
-        "POST",
-        UPLOAD.format("bkt"),
-        stale.version,
-    )
-    assert read_versioned(root, "lease.json").version == new_version != stale.version
+    assert new_version == server_generation(root, "lease.json") != stale.version
+    assert root.read_bytes("lease.json") == b"first taker"
 
 
-def test_of_two_gcs_takers_of_one_generation_the_second_loses(gcs):
-    root, api = gcs
+def test_of_two_gcs_takers_of_one_generation_the_second_loses(root):
     stale = read_versioned(root, "lease.json")
     replace_if(root, "lease.json", b"first taker", stale.version)
     with pytest.raises(VersionChanged):
         replace_if(root, "lease.json", b"second taker", stale.version)
-    assert api.objects[("bkt", "run/lease.json")][0] == b"first taker"
+    assert root.read_bytes("lease.json") == b"first taker"
+
+
+def test_a_gcs_object_deleted_since_it_was_read_is_not_written_back(root):
+    read = read_versioned(root, "lease.json")
+    root.fs.rm(root.path("lease.json"))
+    with pytest.raises(VersionChanged):
+        replace_if(root, "lease.json", b"late taker", read.version)
+    assert read_versioned(root, "lease.json") is None
+
+
+def test_an_exclusive_create_on_gcs_refuses_an_existing_object(root):
+    root.create_exclusive("part.parquet", b"first")
+    with pytest.raises(FileExistsError):
+        root.create_exclusive("part.parquet", b"second")
+    with pytest.raises(FileExistsError):
+        root.create_exclusive("lease.json", b"over the old record")
+    assert root.read_bytes("part.parquet") == b"first"
+    assert root.read_bytes("lease.json") == b"stale record"
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@
 What a version is, and what makes the swap atomic, by backend (`guarantee(root)`):
 - "s3": the ETag, read from the same GET as the body; the swap is a PutObject with `If-Match`
   (412 PreconditionFailed or 409 ConditionalRequestConflict: another writer got there first);
-- "gcs": the generation, read from the same GET as the body; the swap is an upload with
-  `ifGenerationMatch` (412);
+- "gcs": the generation, read from the same GET as the body; the swap is a multipart upload
+  with `ifGenerationMatch` (412);
 - "local": a digest of the content; a writer first creates a claim on that version
   exclusively (a hard link, `.tmp/<name>.claim-<version>-<n>`), re-reads the file, then renames
   its new content over it, so of two writers of the same version exactly one wins. A claim left
@@ -28,11 +28,11 @@ from typing import Any
 
 import fsspec.asyn
 
+from pusa_batch.store.gcs import GCS_PROTOCOLS, upload_if_generation
 from pusa_batch.store.holder import holder_is_gone, this_process
 from pusa_batch.store.io import TMP_DIR, Root
 
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
-GCS_PROTOCOLS = frozenset({"gs", "gcs"})
 CLAIM_STALE_S = 30.0  # a claim is held for milliseconds; one this old was left by a dead writer
 MAX_CLAIMS = 8  # claims per version: each one past the first needs the one before abandoned
 _LOST_RACE_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -131,7 +131,7 @@ def _s3_lost_race(exc: BaseException) -> bool:
     return False
 
 
-# GCS: one GET (alt=media) for body and generation; an upload with ifGenerationMatch.
+# GCS: one GET (alt=media) for body and generation; a multipart upload with ifGenerationMatch.
 def _gcs_get(fs: Any, path: str) -> Versioned:
     bucket, key, _ = fs.split_path(path)
     headers, data = fs.call("GET", "b/{}/o/{}", bucket, key, alt="media")
@@ -142,25 +142,10 @@ def _gcs_get(fs: Any, path: str) -> Versioned:
 
 
 def _gcs_put_if(fs: Any, path: str, data: bytes, generation: str) -> str:
-    bucket, key, _ = fs.split_path(path)
-    location = getattr(fs, "_location", "https://storage.googleapis.com")
     try:
-        uploaded = fs.call(
-            "POST",
-            location + "/upload/storage/v1/b/{}/o",
-            bucket,
-            uploadType="media",
-            name=key,
-            ifGenerationMatch=generation,
-            headers={"Content-Type": "application/octet-stream"},
-            data=data,
-            json_out=True,
-        )
-    except (FileExistsError, FileNotFoundError):  # gcsfs raises FileExistsError on a 412
+        return upload_if_generation(fs, path, data, generation)
+    except (FileExistsError, FileNotFoundError):  # 412: replaced since; 404: deleted since
         raise VersionChanged(path) from None
-    finally:
-        fs.invalidate_cache(path)
-    return str(uploaded["generation"])
 
 
 # Local disk: an exclusive claim on the version read, then an atomic rename.

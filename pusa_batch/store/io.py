@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pusa_batch.errors import StoreError, StoreUnreachableError
+from pusa_batch.store.gcs import GCS_PROTOCOLS, NO_OBJECT, upload_if_generation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -504,6 +505,10 @@ class Root:
         """Create a file only if it does not exist; raise FileExistsError otherwise."""
         if self.is_local:  # a hard link fails if the target exists: atomic and exclusive
             self._local_write(rel, data, publish=lambda tmp: self.fs.link(tmp, self.path(rel)))
+            return
+        if GCS_PROTOCOLS & self.protocols:  # ifGenerationMatch=0, in one request
+            path = self.path(rel)
+            self.call("create", rel, lambda: upload_if_generation(self.fs, path, data, NO_OBJECT))
             return
 
         def put() -> None:
