@@ -18,14 +18,14 @@ import importlib.util
 import json
 import os
 import platform
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from s3server import _free_port, _wait_until_up
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -68,25 +68,6 @@ class GcsServer:
         return f"gs://{name}"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(endpoint: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"fake-gcs-server exited early with code {process.returncode}")
-        try:
-            urllib.request.urlopen(f"{endpoint}/storage/v1/b?project={PROJECT}", timeout=1).close()
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.1)
-    raise RuntimeError(f"fake-gcs-server did not answer at {endpoint} within {timeout_s:.0f} s")
-
-
 @contextlib.contextmanager
 def gcs_server(timeout_s: float = 30.0) -> Iterator[GcsServer]:
     executable = binary()
@@ -98,7 +79,8 @@ def gcs_server(timeout_s: float = 30.0) -> Iterator[GcsServer]:
     command += ["-port", str(port), "-external-url", endpoint, "-log-level", "error"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_until_up(endpoint, process, timeout_s)
+        probe = f"/storage/v1/b?project={PROJECT}"
+        _wait_until_up(endpoint, process, timeout_s, probe=probe, name="fake-gcs-server")
         yield GcsServer(endpoint)
     finally:
         process.terminate()

@@ -68,17 +68,24 @@ def _moto_command(port: int) -> list[str]:
     return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
 
 
-def _wait_until_up(endpoint: str, process: subprocess.Popen, timeout_s: float) -> None:
+def _wait_until_up(
+    endpoint: str,
+    process: subprocess.Popen,
+    timeout_s: float,
+    probe: str = "/moto-api/",
+    name: str = "moto_server",
+) -> None:
+    """Until a GET of `endpoint + probe` answers; an error if `process` exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited early with code {process.returncode}")
+            raise RuntimeError(f"{name} exited early with code {process.returncode}")
         try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            urllib.request.urlopen(f"{endpoint}{probe}", timeout=1).close()
             return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not answer on {endpoint} within {timeout_s} s")
+    raise RuntimeError(f"{name} did not answer on {endpoint} within {timeout_s} s")
 
 
 @contextlib.contextmanager
