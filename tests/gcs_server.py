@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3server import _free_port, _wait_until_up
+from s3server import _free_port, _stop, _wait_until_up
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -83,9 +83,4 @@ def gcs_server(timeout_s: float = 30.0) -> Iterator[GcsServer]:
         _wait_until_up(endpoint, process, timeout_s, probe=probe, name="fake-gcs-server")
         yield GcsServer(endpoint)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)

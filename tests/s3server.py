@@ -88,6 +88,16 @@ def _wait_until_up(
     raise RuntimeError(f"{name} did not answer on {endpoint} within {timeout_s} s")
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """Terminate a test server, killing it if it has not exited 10 s later."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def s3_server(timeout_s: float = 30.0) -> Iterator[S3Server]:
     """Start `moto_server` on a free local port, yield it, and stop it on exit."""
@@ -100,9 +110,4 @@ def s3_server(timeout_s: float = 30.0) -> Iterator[S3Server]:
         _wait_until_up(endpoint, process, timeout_s)
         yield S3Server(endpoint)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
