@@ -29,6 +29,7 @@ PUBLIC_COMMANDS = [
     "export",
     "gallery",
     "verify",
+    "cache",
 ]
 
 

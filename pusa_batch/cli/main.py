@@ -12,7 +12,7 @@ from collections.abc import Callable
 import typer
 
 from pusa_batch import __version__
-from pusa_batch.cli import output_commands, run_commands
+from pusa_batch.cli import cache_commands, output_commands, run_commands
 from pusa_batch.cli.app import err, out, safe_text
 from pusa_batch.errors import PusaBatchError, Terminated
 from pusa_batch.store.io import redact_text
@@ -42,6 +42,10 @@ MANIFEST_COMMANDS: tuple[tuple[str, Callable[..., int]], ...] = (
     ("from-prompts", output_commands.manifest_from_prompts),
     ("from-vbench", output_commands.manifest_from_vbench),
     ("sweep", output_commands.manifest_sweep),
+)
+CACHE_COMMANDS: tuple[tuple[str, Callable[..., int]], ...] = (
+    ("list", cache_commands.cache_list),
+    ("prune", cache_commands.cache_prune),
 )
 
 
@@ -82,6 +86,14 @@ def build_app() -> typer.Typer:
     for name, command in MANIFEST_COMMANDS:
         manifest_app.command(name)(command)
     app.add_typer(manifest_app, name="manifest")
+    cache_app = typer.Typer(
+        help="The node's weight cache: list it, prune it.",
+        no_args_is_help=True,
+        context_settings=HELP_OPTIONS,
+    )
+    for name, command in CACHE_COMMANDS:
+        cache_app.command(name)(command)
+    app.add_typer(cache_app, name="cache")
     return app
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pusa_batch.weights.cache import link_into, publish, sizes_match, tree_key
+from pusa_batch.weights.cache import file_lock, link_into, publish, sizes_match, tree_key
 from pusa_batch.weights.fetch import parse_header
+from pusa_batch.weights.prune import record_use
 from pusa_batch.weights.remote import Reader, RemoteFile, Source
 from pusa_batch.weights.staging import (
     SourceRequest,
@@ -41,8 +42,10 @@ def header_twin(request: SourceRequest, config: StagingConfig) -> Path:
     if layout.tree(key).is_dir() and sizes_match(layout.tree(key), sizes):
         return local_path(layout.tree(key), source)
     twin = layout.headers(key)
-    if not twin.is_dir():
-        publish(lambda tmp: _build(source, config, tmp), twin)
+    with file_lock(twin.with_name(twin.name + ".lock")):
+        if not twin.is_dir():
+            publish(lambda tmp: _build(source, config, tmp), twin)
+        record_use(layout, "headers", key, str(source.url))
     return local_path(twin, source)
 
 

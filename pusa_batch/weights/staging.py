@@ -30,6 +30,7 @@ from pusa_batch.weights.cache import (
     tree_key,
 )
 from pusa_batch.weights.fetch import MIB, fetch_blob, recorded_bytes
+from pusa_batch.weights.prune import record_use
 from pusa_batch.weights.remote import (
     SIDECAR_SUFFIX,
     Reader,
@@ -185,9 +186,10 @@ def local_path(root: Path, source: Source) -> Path:
 
 def stage_source(source: Source, config: StagingConfig, tally: Tally) -> Path:
     layout = config.layout()
-    tree = layout.tree(tree_key(source, config.endpoint_for(source.url)))
+    key = tree_key(source, config.endpoint_for(source.url))
+    tree = layout.tree(key)
     sizes = [(f.rel, f.size) for f in source.files]
-    if tree.is_dir() and sizes_match(tree, sizes):
+    if _use_if_whole(layout, key, source, sizes):
         for file in source.files:
             tally.finish(file)
         return local_path(tree, source)
@@ -204,7 +206,23 @@ def stage_source(source: Source, config: StagingConfig, tally: Tally) -> Path:
         for rel, blob in blobs.items():
             link_into(blob, tmp / rel)
 
-    return local_path(publish(build, tree), source)
+    publish(build, tree)
+    with file_lock(tree.with_name(tree.name + ".lock")):
+        record_use(layout, "trees", key, str(source.url))
+    return local_path(tree, source)
+
+
+def _use_if_whole(
+    layout: CacheLayout, key: str, source: Source, sizes: list[tuple[str, int]]
+) -> bool:
+    """True when the tree is there whole; its use is then recorded under the lock `cache prune`
+    takes, so a prune running now either removed it before or leaves it."""
+    tree = layout.tree(key)
+    with file_lock(tree.with_name(tree.name + ".lock")):
+        whole = tree.is_dir() and sizes_match(tree, sizes)
+        if whole:
+            record_use(layout, "trees", key, str(source.url))
+    return whole
 
 
 def ensure_blob(
