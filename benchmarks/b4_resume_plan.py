@@ -138,7 +138,7 @@ def fill(store, folder: Path | None, manifest_rows: int, fps) -> None:
     if folder is not None:
         fake_root.link_files(folder, n_done - RECENT)
     commits = range(n_done - RECENT, n_done)
-    failures = range(n_done, min(manifest_rows, n_done + FAILED))
+    failures = range(n_done, n_done + min(FAILED, (manifest_rows - n_done) // 2))  # some pend
     fake_root.commit_and_fail(store, commits, failures, fps)
 
 
