@@ -26,6 +26,9 @@ class Terminated(KeyboardInterrupt):
     Ctrl-C, so the lease is released and the counts are printed."""
 
 
+MAX_MESSAGE = 600  # characters of one row problem's message
+
+
 @dataclass(frozen=True)
 class RowProblem:
     """One problem found in one manifest row (row is 1-based, as a user counts data rows)."""
@@ -37,7 +40,10 @@ class RowProblem:
 
     def __str__(self) -> str:
         who = f"row {self.row}" + (f" (id {printable(self.id)})" if self.id else "")
-        return f"{who}, column '{self.column}': {self.message}"
+        message = self.message
+        if len(message) > MAX_MESSAGE:  # a cell quoted whole could be megabytes
+            message = f"{message[: MAX_MESSAGE - 40]} ... ({len(message):,} characters in all)"
+        return f"{who}, column '{self.column}': {message}"
 
 
 class ManifestError(PusaBatchError):

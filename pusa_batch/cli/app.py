@@ -103,11 +103,22 @@ def parse_storage_options(pairs: list[str] | None, flag: str = "--storage-option
     options: dict = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
+        if not sep or not key:  # the text itself is not shown: it may be the secret
+            raise typer.BadParameter(
+                f"expected KEY=VALUE, got {len(pair)} characters with no '=' before a value "
+                "(not shown: it may be a secret)",
+                param_hint=flag,
+            )
         try:
             options[key] = json.loads(value)
-        except ValueError:
+        except ValueError as error:
+            if value.lstrip()[:1] in ("{", "["):
+                raise typer.BadParameter(
+                    f"{safe_text(key)}'s value starts like JSON but does not parse ({error.msg} "
+                    f"at character {error.pos}); write it as a JSON object, e.g. "
+                    f'{safe_text(key)}=\'{{"endpoint_url": "http://host:9000"}}\'',
+                    param_hint=flag,
+                ) from None
             options[key] = value
     return options
 

@@ -6,6 +6,7 @@ errors into click's own message and exit code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from pusa_batch import __version__
 from pusa_batch.cli import cache_commands, output_commands, run_commands
 from pusa_batch.cli.app import err, out, safe_text
 from pusa_batch.errors import PusaBatchError, Terminated
-from pusa_batch.store.io import redact_text
+from pusa_batch.redaction import redact_text, secrets_of
 
 # Typer >= 0.20 raises its vendored click's usage errors, all `typer.TyperException`s with `show`;
 # older Typers raise click's own.
@@ -100,12 +101,31 @@ def build_app() -> typer.Typer:
 app = build_app()
 
 
+TRACEBACK_ENV = "PUSA_BATCH_TRACEBACK"
+
+
+def argv_secrets(argv: list[str]) -> tuple[str, ...]:
+    """What the command line holds that must never be printed: URL userinfo and the values of
+    storage options, wherever an error's text repeats them (a library's own message may)."""
+    found: list[str] = []
+    for arg in argv:
+        if "://" in arg:
+            found += secrets_of(arg, {})
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag.endswith("storage-option"):
+            found.append(value.partition("=")[2] or value)
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: typed errors become one `Error: ...` line and their exit code."""
+    """Entry point: typed errors become one `Error: ...` line and their exit code; anything
+    else is one redacted line too (exit 1), its traceback shown only with PUSA_BATCH_TRACEBACK=1."""
+    secrets = argv_secrets(list(sys.argv[1:] if argv is None else argv))
     try:
         result = app(args=argv, prog_name="pusa-batch", standalone_mode=False)
     except PusaBatchError as error:
-        err.print(f"Error: {safe_text(redact_text(str(error)))}", markup=False, highlight=False)
+        text = safe_text(redact_text(str(error), secrets))
+        err.print(f"Error: {text}", markup=False, highlight=False)
         return error.exit_code
     except typer.Exit as done:
         return done.exit_code
@@ -121,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as error:  # click's own message (usage and the problem), exit 2
         error.show()
         return error.exit_code
+    except Exception as error:  # a bug: still one line, never a secret
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        text = safe_text(redact_text(f"{type(error).__name__}: {error}", secrets))
+        err.print(
+            f"Error: unexpected {text}\nThis is a bug in pusa-batch; please report it with the "
+            f"output of the same command run with {TRACEBACK_ENV}=1.",
+            markup=False,
+            highlight=False,
+        )
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -53,6 +53,11 @@ class RunConfig:
             for name, ok, rule in (
                 ("workers", self.workers is None or self.workers >= 1, "at least 1"),
                 ("cpus_per_worker", self.cpus_per_worker > 0, "positive"),
+                (
+                    "gpus_per_worker",
+                    self.gpus_per_worker is None or self.gpus_per_worker >= 0,
+                    "0 or more",
+                ),
                 ("max_retries", self.max_retries >= 0, "0 or more"),
                 ("max_actor_restarts", self.max_actor_restarts >= 0, "0 or more"),
                 ("batch_size", self.batch_size >= 1, "at least 1"),

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pusa_batch import tasks as task_rules
-from pusa_batch.cells import is_empty, printable
+from pusa_batch.cells import is_empty, printable, shown
 from pusa_batch.errors import TaskError
 from pusa_batch.manifest.schema import (
     COLUMNS,
@@ -84,7 +84,7 @@ def _parse_lists(name: str, kind: str, s: pd.Series, found: Problems) -> list:
         try:
             out[i] = tuple(parse[kind](raw[i]))
         except (ValueError, TypeError, TaskError) as e:
-            found.add(int(i), name, f"cannot read {raw[i]!r}: {getattr(e, 'message', e)}")
+            found.add(int(i), name, f"cannot read {shown(raw[i])}: {getattr(e, 'message', e)}")
     return out
 
 

@@ -17,6 +17,7 @@ from pusa_batch import video as media
 from pusa_batch.errors import InputMediaError
 from pusa_batch.manifest.check_cells import Problems, present
 from pusa_batch.manifest.schema import resolve_path
+from pusa_batch.redaction import redact_text, redact_url, secrets_of, storage_fix
 
 # Without check_files a video's length is unknown: plan as if it were long enough.
 UNPROBED_VIDEO_FRAMES = 10**9
@@ -69,17 +70,11 @@ class InputProbes:
             probe = media.probe_video if kind == "video" else media.probe_image
             return probe(path, storage_options=self.storage_options or None), None
         except InputMediaError as e:
-            return None, f"cannot read the {kind}: {e}"
+            return None, redact_text(f"cannot read the {kind}: {e}", secrets_of(path, {}))
         except (OSError, ValueError) as e:
-            return None, f"cannot open {path}: {e}"
+            return None, redact_text(f"cannot open {path}: {e}", secrets_of(path, {}))
         except Exception as e:  # a storage client's own errors (botocore's), never a traceback
-            if "credential" in f"{type(e).__name__} {e}".lower():
-                return None, (
-                    f"cannot open {path}: no credentials for this storage; set them (for S3: "
-                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), or use a "
-                    "local file."
-                )
-            return None, f"cannot open {path}: {type(e).__name__}: {e}"
+            return None, f"cannot open {redact_url(path)}: {storage_fix(e, secrets_of(path, {}))}"
 
     def _check_file(self, i: int, column: str, path: str, found: Problems) -> None:
         if self.check_files:

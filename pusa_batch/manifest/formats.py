@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from pusa_batch.errors import ManifestError
 from pusa_batch.manifest.check import READ_PROBLEMS
 from pusa_batch.manifest.schema import COLUMNS
+from pusa_batch.redaction import redact_text, redact_url, secrets_of, storage_fix
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 FORMATS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -65,6 +66,8 @@ def iter_raw_chunks(
     """
     kind = manifest_format(path)
     opts = storage_options or {}
+    secrets = secrets_of(path, opts)
+    shown = redact_url(path)
     _refuse_special_file(path, opts)
     try:
         with fsspec.open(path, "rb", compression="infer", **opts) as f:
@@ -74,18 +77,27 @@ def iter_raw_chunks(
                 yield from _jsonl_chunks(f, chunk_rows, path)
             else:
                 yield from _csv_chunks(f, chunk_rows, "\t" if kind == "tsv" else ",")
+    except ManifestError:
+        raise
     except FileNotFoundError as e:
-        raise ManifestError(f"{path}: manifest not found.") from e
+        raise ManifestError(f"{shown}: manifest not found.") from e
     except pd.errors.EmptyDataError:
         raise ManifestError(
-            f"{path}: the manifest is empty; it needs a header row (id,task,prompt,...) and rows"
+            f"{shown}: the manifest is empty; it needs a header row (id,task,prompt,...) and rows"
+        ) from None
+    except EOFError as e:  # gzip, bz2, xz: the compressed stream ends early
+        raise ManifestError(
+            f"{shown}: the compressed file ends early ({redact_text(str(e), secrets)}); it was "
+            "cut while written or copied: write or copy it again."
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, pa.ArrowException) as e:
-        if isinstance(e, ManifestError):
-            raise
         raise ManifestError(
-            f"{path}: cannot read the manifest as {kind} ({e}); is it a whole {kind} file?"
+            f"{shown}: cannot read the manifest as {kind} ({redact_text(str(e), secrets)}); is "
+            f"it a whole {kind} file?"
         ) from None
+    except Exception as e:  # a storage client's own errors (botocore's, s3fs's): named, no trace
+        problem = storage_fix(e, secrets)
+        raise ManifestError(f"{shown}: cannot open the manifest: {problem}") from None
 
 
 def _refuse_special_file(path: str, opts: dict) -> None:
@@ -252,6 +264,8 @@ class _LineReader:
             (key, f"the key '{key}' appears more than once on this line; keep one.")
             for key in dict.fromkeys(self.repeated)
         ]
+        if _ESCAPED_SURROGATE.search(raw):
+            problems += _lone_surrogates(record)
         for key, value in record.items() if self.constants else ():
             constant = _constant_in(value)
             if constant:
@@ -264,6 +278,46 @@ class _LineReader:
                     )
                 )
         return record, problems
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, list):
+        return any(map(_has_surrogate, value))
+    if isinstance(value, dict):
+        return any(map(_has_surrogate, value)) or any(map(_has_surrogate, value.values()))
+    return False
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _lone_surrogates(record: dict) -> list[tuple[str, str]]:
+    """A JSON `\\ud800` with no partner decodes to no character: not text any file can hold.
+    A value holding one is emptied and is a problem of its row; a key holding one is the line's."""
+    problems = []
+    for key, value in list(record.items()):
+        if _has_surrogate(key):
+            raise ValueError(
+                f"a key holds a lone UTF-16 surrogate ({ascii(key)}), which is not text; "
+                "fix the key's \\u escapes"
+            )
+        if _has_surrogate(value):
+            # escaped as text (`a\\ud800b`), so no other check of the row trips on it
+            record[key] = _escaped(value) if isinstance(value, str) else None
+            problems.append(
+                (
+                    key,
+                    f"holds a lone UTF-16 surrogate ({ascii(value)[:60]}), which is not text; "
+                    "fix the \\u escapes (a pair such as \\ud83d\\ude00 is one character).",
+                )
+            )
+    return problems
 
 
 def _constant_in(value: Any) -> str | None:

@@ -17,16 +17,19 @@ import logging
 import os
 import posixpath
 import random
-import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pusa_batch.errors import StoreError, StoreUnreachableError
+from pusa_batch.redaction import (  # noqa: F401 - re-exported: the store's old face
+    redact_text,
+    redact_url,
+    secrets_of,
+)
 from pusa_batch.store.gcs import GCS_PROTOCOLS, NO_OBJECT, upload_if_generation
 
 log = logging.getLogger(__name__)
@@ -195,43 +198,6 @@ class RetryPolicy:
         )
 
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-_MIN_SECRET_LEN = 4  # shorter option values (true, 1, us) would blank out ordinary words
-
-
-def redact_text(text: str | None, secrets: Iterable[str] = ()) -> str | None:
-    """Free text with every URL in it redacted and every given secret replaced by `***`.
-
-    The one redactor: messages, summaries, logs, run records, metadata and job metadata all
-    pass through it (URL user:password and query values, storage option values).
-    """
-    if text is None:
-        return None
-    out = _URL.sub(lambda m: redact_url(m.group(0)), str(text))
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= _MIN_SECRET_LEN:
-            out = out.replace(secret, "***")
-    return out
-
-
-def secrets_of(url: str, storage_options: dict) -> tuple[str, ...]:
-    """What must never be printed: the URL's userinfo parts and every string option value."""
-    found: list[str] = []
-    userinfo = urlsplit(url).netloc.rpartition("@")[0]
-    for part in (p for p in userinfo.split(":") if p):
-        found += [part, unquote(part)]  # libraries quote it either way
-    stack: list = [storage_options]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
-        elif isinstance(value, str):
-            found.append(value)
-    return tuple(found)
-
-
 _UNREACHABLE = (
     "EndpointConnectionError",
     "ConnectTimeoutError",
@@ -277,25 +243,6 @@ def _missing_filesystem(text: str) -> str:
         if package in text:
             return f"this URL needs {package}: pip install {package} (or the [{extra}] extra)"
     return "the filesystem for this URL is not installed: see the error for the package"
-
-
-def redact_url(url: str) -> str:
-    """The URL with any user:password and query values replaced by `***`."""
-    parts = urlsplit(url)
-    if not parts.scheme or len(parts.scheme) == 1:  # plain or Windows path
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = "&".join(_redacted_pair(kv) for kv in parts.query.split("&") if kv)
-    fragment = "***" if parts.fragment else ""  # a fragment is never a path; it may be a token
-    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
-
-
-def _redacted_pair(pair: str) -> str:
-    """`key=***`; a bare `?token` (no `=`) may itself be the secret: `***`."""
-    key, sep, _ = pair.partition("=")
-    return f"{key}=***" if sep else "***"
 
 
 def _orphaned_io_error(context: dict) -> bool:
