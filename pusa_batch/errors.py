@@ -92,6 +92,19 @@ class StoreError(PusaBatchError):
     """The output root cannot be read or written."""
 
 
+class StoreConfigError(StoreError):
+    """The output root cannot be used as given: credentials, bucket, options, a read-only
+    filesystem, a folder where a file belongs. Fixed by the user, so exit 2 as for bad input."""
+
+    exit_code = 2
+
+
+class CorruptRecordError(StoreError):
+    """A JSON file of the root (run.json, a marker, a failure record) is not valid JSON."""
+
+    exit_code = 2
+
+
 class StoreUnreachableError(StoreError):
     """The storage endpoint stopped answering and the retries ran out."""
 

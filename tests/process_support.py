@@ -4,7 +4,8 @@ and a process's descendants, to stop everything a server started."""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
+
+from pusa_batch.cli.processes import descendants  # noqa: F401 - the tests' import
 
 
 def free_ports(n: int) -> list[int]:
@@ -16,25 +17,6 @@ def free_ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of `pid` (read from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (ValueError, OSError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 class TcpProxy:

@@ -21,6 +21,16 @@ IMAGE = str(ROOT / "manifests" / "media" / "red_ball.png")
 SECRET = "SECRETVALUE42"
 
 
+@pytest.fixture(autouse=True)
+def no_cached_s3_clients():
+    """The s3:// cases here make s3fs clients without an endpoint; fsspec caches them by their
+    arguments, and a later test's `s3://` (its endpoint from the environment) must not get one."""
+    yield
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()
+
+
 def validate(capsys, *args: str) -> tuple[int, str]:
     code = main(["validate", *args, "-p", TINY])
     captured = capsys.readouterr()

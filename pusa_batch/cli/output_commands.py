@@ -244,7 +244,7 @@ def _verify(store, checksums: bool, repair: bool) -> int:
     if checksums:
         state.damaged.update(store.checksum_damage(state))
     done = len(state.done_ids() - set(state.damaged))
-    index_ok = _report_index(store, state, repair)
+    index_ok = _report_index(store, state, repair) and _report_final_index(store, repair)
     if not state.damaged:
         out.print(f"{store.url}: {done} done item(s), none damaged", highlight=False)
         return 0 if index_ok else 1
@@ -257,6 +257,22 @@ def _verify(store, checksums: bool, repair: bool) -> int:
         err.print("A run of the same manifest makes them again; --repair mends what it can now.")
     restored = sum(1 for v in outcome.values() if v.startswith("marker restored"))
     return 0 if repair and index_ok and restored == len(state.damaged) else 1
+
+
+def _report_final_index(store, repair: bool) -> bool:
+    """index.parquet, where there is one, must read; --repair writes it again from the parts."""
+    if store.root.size("index.parquet") is None or store.has_final_index():
+        return True
+    if repair:
+        rows = store.write_final_index()
+        err.print(f"{store.url}: index.parquet was unreadable; wrote it again ({rows} rows)")
+        return True
+    err.print(
+        f"{store.url}: index.parquet is unreadable; the next run or --repair writes it again",
+        markup=False,
+        highlight=False,
+    )
+    return False
 
 
 def _report_index(store, state, repair: bool) -> bool:

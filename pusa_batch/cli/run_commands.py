@@ -4,8 +4,12 @@ Each parses its options, calls the library and prints; `main.py` registers them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import os
+import signal
+import threading
 from pathlib import Path
 
 import typer
@@ -45,6 +49,7 @@ from pusa_batch.cli.app import (
     safe_text,
     verbosity,
 )
+from pusa_batch.cli.processes import kill_descendants
 from pusa_batch.errors import Terminated
 from pusa_batch.store.io import redact_text
 
@@ -321,7 +326,7 @@ def run(
     else:
         live = LiveRunView(err, enabled=progress and not as_json, verbosity=level)
         try:
-            with live:
+            with live, _second_interrupt_stops_at_once():
                 summary = run_engine(config, live)
         except KeyboardInterrupt as stopped:
             view = live.view
@@ -338,6 +343,31 @@ def run(
     else:
         print_summary(summary, level)
     return summary.exit_code
+
+
+@contextlib.contextmanager
+def _second_interrupt_stops_at_once():
+    """Ctrl-C unwinds the run (the lease released, the counts printed); a second Ctrl-C while
+    it unwinds stops the process at once with 130, as a user pressing it twice means. Nothing
+    is lost: every commit is whole, and the next run takes over the dead run's lease."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def again(signum: int, frame: object) -> None:
+        os.write(2, b"\nInterrupted again: stopping now. Run the same command to resume.\n")
+        kill_descendants()  # an embedded Ray's processes, which the unwinding would stop
+        os._exit(130)
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, again)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def print_preview(config, as_json: bool) -> int:

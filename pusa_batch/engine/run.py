@@ -41,6 +41,7 @@ from pusa_batch.engine.startup import Startup
 from pusa_batch.engine.worker import ItemRunner
 from pusa_batch.errors import (
     LeaseError,
+    PipelineError,
     StoreUnreachableError,
     Terminated,
     UsageError,
@@ -78,6 +79,7 @@ def run(
             "object store (s3://, gs://) that every worker can reach."
         )
     stop_watching = add_retry_listener(_outage_notices(emit, config.storage_timeout_s))
+    fresh = not store.exists()
     try:
         startup = Startup(config, address, emit, spec, check=make_runner is None)
         with _sigterm_unwinds() as answer_sigterm:
@@ -86,6 +88,11 @@ def run(
                 return _run_on(config, spec, store, startup, emit, make_runner, started, report)
             finally:
                 startup.close()
+    except PipelineError:
+        if fresh:  # refused before its first item: the new root goes again
+            with contextlib.suppress(Exception):
+                store.remove_if_unused()
+        raise
     finally:
         stop_watching()
 

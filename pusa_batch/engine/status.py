@@ -29,7 +29,7 @@ from pusa_batch.errors import PipelineError, StoreError
 from pusa_batch.store.holder import holder_is_gone
 from pusa_batch.store.index import RootState
 from pusa_batch.store.lease import LEASE_FILE
-from pusa_batch.store.store import Store
+from pusa_batch.store.store import RUN_FILE, Store
 
 STALE_AFTER_S = 120.0
 UNREADABLE_LEASE = {"unreadable": True, "heartbeat_unix": 0}
@@ -60,6 +60,8 @@ def read_status(
     counts: dict[str, Any] = dict(store.status_counts(root_state))
     counts.update(total=None, pending=None, changed=None)
     notes: list[str] = index_notes(root_state)
+    if run_info is None and store.root.size(RUN_FILE) is not None:
+        notes.append(f"{RUN_FILE} is unreadable (not a run record); the next run writes it again")
     changed_ids: list[str] = []
     if manifest is not None:
         spec, note = _spec_for_manifest(spec, run_info)

@@ -464,7 +464,11 @@ def heal(root: Root, state: RootState) -> str | None:
     if not state.corrupt_parts and not state.rebuilt:
         return None
     for rel in state.corrupt_parts:
-        root.write_bytes(f"{QUARANTINE_DIR}/{posixpath.basename(rel)}", root.read_bytes(rel))
+        aside = f"{QUARANTINE_DIR}/{posixpath.basename(rel)}"
+        if root.is_folder(rel):  # a folder under a part's name: moved aside whole
+            root.move_folder(rel, aside)
+            continue
+        root.write_bytes(aside, root.read_bytes(rel))
         root.delete(rel)
     if state.rebuilt:
         rel = f"{INDEX_DIR}/{part_name(next_number(list_parts(root)))}"
@@ -580,6 +584,11 @@ def _source_digest(parts: list[Part], extra: dict[str, dict], skip: set[str]) ->
         "skip": sorted(skip),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def final_index_is_sound(root: Root) -> bool:
+    """index.parquet exists, its footer reads and records what it was made of."""
+    return _final_source(root) is not None
 
 
 def _final_source(root: Root) -> tuple[str, int] | None:

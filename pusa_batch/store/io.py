@@ -24,7 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pusa_batch.errors import StoreError, StoreUnreachableError
+from pusa_batch.errors import (
+    CorruptRecordError,
+    StoreConfigError,
+    StoreError,
+    StoreUnreachableError,
+)
 from pusa_batch.redaction import (  # noqa: F401 - re-exported: the store's old face
     redact_text,
     redact_url,
@@ -212,6 +217,16 @@ def is_unreachable(exc: BaseException) -> bool:
     return type(exc).__name__ in _UNREACHABLE or isinstance(exc, (ConnectionError, TimeoutError))
 
 
+def is_config_problem(exc: BaseException) -> bool:
+    """A failure the user fixes in the URL, options or root (exit 2), not a passing one."""
+    hint = storage_hint(exc)
+    return hint != GENERIC_HINT and not is_unreachable(exc) and "disk is full" not in hint
+
+
+GENERIC_HINT = "check the output root's URL, credentials and options"
+_OPTION_ERRORS = ("UnknownSignatureVersionError", "InvalidRegionError", "ParamValidationError")
+
+
 def storage_hint(exc: BaseException) -> str:
     """What a failed storage call most likely needs, from the exception's type and errno."""
     name = type(exc).__name__
@@ -220,6 +235,17 @@ def storage_hint(exc: BaseException) -> str:
         return _missing_filesystem(text)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "the disk is full: free space or choose another output root"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder is where pusa-batch keeps a file: move the folder away"
+    if isinstance(exc, NotADirectoryError):
+        return "a file is where pusa-batch keeps a folder: move the file away"
+    if isinstance(exc, NotImplementedError):
+        return (
+            "this filesystem cannot be written (https:// and http:// are read-only): give -o a "
+            "local path, s3://, gs:// or another writable fsspec URL"
+        )
+    if name in _OPTION_ERRORS or "Invalid endpoint" in text:
+        return "a storage option is wrong (endpoint, region or signature): check --storage-option"
     if name in ("NoCredentialsError", "PartialCredentialsError") or "credentials" in text.lower():
         return "no usable credentials: set them in the environment or with --storage-option"
     if name == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text:
@@ -231,7 +257,7 @@ def storage_hint(exc: BaseException) -> str:
         )
     if isinstance(exc, TypeError):
         return "a storage option is not one this filesystem takes: check --storage-option"
-    return "check the output root's URL, credentials and options"
+    return GENERIC_HINT
 
 
 _EXTRAS = {"gcsfs": "gcs", "s3fs": "s3"}  # fsspec's package per protocol -> our extra
@@ -341,6 +367,7 @@ class Root:
             if self.retry.deadline_s is not None and is_transient(exc):
                 waited = f", still failing after {self.retry.deadline_s:g} s of retries"
             kind = StoreUnreachableError if is_unreachable(exc) else StoreError
+            kind = StoreConfigError if is_config_problem(exc) else kind
             raise kind(
                 f"could not {what} {self.where(rel)}: {storage_hint(exc)} ({detail}){waited}"
             ) from None
@@ -358,7 +385,7 @@ class Root:
         try:
             return json.loads(data)
         except ValueError as exc:
-            raise StoreError(
+            raise CorruptRecordError(
                 f"{self.where(rel)} is not valid JSON ({exc}); delete it if it is a leftover"
             ) from exc
 
@@ -369,6 +396,21 @@ class Root:
         except FileNotFoundError:
             return None
         return None if info.get("type") == "directory" else int(info["size"])
+
+    def is_folder(self, rel: str) -> bool:
+        """True when `rel` is a folder (on an object store: a prefix with keys under it)."""
+        try:
+            info = self.call("stat", rel, lambda: self.fs.info(self.path(rel), **self.io))
+        except FileNotFoundError:
+            return False
+        return info.get("type") == "directory"
+
+    def move_folder(self, rel: str, to: str) -> None:
+        """Move a folder and what it holds to `to` (a local rename; copies then deletes on an
+        object store)."""
+        if self.is_local:
+            self._makedirs(posixpath.dirname(to))
+        self.call("move", rel, lambda: self.fs.mv(self.path(rel), self.path(to), recursive=True))
 
     def list_names(self, rel_dir: str) -> list[str]:
         """Base names of the files directly under a folder (empty if it does not exist)."""

@@ -246,6 +246,8 @@ def read_columns(root: Root, rel: str, columns: list[str]) -> pa.Table:
     except FileNotFoundError:
         raise
     except Exception:  # noqa: BLE001 - decided below, from the whole bytes
+        if root.is_folder(rel):
+            raise UnreadablePart(f"{root.where(rel)} (a folder, not a file)") from None
         data = root.read_bytes(rel)
         try:
             table = pq.read_table(io.BytesIO(data), columns=None)

@@ -17,19 +17,28 @@ grow with the number of done items. See store_index.py for the state rules.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import fsspec
 
-from pusa_batch.errors import RootNotFoundError, StoreError, UnsafeRootError
+from pusa_batch.errors import (
+    CorruptRecordError,
+    RootNotFoundError,
+    StoreConfigError,
+    StoreError,
+    UnsafeRootError,
+)
 from pusa_batch.store.checksums import checksum_damage
 from pusa_batch.store.index import (
     FAILURES_DIR,
@@ -43,6 +52,7 @@ from pusa_batch.store.index import (
     RootState,
     compact,
     failure_path,
+    final_index_is_sound,
     heal,
     iter_indexed_markers,
     marker_path,
@@ -57,12 +67,13 @@ from pusa_batch.store.io import (
     TMP_DIR,
     RetryPolicy,
     Root,
+    is_config_problem,
     redact_text,
     redact_url,
     secrets_of,
     storage_hint,
 )
-from pusa_batch.store.lease import Lease, OnWait, acquire_lease
+from pusa_batch.store.lease import LEASE_FILE, Lease, OnWait, acquire_lease
 from pusa_batch.store.parts import UnreadablePart
 
 RUN_FILE = "run.json"
@@ -90,6 +101,8 @@ def check_item_id(item_id: str) -> str:
 # Every folder the store writes, moves files into or deletes from (`.tmp/` is emptied by
 # `clean_temp` on every start, so a symlinked one would delete files elsewhere).
 LAYOUT_DIRS = (ITEMS_DIR, VIDEOS_DIR, FAILURES_DIR, INDEX_DIR, RECENT_DIR, TMP_DIR, QUARANTINE_DIR)
+# The files at the top of a root: each rewritten from the rest when it is moved away.
+LAYOUT_FILES = (LEASE_FILE, RUN_FILE, FINAL_INDEX)
 
 
 def check_local_layout(root: str) -> None:
@@ -117,6 +130,27 @@ def check_local_layout(root: str) -> None:
             )
         if not os.path.isdir(path):
             raise UnsafeRootError(f"{path} is not a folder; move it away or choose another -o")
+    for name in LAYOUT_FILES:
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise UnsafeRootError(
+                f"{path} is a folder where pusa-batch keeps a file; move it away (the next run "
+                "writes it again) or choose another -o"
+            )
+
+
+_RUN_NUMBERS = ("updated_at", "items_per_s", "elapsed_s", "started_at")
+
+
+def _is_run_record(info: Any) -> bool:
+    """A dict whose numbers are numbers and whose workers are a mapping, as the driver writes."""
+    if not isinstance(info, dict):
+        return False
+    numbers_ok = all(
+        info.get(k) is None or (isinstance(info[k], (int, float)) and not isinstance(info[k], bool))
+        for k in _RUN_NUMBERS
+    )
+    return numbers_ok and isinstance(info.get("workers") or {}, dict)
 
 
 def _now_iso() -> str:
@@ -158,13 +192,19 @@ class Store:
                 fs, root = fsspec.core.url_to_fs(self._url, **self._storage_options)
             except Exception as exc:  # noqa: BLE001 - ImportError, TypeError, ValueError, ...
                 detail = redact_text(f"{type(exc).__name__}: {exc}", secrets)
-                raise StoreError(
+                kind = StoreConfigError if is_config_problem(exc) else StoreError
+                raise kind(
                     f"cannot open the output root {self.url}: {storage_hint(exc)} ({detail})"
                 ) from None
         else:
             fs, root = filesystem, filesystem._strip_protocol(self._url)
         self._root = Root(fs, root, self.url, retry, secrets)
         if self._root.is_local:
+            if urlsplit(self._url).scheme == "file" and urlsplit(self._url).query:
+                raise StoreConfigError(
+                    f"-o {self.url}: a file:// URL takes no query string; it would become part "
+                    "of the folder's name (with what it holds). Remove the ?... part."
+                )
             check_local_layout(root)
 
     def __repr__(self) -> str:
@@ -176,6 +216,31 @@ class Store:
     @property
     def root(self) -> Root:
         return self._root
+
+    def exists(self) -> bool:
+        where = self._root.root
+        return bool(self._root.call("list", "", lambda: self._root.fs.exists(where)))
+
+    def remove_if_unused(self) -> bool:
+        """Remove a root that holds only what a run writes before its first item (run.json,
+        the lease, `.tmp/`, empty folders): a run refused at its start leaves nothing behind.
+        True if removed; a root holding anything else is left as it is."""
+        fs, where = self._root.fs, self._root.root
+        try:
+            found = self._root.call("list", "", lambda: fs.find(where, withdirs=False))
+        except (FileNotFoundError, StoreError):
+            return False
+        rels = [posixpath.relpath(f, where) for f in found]
+        mine = {RUN_FILE, LEASE_FILE}
+        if any(r not in mine and not r.startswith(f"{TMP_DIR}/") for r in rels):
+            return False
+        for rel in rels:
+            self._root.delete(rel)
+        if self._root.is_local:
+            for folder, _, _ in sorted(os.walk(where), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+        return True
 
     def require_existing(self, command: str) -> None:
         """Refuse a root that does not exist (a mistyped path or bucket), creating nothing."""
@@ -235,7 +300,13 @@ class Store:
         self._root.write_bytes(RUN_FILE, _json_bytes(info, RUN_FILE))
 
     def read_run_info(self) -> dict | None:
-        return self._root.read_json(RUN_FILE)
+        """run.json's record; None when there is none or it is not one (torn, garbage, another
+        shape): the next run writes it again."""
+        try:
+            info = self._root.read_json(RUN_FILE)
+        except CorruptRecordError:
+            return None
+        return info if _is_run_record(info) else None
 
     # planning and status
     def state(self, *, verify: bool = True) -> RootState:
@@ -281,7 +352,9 @@ class Store:
         return compact(self._root, min_items, max_parts)
 
     def has_final_index(self) -> bool:
-        return self._root.size(FINAL_INDEX) is not None
+        """True when index.parquet is there and readable as this version writes it (its footer
+        read); garbage, a torn file or an older one is written again."""
+        return final_index_is_sound(self._root)
 
     def write_final_index(self, state: RootState | None = None) -> int:
         """Write index.parquet, one row per done item (not if it already lists exactly what the
@@ -326,9 +399,20 @@ class Store:
         """Failure records of items that are not done (a success clears its record)."""
         state = self.state() if state is None else state
         for item_id in state.failed_not_done():
-            record = self._root.read_json(failure_path(item_id))
-            if record is not None:
-                yield record
+            try:
+                record = self._root.read_json(failure_path(item_id))
+            except CorruptRecordError:
+                record = []
+            if record is None:
+                continue
+            if not isinstance(record, dict):  # torn or overwritten: still a failed item
+                record = {
+                    "id": item_id,
+                    "error_type": "UnreadableRecord",
+                    "message": f"{failure_path(item_id)} is not a failure record; a rerun with "
+                    "--retry-failed makes the item again",
+                }
+            yield record
 
     def repair(self, state: RootState) -> dict[str, str]:
         """Mend what the index can mend; return id -> what was done, for every damaged item.
