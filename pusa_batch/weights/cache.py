@@ -142,9 +142,14 @@ def discard_damaged(tree: Path, files: Iterable[tuple[str, int]]) -> None:
     files = list(files)
     with file_lock(tree.with_name(tree.name + ".lock")):
         if tree.is_dir() and not sizes_match(tree, files):
-            trash = tree.with_name(f".trash-{uuid.uuid4().hex[:8]}")
-            os.rename(tree, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(tree)
+
+
+def remove_tree(tree: Path) -> None:
+    """Rename it aside, then delete: a reader never sees it half removed."""
+    trash = tree.with_name(f".trash-{uuid.uuid4().hex[:8]}")
+    os.rename(tree, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def sizes_match(folder: Path, files: Iterable[tuple[str, int]]) -> bool:

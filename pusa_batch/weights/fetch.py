@@ -128,6 +128,7 @@ def fetch_blob(
     blob = layout.blob(key)
     os.replace(part, blob)
     facts = {"url": str(file.url), "version": file.version, "size": file.size, "sha256": digest}
+    facts["mtime_ns"] = blob.stat().st_mtime_ns  # a write into the cached file changes it
     write_json(layout.sibling(key, ".json"), facts)
     record_path.unlink(missing_ok=True)
     return blob

@@ -19,13 +19,12 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pusa_batch.errors import UsageError
-from pusa_batch.weights.cache import CacheLayout, read_json, write_json
+from pusa_batch.weights.cache import CacheLayout, read_json, remove_tree, write_json
 
 GRACE_S = 600.0
 KINDS = ("trees", "headers")
@@ -183,12 +182,6 @@ def _held_or_none(path: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def _remove_tree(path: Path) -> None:
-    trash = path.with_name(f".trash-{uuid.uuid4().hex[:8]}")
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def prune(layout: CacheLayout, rule: PruneRule, *, dry_run: bool = False) -> PruneReport:
     """Remove what `rule` chooses, then the blobs no entry links any more, dead partial
     downloads (with `everything` or past `older_than_s`) and leftovers of killed stagers."""
@@ -206,7 +199,7 @@ def prune(layout: CacheLayout, rule: PruneRule, *, dry_run: bool = False) -> Pru
                 continue
             if _used_since(layout, entry):
                 continue  # a run staged it while we looked: it stays
-            _remove_tree(layout.root / entry.kind / entry.key)
+            remove_tree(layout.root / entry.kind / entry.key)
             _record(layout, entry.kind, entry.key).unlink(missing_ok=True)
             removed.append(entry)
     kept = [e for e in entries if e not in removed]

@@ -9,6 +9,7 @@ links to its blobs, the local path the loaders read.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import re
 import threading
@@ -26,6 +27,8 @@ from pusa_batch.weights.cache import (
     file_lock,
     link_into,
     publish,
+    read_json,
+    remove_tree,
     sizes_match,
     tree_key,
 )
@@ -40,6 +43,7 @@ from pusa_batch.weights.remote import (
 )
 from pusa_batch.weights.urls import WeightURL
 
+log = logging.getLogger(__name__)
 STATES = ("listing", "fetching", "waiting", "verifying", "ready")
 _SUM_LINE = re.compile(r"^([0-9a-fA-F]{64})(?:\s+\*?(.+?))?\s*$")
 
@@ -189,7 +193,7 @@ def stage_source(source: Source, config: StagingConfig, tally: Tally) -> Path:
     key = tree_key(source, config.endpoint_for(source.url))
     tree = layout.tree(key)
     sizes = [(f.rel, f.size) for f in source.files]
-    if _use_if_whole(layout, key, source, sizes):
+    if _use_if_whole(layout, key, source, sizes, config.endpoint_for(source.url)):
         for file in source.files:
             tally.finish(file)
         return local_path(tree, source)
@@ -213,16 +217,31 @@ def stage_source(source: Source, config: StagingConfig, tally: Tally) -> Path:
 
 
 def _use_if_whole(
-    layout: CacheLayout, key: str, source: Source, sizes: list[tuple[str, int]]
+    layout: CacheLayout, key: str, source: Source, sizes: list[tuple[str, int]], endpoint: str
 ) -> bool:
     """True when the tree is there whole; its use is then recorded under the lock `cache prune`
     takes, so a prune running now either removed it before or leaves it."""
     tree = layout.tree(key)
     with file_lock(tree.with_name(tree.name + ".lock")):
         whole = tree.is_dir() and sizes_match(tree, sizes)
+        if whole and not all(blob_untouched(layout, blob_key(f, endpoint)) for f in source.files):
+            remove_tree(tree)  # a file written into since it was verified: built again below
+            whole = False
         if whole:
             record_use(layout, "trees", key, str(source.url))
     return whole
+
+
+def blob_untouched(layout: CacheLayout, key: str) -> bool:
+    """False when the blob's modification time is not the one recorded when it was verified:
+    something wrote into it (same size or not), so its bytes are not trusted. A blob recorded
+    before times were kept passes on its size alone."""
+    recorded = (read_json(layout.sibling(key, ".json")) or {}).get("mtime_ns")
+    try:
+        now = layout.blob(key).stat().st_mtime_ns
+    except OSError:
+        return False
+    return recorded is None or recorded == now
 
 
 def ensure_blob(
@@ -234,6 +253,14 @@ def ensure_blob(
     key = blob_key(file, config.endpoint_for(file.url))
     blob = layout.blob(key)
     shown = str(file.url)
+    if _ready(blob, file.size) and not blob_untouched(layout, key):
+        with file_lock(layout.sibling(key, ".lock")):
+            if not blob_untouched(layout, key):
+                log.warning(
+                    "%s: its cached copy was written into since it was verified; fetching it again",
+                    shown,
+                )
+                blob.unlink(missing_ok=True)
     if not _ready(blob, file.size):
         tally.emit("fetching", shown)
 
