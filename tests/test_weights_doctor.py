@@ -73,3 +73,18 @@ def test_doctor_on_a_missing_url_fails_the_files_check_naming_it(tmp_path, proxy
     assert files.status == "fail"
     assert "s3://pusa-test/doctor-nothing-here/transformer: not found" in files.detail
     assert "testing" not in files.detail  # the test secret, never printed
+
+
+def test_a_weight_file_missing_from_the_bucket_is_named_by_its_url_not_the_cache(
+    s3, tmp_path, proxy, cache
+):
+    fs = fsspec.filesystem("s3", **s3.storage_options, skip_instance_cache=True)
+    upload(fs, ensure_tiny_model("wan2.1"), "pusa-test/doctor-no-dit")
+    for key in fs.find("pusa-test/doctor-no-dit/transformer"):
+        if key.endswith(".safetensors"):
+            fs.rm(key)
+    fs.invalidate_cache()
+    report = diagnose(remote_spec(tmp_path, proxy, "s3://pusa-test/doctor-no-dit"))
+    failed = " ".join(c.detail for c in report.checks if c.status != "ok")
+    assert "s3://pusa-test/doctor-no-dit/transformer" in failed
+    assert str(tmp_path) not in failed  # the header twin's folder in the cache

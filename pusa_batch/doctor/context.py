@@ -103,6 +103,7 @@ class Context:
         self.paths = component_paths(spec)
         found = {} if self.paths is None else file_problems(spec, self.paths)
         self.problems = {**found, **twins.problems}
+        self.shown = twins.shown  # messages name a URL, not the cache folder standing for it
         self._cache: dict[tuple[str, str], Any] = {}
         # the memory estimate's parts per "device/dtype": remembered from an earlier pass over
         # the same files (`remembered.py`), and measured in this one

@@ -9,7 +9,7 @@ spec's: the staged trees hold the same names and sizes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pusa_batch.errors import WeightsError
@@ -52,6 +52,13 @@ class HeaderTwins:
 
     spec: PipelineSpec
     problems: dict[str, list[str]]
+    urls: dict[str, str] = field(default_factory=dict)  # a twin's local path -> its URL
+
+    def shown(self, text: str) -> str:
+        """`text` with each twin's local path replaced by the URL it stands for."""
+        for local, url in sorted(self.urls.items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(local, url)
+        return text
 
 
 def header_twins(spec: PipelineSpec) -> HeaderTwins:
@@ -59,10 +66,12 @@ def header_twins(spec: PipelineSpec) -> HeaderTwins:
     range, tensor data never (see `weights.headers`)."""
     local: dict[str, Path] = {}
     problems: dict[str, list[str]] = {}
+    urls: dict[str, str] = {}
     for part, request in source_requests(spec).items():
         try:
             local[part] = header_twin(request, spec.staging)
+            urls[str(local[part])] = str(request.url)
         except WeightsError as e:
             problems[part] = [str(e)]
             local[part] = spec.staging.layout().root / "unreadable" / part  # never exists
-    return HeaderTwins(with_local_paths(spec, local), problems)
+    return HeaderTwins(with_local_paths(spec, local), problems, urls)
