@@ -159,6 +159,7 @@ def with_retries(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     retryable: Callable[[BaseException], bool] = is_transient,
+    report_outage: bool = True,
 ) -> T:
     """Call `fn` until it succeeds, retrying transient errors with full-jitter backoff.
 
@@ -166,7 +167,8 @@ def with_retries(
     the first failure (however many attempts that takes); without it, `attempts` bound them.
     """
     first_failure: float | None = None
-    shared = deadline_s is not None and clock is time.monotonic  # an outage, not one call
+    # an outage of the output root, not one call: the live view counts it down
+    shared = report_outage and deadline_s is not None and clock is time.monotonic
     for attempt in itertools.count(1):
         try:
             result = fn()

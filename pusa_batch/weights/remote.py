@@ -3,10 +3,13 @@ name the URL (redacted) and the fix. Every call goes through `store.io.with_retr
 
 from __future__ import annotations
 
+import math
 import posixpath
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pusa_batch.errors import WeightsError
 from pusa_batch.store.io import is_transient, redact_text, secrets_of, with_retries
@@ -99,14 +102,44 @@ def fix_for(exc: BaseException, url: WeightURL) -> str:
     return f"check the URL, the credentials and {table}"
 
 
+LIST_TIMEOUT_S = 30.0  # one listing or HEAD; an endpoint that never answers fails in time
+READ_TIMEOUT_S = 120.0  # one ranged read of a chunk (64 MiB: above 0.5 MB/s)
+DEADLINE_S = 90.0  # retrying one call's transient failures, then it is the endpoint's fault
+_DEAD_ENDPOINTS: dict[str, tuple[float, str]] = {}  # endpoint -> (since, why) it stopped
+
+
+def io_kwargs(fs: Any, timeout_s: float) -> dict[str, Any]:
+    """fsspec's async filesystems (s3, gs, http) take `timeout=` per call; others do not."""
+    return {"timeout": timeout_s} if getattr(fs, "async_impl", False) else {}
+
+
+def endpoint_of(url: WeightURL, options: Mapping[str, Any]) -> str:
+    client = options.get("client_kwargs") or {}
+    where = options.get("endpoint_url") or client.get("endpoint_url") or ""
+    return f"{url.protocol}://{where or urlsplit(url.url).hostname or ''}"
+
+
 def call(url: WeightURL, options: Mapping[str, Any], doing: str, fn: Callable[[], T]) -> T:
-    """`fn()` with retries on transient errors; any failure becomes a `WeightsError`."""
+    """`fn()` with retries on transient errors for up to DEADLINE_S; any failure becomes a
+    `WeightsError`. Once an endpoint has not answered, later calls to it fail at once, so a
+    pipeline of four folders on a dead endpoint fails in one deadline, not four."""
+    endpoint = endpoint_of(url, options)
+    since, why = _DEAD_ENDPOINTS.get(endpoint, (-math.inf, ""))
+    if time.monotonic() - since < DEADLINE_S:  # remembered for as long as one call retries
+        raise WeightsError(f"{url}: cannot {doing}: {why}")
     try:
-        return with_retries(fn)
+        return with_retries(fn, deadline_s=DEADLINE_S, report_outage=False)
     except WeightsError:
         raise
     except Exception as e:  # noqa: BLE001 - fsspec backends raise many kinds
-        raise fail(url, options, doing, e) from e
+        error = fail(url, options, doing, e)
+        if is_transient(e):
+            _DEAD_ENDPOINTS[endpoint] = (
+                time.monotonic(),
+                f"its endpoint did not answer for {DEADLINE_S:g} s a moment ago "
+                f"({type(e).__name__}); check the endpoint and the network",
+            )
+        raise error from e
 
 
 def version_of(info: Mapping[str, Any]) -> str:
@@ -163,14 +196,14 @@ def _find(fs: Any, path: str, lists_folders: bool) -> dict[str, dict]:
     if not lists_folders:  # http(s): one HEAD; a folder page would be read whole
         info = _info(fs, path)
         return {} if info is None else {path.rstrip("/"): info}
-    found = fs.find(path, detail=True)
+    found = fs.find(path, detail=True, **io_kwargs(fs, LIST_TIMEOUT_S))
     files = {name: info for name, info in found.items() if info.get("type") != "directory"}
     return {name.rstrip("/"): info for name, info in files.items()}
 
 
 def _info(fs: Any, path: str) -> dict | None:
     try:
-        return fs.info(path)
+        return fs.info(path, **io_kwargs(fs, LIST_TIMEOUT_S))
     except FileNotFoundError:
         return None
 
@@ -200,7 +233,8 @@ class Reader:
     def read(self, start: int, end: int) -> bytes:
         """Bytes [start, end): one ranged GET (retried); a short answer is a `WeightsError`."""
         what = f"read bytes {start}-{end}"
-        fetch = lambda: self.fs.cat_file(self.path, start=start, end=end)  # noqa: E731
+        io = io_kwargs(self.fs, READ_TIMEOUT_S)
+        fetch = lambda: self.fs.cat_file(self.path, start=start, end=end, **io)  # noqa: E731
         data = call(self.file.url, self.options, what, fetch)
         if len(data) != end - start:
             raise WeightsError(
