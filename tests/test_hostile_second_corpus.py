@@ -157,3 +157,12 @@ def test_an_unexpected_error_is_one_redacted_line_without_a_traceback(monkeypatc
     assert code == 1
     assert "Error: unexpected RuntimeError: boom" in text and "PUSA_BATCH_TRACEBACK=1" in text
     assert SECRET not in text and "Traceback" not in text
+
+
+def test_with_json_logs_an_error_is_a_json_event_too(tmp_path, capsys):
+    args = ["run", str(tmp_path / "missing.csv"), "-p", TINY, "-o", str(tmp_path / "o")]
+    assert main([*args, "--log-format", "json"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    record = json.loads(last)
+    assert record["event"] == "error" and record["exit_code"] == 2
+    assert record["error_type"] == "ManifestError" and "manifest not found" in record["message"]

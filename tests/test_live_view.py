@@ -138,3 +138,10 @@ def test_a_worker_whose_node_left_is_shown_gone_and_not_counted_as_loading():
     assert event_line(WorkerLeft("w1", "its node was lost")) == (
         "worker w1 left the pool: its node was lost"
     )
+
+
+def test_an_items_seconds_leave_out_its_queue_wait_and_clock_readings():
+    from pusa_batch.cli.live import item_seconds
+
+    timings = {"queue": 5.0, "prepare": 0.5, "sample": 1.0, "sample_start_unix": 1.79e9}
+    assert item_seconds(timings) == 1.5

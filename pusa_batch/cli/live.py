@@ -262,8 +262,13 @@ def event_line(event: Event, verbosity: int = 0) -> str | None:
     if isinstance(event, ActorLoaded):
         return f"worker {event.worker} loaded in {event.seconds:.1f}s on {event.host}"
     if isinstance(event, ItemDone):
-        total = sum(v for k, v in event.timings.items() if k != "queue")
+        total = item_seconds(event.timings)
         return f"done: {event.id} on {event.worker} ({total:.1f}s)"
     if isinstance(event, ItemFailed):
         return f"retrying: {event.id} ({event.error_type}: {event.message})"
     return None
+
+
+def item_seconds(timings: dict[str, float]) -> float:
+    """An item's own seconds: its stages, not its wait in the queue nor any clock reading."""
+    return sum(v for k, v in timings.items() if k != "queue" and not k.endswith("_unix"))

@@ -6,8 +6,10 @@ errors into click's own message and exit code 2.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
 
 import typer
@@ -117,15 +119,32 @@ def argv_secrets(argv: list[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def wants_json_log(args: list[str]) -> bool:
+    """`--log-format json` was given: errors, too, are one JSON line for the log pipeline."""
+    pairs = zip(args, args[1:], strict=False)
+    return "--log-format=json" in args or any(a == "--log-format" and b == "json" for a, b in pairs)
+
+
+def _json_error(kind: str, message: str, exit_code: int) -> None:
+    record = {"ts": round(time.time(), 3), "event": "error", "error_type": kind}
+    record.update(message=message, exit_code=exit_code)
+    sys.stderr.write(json.dumps(record) + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: typed errors become one `Error: ...` line and their exit code; anything
     else is one redacted line too (exit 1), its traceback shown only with PUSA_BATCH_TRACEBACK=1."""
-    secrets = argv_secrets(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    secrets = argv_secrets(args)
     try:
         result = app(args=argv, prog_name="pusa-batch", standalone_mode=False)
     except PusaBatchError as error:
         text = safe_text(redact_text(str(error), secrets))
-        err.print(f"Error: {text}", markup=False, highlight=False)
+        if wants_json_log(args):
+            _json_error(type(error).__name__, text, error.exit_code)
+        else:
+            err.print(f"Error: {text}", markup=False, highlight=False)
         return error.exit_code
     except typer.Exit as done:
         return done.exit_code
