@@ -166,3 +166,19 @@ def test_with_json_logs_an_error_is_a_json_event_too(tmp_path, capsys):
     record = json.loads(last)
     assert record["event"] == "error" and record["exit_code"] == 2
     assert record["error_type"] == "ManifestError" and "manifest not found" in record["message"]
+
+
+def test_an_endpoint_is_shown_in_errors_while_keys_and_its_password_are_not():
+    from pusa_batch.redaction import redact_text, secrets_of
+
+    options = {
+        "key": "AKIAEXAMPLE",
+        "secret": SECRET,
+        "client_kwargs": {"endpoint_url": "http://user:PASSWORD99@10.0.0.5:9000"},
+    }
+    text = redact_text(
+        'Could not connect to "http://10.0.0.5:9000/b" as AKIAEXAMPLE with PASSWORD99',
+        secrets_of("s3://b/x", options),
+    )
+    assert "http://10.0.0.5:9000/b" in text
+    assert "AKIAEXAMPLE" not in text and "PASSWORD99" not in text

@@ -29,6 +29,12 @@ def redact_text(text: str | None, secrets: Iterable[str] = ()) -> str | None:
     return out
 
 
+# Option values that say where, not who: an error naming the endpoint is far easier to act on.
+NOT_SECRET_OPTIONS = frozenset(
+    {"endpoint_url", "region_name", "signature_version", "addressing_style"}
+)
+
+
 def secrets_of(url: str, storage_options: dict) -> tuple[str, ...]:
     """What must never be printed: the URL's userinfo parts and every string option value."""
     found: list[str] = []
@@ -39,7 +45,9 @@ def secrets_of(url: str, storage_options: dict) -> tuple[str, ...]:
     while stack:
         value = stack.pop()
         if isinstance(value, dict):
-            stack.extend(value.values())
+            stack.extend(v for k, v in value.items() if k not in NOT_SECRET_OPTIONS)
+            if isinstance(value.get("endpoint_url"), str):  # its user:password, if any
+                found += secrets_of(value["endpoint_url"], {})
         elif isinstance(value, (list, tuple)):
             stack.extend(value)
         elif isinstance(value, str):
