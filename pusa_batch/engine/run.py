@@ -68,10 +68,15 @@ def run(
     emit(Phase("validating the manifest"))
     address = ray_address(config.address, os.environ)
     spec = run_spec(config.pipeline, dict(config.weights_storage_options))
-    report = validate_manifest(config.manifest, spec, strict_columns=config.strict_columns)
-    report.raise_for_problems(config.manifest)
     retry = RetryPolicy(deadline_s=config.storage_timeout_s)
     store = Store(config.output, dict(config.storage_options), retry=retry)
+    report = validate_manifest(
+        config.manifest,
+        spec,
+        strict_columns=config.strict_columns,
+        fold_case=store.names_ignore_case(),  # `Cat` and `cat` would be one video there
+    )
+    report.raise_for_problems(config.manifest)
     if "memory" in store.root.protocols and make_runner is None:
         raise UsageError(
             f"-o {store.url}: memory:// lives inside one process, and the workers commit from "

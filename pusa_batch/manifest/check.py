@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,9 +139,16 @@ class ChunkChecker:
     """
 
     def __init__(
-        self, rules: Rules, base: str, *, check_files: bool, storage_options: dict | None = None
+        self,
+        rules: Rules,
+        base: str,
+        *,
+        check_files: bool,
+        storage_options: dict | None = None,
+        fold_case: bool = False,
     ) -> None:
         self.rules = rules
+        self.fold_case = fold_case  # the output root's file system tells `Cat` from `cat` not
         self.base = base
         self.check_files = check_files
         self.storage_options = storage_options or {}
@@ -269,7 +277,7 @@ class ChunkChecker:
     def _find_duplicates(
         self, ids: np.ndarray, given: np.ndarray | None, found: Problems, first_row: int
     ) -> None:
-        hashes = hash_ids(ids)
+        hashes = hash_ids(folded_ids(ids) if self.fold_case else ids)
         rows = np.arange(first_row, first_row + len(ids), dtype=np.int64)
         earlier = self.seen.rows_of(hashes)
         in_chunk = pd.Series(hashes).duplicated().to_numpy()
@@ -285,6 +293,11 @@ class ChunkChecker:
                 if derived
                 else "ids must be unique; rename one."
             )
+            if self.fold_case and not derived:
+                hint = (
+                    "the output root's file system does not tell ids apart by case, so both "
+                    "would be one file; rename one."
+                )
             found.add(int(i), "id", f"duplicate id {ids[i]!r}, also on row {earlier[i]}: {hint}")
         fresh = earlier == 0
         self.seen.add(hashes[fresh], rows[fresh])
@@ -318,3 +331,11 @@ class ChunkChecker:
                 )
             except TaskError as e:
                 found.add(int(i), e.column, e.message)
+
+
+def folded_ids(ids: np.ndarray) -> np.ndarray:
+    """Ids as a case-insensitive file system compares names (NFC, then case-folded)."""
+    return np.array(
+        [None if i is None else unicodedata.normalize("NFC", str(i)).casefold() for i in ids],
+        dtype=object,
+    )

@@ -123,6 +123,7 @@ def _checked_chunks(
     chunk_rows: int,
     storage_options: dict | None,
     strict_columns: bool = False,
+    fold_case: bool = False,
 ) -> Iterator[tuple[CheckedChunk, list[RowProblem], list[str]]]:
     """(checked chunk, header problems first seen in it, the extra columns so far)."""
     checker = ChunkChecker(
@@ -130,6 +131,7 @@ def _checked_chunks(
         manifest_folder(path),
         check_files=check_files,
         storage_options=storage_options,
+        fold_case=fold_case,
     )
     first_row = 1
     columns = _Columns(strict_columns)
@@ -153,13 +155,15 @@ def validate_manifest(
     chunk_rows: int = 65536,
     storage_options: dict | None = None,
     strict_columns: bool = False,
+    fold_case: bool = False,
 ) -> ValidationReport:
     """Check every row and report every problem (the first MAX_PROBLEMS_KEPT are kept).
 
     `spec` is a pipeline spec (duck-typed); None means Pusa-Wan rules and built-in defaults.
     `check_files` probes every input file's headers (images and videos are never decoded).
     `strict_columns` makes every column that is not ours a problem (else it is carried as
-    extra metadata, listed in `extra_columns`).
+    extra metadata, listed in `extra_columns`). `fold_case` makes ids that differ only in case
+    (or in how an accent is written) duplicates, for an output root that cannot tell them apart.
     """
     report = ValidationReport(rows=0, problems=[], task_counts={})
     counts: Counter[str] = Counter()
@@ -170,6 +174,7 @@ def validate_manifest(
         chunk_rows=chunk_rows,
         storage_options=storage_options,
         strict_columns=strict_columns,
+        fold_case=fold_case,
     ):
         report.extra_columns = list(extra)
         for problem in header_problems + chunk.problems:

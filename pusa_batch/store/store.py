@@ -153,6 +153,24 @@ def _is_run_record(info: Any) -> bool:
     return numbers_ok and isinstance(info.get("workers") or {}, dict)
 
 
+def folds_case(path: str) -> bool:
+    """Whether the file system under `path` ignores case, from the first existing folder on the
+    way up whose name has a letter: is the name with its case swapped the same folder?"""
+    here = os.path.abspath(path)
+    while True:
+        name = os.path.basename(here)
+        if name and name.swapcase() != name and os.path.isdir(here):
+            twin = os.path.join(os.path.dirname(here), name.swapcase())
+            try:
+                return os.path.samefile(here, twin)
+            except OSError:
+                return False
+        parent = os.path.dirname(here)
+        if parent == here:
+            return False
+        here = parent
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -216,6 +234,12 @@ class Store:
     @property
     def root(self) -> Root:
         return self._root
+
+    def names_ignore_case(self) -> bool:
+        """True when the root's file system takes `Cat` and `cat` for one name (macOS, Windows,
+        some SMB shares): told from the nearest existing folder with a letter in its name, by
+        stat alone. Object stores never do."""
+        return self._root.is_local and folds_case(self._root.root)
 
     def exists(self) -> bool:
         where = self._root.root
