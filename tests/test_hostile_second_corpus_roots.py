@@ -4,6 +4,7 @@ Each is a clear message and the documented exit code; nothing done is lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -183,3 +184,20 @@ def test_a_file_url_with_a_query_string_is_refused_and_creates_nothing(tmp_path,
     text = text_of(capsys)
     assert "a file:// URL takes no query string" in text and "SECRETTOKEN" not in text
     assert not any(p.name.startswith("q") for p in tmp_path.iterdir())
+
+
+def test_a_marker_swapped_for_another_items_of_the_same_size_is_found_by_checksums(
+    root, capsys
+):
+    out, _ = root
+    own, other = out / "items" / "i0.json", out / "items" / "i1.json"
+    size = own.stat().st_size
+    swapped = json.dumps(json.loads(other.read_text()), separators=(",", ":"))
+    assert len(swapped) <= size
+    own.write_text(swapped + " " * (size - len(swapped)))  # as many bytes: sizes cannot tell
+    assert main(["verify", str(out)]) == 0  # listings only
+    capsys.readouterr()
+    assert main(["verify", str(out), "--checksums"]) == 1
+    assert "i0: marker is not the one the index recorded" in text_of(capsys)
+    assert main(["verify", str(out), "--checksums", "--repair"]) == 0
+    assert json.loads(own.read_text())["id"] == "i0"
