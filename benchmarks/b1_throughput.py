@@ -4,8 +4,9 @@ The same manifest of equal tiny items (the tiny pipeline's defaults: 17x64x64, 4
 VAE decode takes several times as long as the sampling) goes through three sides, each a fresh
 process tree launched from here, so each pays its own imports, Ray start and pipeline loads:
 
-- run: `pusa_batch.engine.run.run` with `--workers` workers on embedded local Ray
-  (`run_side.py`), as a user's script calls it;
+- run: the command a user types, `python -m pusa_batch run MANIFEST -o OUT --pipeline tiny.toml
+  --workers W --log-format json`, on its embedded local Ray (its JSON events give the start-up
+  breakdown printed under each round);
 - loop: `--workers` plain processes, each loading the pipeline and looping over every W-th item:
   generate, encode the mp4, write the file (`plain_loop.py`), the fastest thing without an engine;
 - ray-data: a Ray Data `map_batches` job with the same `Pipeline` in a callable class,
@@ -19,7 +20,10 @@ rounds of the per-round ratio, so the machine's load hits both sides of a ratio 
 - B8 first_item_extra_s: run's time to its first committed video minus the loop's; target <= 5;
 - B9 e2e_ratio_vs_ray_data and steady_ratio_vs_ray_data: run's items/s / Ray Data's; >= 1.0.
 
-`--inject-slowdown S` adds S seconds to every item of the run side (its measured side).
+The tiny model is made (or found) before the first round, so no side pays for creating it.
+
+`--inject-slowdown S` adds S seconds to every item of the run side (its measured side), through
+`slowdown_site/sitecustomize.py`, which that command's processes import from PYTHONPATH.
 
     python benchmarks/b1_throughput.py [--items 60] [--rounds 2] [--workers 2] [--no-peer]
 """
@@ -27,15 +31,32 @@ rounds of the per-round ratio, so the machine's load hits both sides of a ratio 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench_common import Target, add_slowdown_flag, load_average, result_line, slowdown
-from engine_runs import DEFAULT_SHAPE, SideRun, median_ratio, python, run_processes, write_manifest
+from engine_runs import (
+    DEFAULT_SHAPE,
+    HERE,
+    TINY,
+    SideRun,
+    median_ratio,
+    python,
+    run_processes,
+    write_manifest,
+)
+
+from pusa_batch.models.tiny import ensure_tiny_model
+
+SLOWDOWN_SITE = HERE / "slowdown_site"
+DELAY_ENV = "PUSA_BENCH_ITEM_DELAY_S"  # read by slowdown_site/sitecustomize.py
 
 TARGETS = {
     "e2e_ratio": Target(">=", 0.80),
@@ -81,7 +102,7 @@ def result_lines(values: dict[str, float]) -> list[str]:
     ]
 
 
-def side_commands(side: str, manifest: Path, out: Path, workers: int, slow: float):
+def side_commands(side: str, manifest: Path, out: Path, workers: int) -> list[list[str]]:
     if side == "loop":
         return [
             python("plain_loop.py", manifest, out, "--shard", k, "--of", workers)
@@ -89,14 +110,50 @@ def side_commands(side: str, manifest: Path, out: Path, workers: int, slow: floa
         ]
     if side == "ray-data":
         return [python("peer_ray_data.py", manifest, out, "--concurrency", workers)]
-    timeline = out.parent / f"{out.name}-timeline.json"
-    run = python("run_side.py", manifest, out, "--workers", workers, "--slowdown", slow)
-    return [[*run, "--timeline", timeline]]
+    return [
+        [
+            sys.executable, "-m", "pusa_batch", "run", str(manifest), "-o", str(out),
+            "--pipeline", str(TINY), "--workers", str(workers), "--log-format", "json",
+        ]
+    ]  # fmt: skip
 
 
-def start_up(launched: float, timeline: list[tuple[float, str]]) -> str:
-    """`run`'s start-up stages as seconds since launch: '0.0 importing, 2.9 validating ...'."""
-    return ", ".join(f"{t - launched:.1f} {label}" for t, label in timeline)
+def slowed_environment(slow: float, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The run side's environment: with a slowdown, the site hook first on PYTHONPATH."""
+    env = dict(environ)
+    if slow:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(SLOWDOWN_SITE), environ.get("PYTHONPATH", "")) if p
+        )
+        env[DELAY_ENV] = f"{slow:g}"
+    return env
+
+
+def start_up(launched: float, events: list[dict]) -> str:
+    """`run`'s start-up stages from its JSON events, as seconds since launch:
+    '1.1 validating the manifest, 1.2 starting Ray, ...'."""
+    marks = []
+    for event in events:
+        kind = event.get("event")
+        if kind == "phase":
+            marks.append((event["ts"], event["name"]))
+        elif kind == "actor_loaded":
+            marks.append((event["ts"], f"{event['worker']} loaded in {event['seconds']:.1f} s"))
+        elif kind == "item_done" and not any(m[1] == "first item committed" for m in marks):
+            marks.append((event["ts"], "first item committed"))
+        elif kind == "finished":
+            marks.append((event["ts"], "finished"))
+    return ", ".join(f"{t - launched:.1f} {label}" for t, label in marks)
+
+
+def json_events(text: str) -> list[dict]:
+    events = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and "ts" in event:
+                events.append(event)
+    return events
 
 
 def measure(items: int, rounds: int, workers: int, peer: bool, slow: float) -> list[Round]:
@@ -108,14 +165,18 @@ def measure(items: int, rounds: int, workers: int, peer: bool, slow: float) -> l
             runs = {}
             for side in sides if n % 2 == 0 else sides[::-1]:
                 out = Path(tmp) / f"round{n}-{side}"
+                events = Path(tmp) / f"round{n}-{side}-stderr.txt"
                 runs[side] = run_processes(
-                    side, side_commands(side, manifest, out, workers, slow), out
+                    side,
+                    side_commands(side, manifest, out, workers),
+                    out,
+                    env=slowed_environment(slow) if side == "run" else None,
+                    stderr_to=events if side == "run" else None,
                 )
                 print(f"  round {n + 1}: {runs[side].describe()}", flush=True)
-                timeline = out.parent / f"{out.name}-timeline.json"
-                if timeline.exists():
-                    marks = json.loads(timeline.read_text())
-                    print(f"    run start-up (s): {start_up(runs[side].launched, marks)}")
+                if side == "run":
+                    marks = start_up(runs[side].launched, json_events(events.read_text()))
+                    print(f"    run start-up (s): {marks}", flush=True)
             done.append(Round(runs))
     return done
 
@@ -135,6 +196,7 @@ def main() -> None:
         + (f", injected slowdown {slow:g} s per run item" if slow else ""),
         flush=True,
     )
+    ensure_tiny_model("wan2.1")  # made once here, not inside the first round's first side
     rounds = measure(args.items, args.rounds, args.workers, not args.no_peer, slow)
     print(f"B1 load average at the end: {load_average()}")
     for line in result_lines(figures(rounds)):

@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,15 +93,30 @@ def commit_times(folder: Path) -> tuple[float, ...]:
     return tuple(sorted(p.stat().st_mtime for p in folder.rglob("*.mp4") if p.name[0] != "."))
 
 
-def run_processes(side: str, commands: Sequence[Sequence[str]], out: Path) -> SideRun:
-    """Start the commands at once, wait for all, and time them as one side."""
+def run_processes(
+    side: str,
+    commands: Sequence[Sequence[str]],
+    out: Path,
+    env: Mapping[str, str] | None = None,
+    stderr_to: Path | None = None,
+) -> SideRun:
+    """Start the commands at once, wait for all, and time them as one side. With `stderr_to`,
+    the first command's stderr is kept there (the run side's JSON events)."""
     launched = time.time()
     procs = [
-        subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            list(cmd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=None if env is None else dict(env),
+        )
         for cmd in commands
     ]
     outputs = [proc.communicate() for proc in procs]
     returned = time.time()
+    if stderr_to is not None:
+        stderr_to.write_text(outputs[0][1])
     for proc, (_, stderr) in zip(procs, outputs, strict=True):
         if proc.returncode != 0:
             raise RuntimeError(f"{side}: exit {proc.returncode}: {stderr.strip()[-2000:]}")
