@@ -3,6 +3,8 @@ found by one listing of `videos/` and `items/`, never trusted as done."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pusa_batch.engine.plan import ItemKind, classify
@@ -72,6 +74,32 @@ def test_checking_costs_one_listing_each_of_videos_and_items(root, monkeypatch):
     )
     root.state()
     assert sorted(listed) == ["items", "videos"]
+
+
+def test_a_video_removed_while_the_folder_is_listed_is_missing_and_the_rest_are_whole(
+    root, monkeypatch
+):
+    real_listdir = os.listdir
+
+    def listdir_then_remove(folder):
+        names = real_listdir(folder)
+        if "a.mp4" in names:
+            os.unlink("a.mp4", dir_fd=folder)  # gone between the listing and its stat
+        return names
+
+    monkeypatch.setattr(os, "listdir", listdir_then_remove)
+    state = root.state()
+    assert state.damaged == {"a": "video missing"}
+    assert state.done_ids() == {"b", "c", "d"}
+
+
+def test_a_symlinked_video_counts_by_its_target_and_a_dangling_one_as_missing(root):
+    folder = root.root.path("videos")
+    os.replace(f"{folder}/a.mp4", f"{folder}/../a-target.mp4")
+    os.symlink("../a-target.mp4", f"{folder}/a.mp4")
+    os.remove(f"{folder}/b.mp4")
+    os.symlink("../nowhere.mp4", f"{folder}/b.mp4")
+    assert root.state().damaged == {"b": "video missing"}
 
 
 def test_repair_restores_a_marker_whose_video_is_whole_and_removes_a_broken_video(root):
