@@ -330,3 +330,40 @@ def test_load_pipeline_reads_an_s3_pipeline_from_its_staged_copy(tmp_path, proxy
     pipeline = load_pipeline(path, "cpu", on_staging=events.append)
     assert pipeline.describe()["identity"] == load_pipeline_spec(path).identity()
     assert events[-1].state == "ready" and events[-1].total_bytes == sum(tiny_remote.values())
+
+
+def listed_prefixes(proxy) -> list[str]:
+    """The prefix of every bucket listing the proxy saw (one LIST request each)."""
+    from urllib.parse import parse_qs
+
+    return sorted(
+        parse_qs(s.query).get("prefix", [""])[0] for s in proxy.seen if "list-type" in s.query
+    )
+
+
+def test_a_pipelines_identity_lists_each_weight_folder_once_and_then_not_again(
+    tmp_path, proxy, tiny_remote
+):
+    path = write_pipeline(
+        tmp_path, "s3://pusa-test/tiny-wan21", proxy.storage_options(), cache=tmp_path / "c"
+    )
+    spec = load_pipeline_spec(path)
+    proxy.clear()
+    first = spec.identity()
+    folders = [f"tiny-wan21/{c}/" for c in sorted(COMPONENTS)]
+    assert listed_prefixes(proxy) == folders
+    proxy.clear()
+    assert spec.identity() == first and listed_prefixes(proxy) == []  # one run, one identity
+
+
+def test_a_worker_loading_an_s3_pipeline_lists_each_weight_folder_once(
+    tmp_path, proxy, tiny_remote
+):
+    from pusa_batch.engine.runner import PipelineRunner
+
+    path = write_pipeline(
+        tmp_path, "s3://pusa-test/tiny-wan21", proxy.storage_options(), cache=tmp_path / "c"
+    )
+    proxy.clear()
+    PipelineRunner(str(path)).load()
+    assert listed_prefixes(proxy) == [f"tiny-wan21/{c}/" for c in sorted(COMPONENTS)]

@@ -33,8 +33,8 @@ class PipelineRunner:
     def load(self, on_staging: Any = None) -> dict[str, Any]:
         """Load the pipeline once; weight URLs are staged first (`on_staging` gets progress)."""
         self.spec = run_spec(self.pipeline_path, self.weights_storage_options)
-        if self.spec.weights.tiny is None:
-            self.spec.check_weights()  # before the slow imports: a missing file fails fast
+        if self.spec.weights.tiny is None:  # before the slow imports: a missing file fails fast
+            self.spec.check_weights(local_only=True)  # URLs: listed once, by the staging
         self.pipeline = load_pipeline(self.spec, on_staging=on_staging)
         self.description = self.pipeline.describe()  # once: it stats the weight files
         return {"pipeline": self.spec.name, "identity": self.description["identity"]}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pusa_batch.errors import PipelineError
+from pusa_batch.errors import PipelineError, WeightsError
 from pusa_batch.models.tiny import TINY_VERSION
 from pusa_batch.pipelines.limits import DeviceSettings, Limits
 from pusa_batch.weights import StagingConfig, WeightURL, list_source
@@ -191,12 +191,16 @@ class PipelineSpec:
             return self.options.schedule
         return "linear_quadratic" if self.family == "mochi" else "shifted"
 
-    def check_weights(self) -> None:
+    def check_weights(self, *, local_only: bool = False) -> None:
         """Raise `PipelineError` naming every weight or LoRA path that does not exist (a URL is
-        listed: LIST / HEAD requests, no object read; `WeightsError` if it cannot be)."""
+        listed: LIST / HEAD requests, no object read; `WeightsError` if it cannot be). With
+        `local_only`, URLs are left to the staging that lists them anyway."""
+        self._check_weights(lambda p: (local_only and not isinstance(p, Path)) or self._exists(p))
+
+    def _check_weights(self, exists: Callable[[WeightPath], bool]) -> None:
         comps = self.weights.components().items()
-        missing = [f"weights.{c} = {p}" for c, p in comps if not self._exists(p)]
-        missing += [f"lora.path = {lo.path}" for lo in self.loras if not self._exists(lo.path)]
+        missing = [f"weights.{c} = {p}" for c, p in comps if not exists(p)]
+        missing += [f"lora.path = {lo.path}" for lo in self.loras if not exists(lo.path)]
         if missing:
             raise PipelineError(
                 f"{self.source}: weight files not found: {'; '.join(missing)}. Download them "
@@ -210,15 +214,27 @@ class PipelineSpec:
 
         Weights named by URL are listed the same way (names and sizes, checksum files left
         out), so the same files give the same identity on a disk, on S3 or staged in a cache.
+        Each URL is listed once, and the identity is computed once per spec object: a run's
+        plan and its dispatch use the same one, at one LIST per weight folder.
         """
-        self.check_weights()
+        cached = self.__dict__.get("_identity")
+        if cached is None:
+            cached = self._identity_now(RemoteListings(self.staging))
+            object.__setattr__(self, "_identity", cached)  # frozen: a memo, not a field
+        return cached
+
+    def _identity_now(self, remote: RemoteListings) -> str:
+        self._check_weights(lambda p: p.exists() if isinstance(p, Path) else remote.exists(p))
         if self.weights.tiny is not None:
             weights: Any = f"tiny:{self.weights.tiny}-{TINY_VERSION}"
         else:
-            weights = {c: self._listing(p) for c, p in self.weights.components().items()}
+            comps = self.weights.components().items()
+            weights = {c: self._listing(p, remote) for c, p in comps if c != "dit"}
             if self.weights.dit is not None:
-                weights["dit"] = self._dit_listing(self.weights.dit)
-        loras = [[self._listing(lo.path), lo.alpha, lo.kind, lo.expert] for lo in self.loras]
+                weights["dit"] = self._dit_listing(self.weights.dit, remote)
+        loras = [
+            [self._listing(lo.path, remote), lo.alpha, lo.kind, lo.expert] for lo in self.loras
+        ]
         blob = json.dumps(
             {
                 "family": self.family,
@@ -235,18 +251,20 @@ class PipelineSpec:
             return path.exists()
         return list_source(path, self.staging.options_for(path), missing_ok=True) is not None
 
-    def _listing(self, path: WeightPath) -> list[tuple[str, int]]:
+    @staticmethod
+    def _listing(path: WeightPath, remote: RemoteListings) -> list[tuple[str, int]]:
         if isinstance(path, Path):
             return _file_listing(path)
-        return list_source(path, self.staging.options_for(path)).listing()
+        return remote.source(path).listing()
 
-    def _dit_listing(self, dit: WeightPath) -> list[tuple[str, int]]:
+    @staticmethod
+    def _dit_listing(dit: WeightPath, remote: RemoteListings) -> list[tuple[str, int]]:
         """The DiT file, and the `config.json` beside it (its dims) when there is one."""
         if isinstance(dit, Path):
             config = dit.parent / "config.json"
             extra = _file_listing(config) if dit.is_file() and config.is_file() else []
             return _file_listing(dit) + extra
-        source = list_source(dit, self.staging.options_for(dit), ("config.json",))
+        source = remote.source(dit)
         extra = [(f.rel, f.size) for f in source.files[1:] if f.rel == "config.json"]
         return source.listing() + (extra if source.is_file else [])
 
@@ -269,6 +287,33 @@ class PipelineSpec:
         if self.options.vae_tiling and any(tile):  # diffusers' own tiles hash as they always did
             options["vae_tile"] = tile
         return options
+
+
+class RemoteListings:
+    """Each weight URL listed once (LIST and HEAD requests only), for one identity. A file also
+    has the `config.json` beside it looked up: a Mochi DiT's dims (a file's own listing leaves
+    its siblings out, so this changes no other listing)."""
+
+    SIBLINGS = ("config.json",)
+
+    def __init__(self, staging: StagingConfig):
+        self.staging = staging
+        self._found: dict[WeightURL, Any] = {}
+
+    def _list(self, url: WeightURL):
+        if url not in self._found:
+            options = self.staging.options_for(url)
+            self._found[url] = list_source(url, options, self.SIBLINGS, missing_ok=True)
+        return self._found[url]
+
+    def exists(self, url: WeightURL) -> bool:
+        return self._list(url) is not None
+
+    def source(self, url: WeightURL):
+        found = self._list(url)
+        if found is None:
+            raise WeightsError(f"{url}: not found (no file or folder there); check the URL")
+        return found
 
 
 def _file_listing(path: Path) -> list[tuple[str, int]]:
