@@ -104,3 +104,35 @@ def test_an_unreadable_lease_counts_as_stale_not_as_a_crash(tmp_path):
     lease = store.acquire_lease({"command": "run"})
     assert "stale" in lease.note
     lease.release()
+
+
+@pytest.mark.parametrize("beat", ["nan", float("nan"), float("inf"), "soon", None, True])
+def test_a_lease_whose_heartbeat_is_not_a_finite_time_counts_as_unreadable(tmp_path, beat):
+    store = Store(str(tmp_path / "out"))
+    held_by(store, host="gpu-7", pid=4242, heartbeat_unix=beat)
+    lease = store.acquire_lease({"command": "run"}, stale_after_s=120, wait=False)
+    assert "unreadable" in lease.note
+    lease.release()
+
+
+def test_a_heartbeat_dated_in_the_future_is_watched_not_trusted_and_taken_over_when_it_stops(
+    tmp_path,
+):
+    store = Store(str(tmp_path / "out"))
+    held_by(store, heartbeat_age_s=-1e9, host="gpu-7", pid=4242)  # 30 years ahead
+    countdown: list[float] = []
+    lease = store.acquire_lease(
+        {"command": "run"}, stale_after_s=2.0, on_wait=lambda who, left: countdown.append(left)
+    )
+    assert countdown and all(0 < left <= 2.0 for left in countdown)
+    assert "dated in the future" in lease.note and "did not change for" in lease.note
+    lease.release()
+
+
+def test_a_heartbeat_dated_in_the_future_is_refused_at_once_with_no_wait_naming_the_clock(
+    tmp_path,
+):
+    store = Store(str(tmp_path / "out"))
+    held_by(store, heartbeat_age_s=-1e9, host="gpu-7", pid=4242)
+    with pytest.raises(LeaseError, match="dated .* in the future.*clocks out of step"):
+        store.acquire_lease({"command": "run"}, stale_after_s=120, wait=False)

@@ -48,7 +48,8 @@ from pusa_batch.errors import (
 )
 from pusa_batch.manifest.read import validate_manifest
 from pusa_batch.store.io import RetryPolicy, add_retry_listener
-from pusa_batch.store.store import Store
+from pusa_batch.store.store import Store, refuse_layout_input
+from pusa_batch.weights.urls import is_url
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ def run(
     spec = run_spec(config.pipeline, dict(config.weights_storage_options))
     retry = RetryPolicy(deadline_s=config.storage_timeout_s)
     store = Store(config.output, dict(config.storage_options), retry=retry)
+    manifest = str(config.manifest)
+    if store.root.is_local and (not is_url(manifest) or manifest.startswith("file://")):
+        local = manifest.removeprefix("file://")
+        refuse_layout_input(store.root.path(""), local, "the manifest")
     report = validate_manifest(
         config.manifest,
         spec,

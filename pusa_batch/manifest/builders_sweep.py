@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from pusa_batch.cells import is_empty, printable
+from pusa_batch.cells import MAX_LISTED, is_empty, printable
 from pusa_batch.errors import ManifestError
 from pusa_batch.manifest.builders import (
     BuildSummary,
@@ -26,6 +27,7 @@ from pusa_batch.manifest.write import normalise_cell
 
 # --------------------------------------------------------------------------- sweep
 
+MAX_POINTS = 1_000_000  # grid points per base row: each one a row of the manifest written
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 
 
@@ -63,6 +65,11 @@ def parse_grid(spec: str) -> tuple[str, list]:
         low, high = int(match[1]), int(match[2])
         if high < low:
             raise ManifestError(f"grid {spec!r}: range {low}..{high} is empty; write low..high")
+        if high - low + 1 > MAX_LISTED:
+            raise ManifestError(
+                f"grid {spec!r}: {high - low + 1:,} values; a grid column takes at most "
+                f"{MAX_LISTED:,}. Sweep a smaller range (or several sweeps)."
+            )
         return column, list(range(low, high + 1))
     try:
         values = _parse_values(text)
@@ -72,6 +79,16 @@ def parse_grid(spec: str) -> tuple[str, list]:
     if len(set(canon)) != len(canon):
         raise ManifestError(f"grid {spec!r}: repeated values would repeat ids; remove them")
     return column, values
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Two local paths naming one file (URLs are left to the store)."""
+    if "://" in a or "://" in b:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _value_text(value: Any) -> str:
@@ -133,6 +150,18 @@ def sweep(
     if any(not v for v in values):
         empty = [c for c, v in zip(names, values, strict=True) if not v]
         raise ManifestError(f"grid column(s) {', '.join(empty)} have no values")
+    points_per_row = math.prod(len(v) for v in values)
+    if points_per_row > MAX_POINTS:
+        sizes = " x ".join(f"{len(v):,}" for v in values)
+        raise ManifestError(
+            f"the grid makes {points_per_row:,} rows from each base row ({sizes}); a sweep makes "
+            f"at most {MAX_POINTS:,}. Use fewer values, or split the sweep."
+        )
+    if _same_file(base_manifest, out):
+        raise ManifestError(
+            f"-o {out} is the base manifest itself: the sweep would overwrite what it reads. "
+            "Write to another file."
+        )
     _refuse_bad_values(names, values)
     suffixes = [_suffixes(c, v) for c, v in zip(names, values, strict=True)]
     points = list(

@@ -22,6 +22,7 @@ before it commits.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -47,8 +48,15 @@ def _iso(ts: float) -> str:
 
 
 def is_record(record: dict) -> bool:
-    """Whether a parsed lease.json is a lease record (a torn or foreign file is not)."""
-    return isinstance(record.get("token"), str) and "heartbeat_unix" in record
+    """Whether a parsed lease.json is a lease record (a torn or foreign file is not; nor is one
+    whose heartbeat is not a finite number of seconds)."""
+    beat = record.get("heartbeat_unix")
+    return (
+        isinstance(record.get("token"), str)
+        and isinstance(beat, (int, float))
+        and not isinstance(beat, bool)
+        and math.isfinite(beat)
+    )
 
 
 def describe(record: dict, now: float) -> str:
@@ -56,10 +64,11 @@ def describe(record: dict, now: float) -> str:
         return "an unreadable lease.json (not a lease record)"
     owner = record.get("owner") or {}
     age = now - _heartbeat_unix(record)
+    when = f"{age:.0f} s ago" if age >= 0 else f"dated {-age:.0f} s in the future"
     return (
         f"owner {json.dumps(owner, sort_keys=True)}, host {record.get('host')}, "
         f"pid {record.get('pid')}, started {record.get('started_at')}, "
-        f"last heartbeat {record.get('heartbeat_at')} ({age:.0f} s ago)"
+        f"last heartbeat {record.get('heartbeat_at')} ({when})"
     )
 
 
@@ -179,6 +188,7 @@ def acquire_lease(
     missed_after_s = stale_after_s / 2 if missed_after_s is None else missed_after_s
     record = new_record(owner, stale_after_s, time.time())
     data = json.dumps(record).encode()
+    seen: tuple[bytes, float] | None = None  # the record as last read, and since when (ours)
     for _ in range(1000):
         try:
             root.create_exclusive(LEASE_FILE, data)
@@ -190,7 +200,8 @@ def acquire_lease(
             continue
         current = _parsed(read.data)
         now = time.time()
-        age = now - _heartbeat_unix(current)
+        if seen is None or seen[0] != read.data:
+            seen = (read.data, time.monotonic())
         if not is_record(current):
             note = (
                 "lease.json was unreadable (not a lease record), so it counts as stale: replaced it"
@@ -199,15 +210,29 @@ def acquire_lease(
         if holder_is_gone(current):
             note = f"took over the lease of a run that is gone: {describe(current, now)}"
             return _take_over(root, read, record, data, note)
+        age = now - _heartbeat_unix(current)
+        ahead = age < -missed_after_s  # dated in the future: this clock cannot judge its age
+        if ahead:  # how long the record has stayed the same, on this machine's clock
+            age = time.monotonic() - seen[1]
         if age >= stale_after_s:
             note = f"took over a stale lease: {describe(current, now)}"
+            if ahead:
+                note = (
+                    f"took over a lease whose heartbeat is dated in the future and did not "
+                    f"change for {age:.0f} s: {describe(current, now)}"
+                )
             return _take_over(root, read, record, data, note)
-        if age < missed_after_s or not wait:
+        if (age < missed_after_s and not ahead) or not wait:
             hint = (
                 "it has missed its heartbeats: rerun without --no-wait to wait for it"
                 if age >= missed_after_s
                 else "wait for it to finish, or stop it"
             )
+            if ahead:
+                hint = (
+                    "its heartbeat is dated in the future (clocks out of step?): rerun without "
+                    "--no-wait to watch it; it is taken over once it stops changing"
+                )
             raise LeaseError(
                 f"another run holds {root.where(LEASE_FILE)}: {describe(current, now)}. "
                 f"{hint.capitalize()}; a lease without heartbeat for {stale_after_s:.0f} s is "

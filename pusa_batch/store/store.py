@@ -139,6 +139,39 @@ def check_local_layout(root: str) -> None:
             )
 
 
+def layout_path_of(root: str, path: str) -> str | None:
+    """The layout entry of a local `root` that `path` is or lies in (`index.parquet`,
+    `videos/`...), else None: the run writes, replaces or deletes such files."""
+    top = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([top, real]) != top:
+        return None
+    rel = os.path.relpath(real, top).replace(os.sep, "/")
+    for name in LAYOUT_FILES:
+        if rel == name:
+            return name
+    for name in LAYOUT_DIRS:
+        if rel == name or rel.startswith(name + "/"):
+            return name + "/"
+    return None
+
+
+def refuse_layout_input(root: str, path: str, what: str) -> None:
+    """Refuse an input file (a manifest) that the run would overwrite or delete."""
+    entry = layout_path_of(root, path)
+    if entry is None:
+        return
+    where = (
+        f"in the output root's {entry} folder"
+        if entry.endswith("/")
+        else (f"the output root's own {entry}")
+    )
+    raise UnsafeRootError(
+        f"{what} {path} is {where}, which the run writes and replaces: it would be lost. Move "
+        f"it out of {root}, or choose another -o"
+    )
+
+
 _RUN_NUMBERS = ("updated_at", "items_per_s", "elapsed_s", "started_at")
 
 

