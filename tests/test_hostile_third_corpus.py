@@ -5,6 +5,7 @@ clear message and exit 2 (or a takeover with a notice); nothing the user wrote i
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import time
 from pathlib import Path
 
@@ -60,3 +61,47 @@ def test_a_sweep_onto_its_own_base_manifest_is_refused_and_the_base_kept(tmp_pat
     assert sweep(tmp_path, "--grid", "seed=0..2", "-o", str(base)) == 2
     assert "the base manifest itself" in capsys.readouterr().err
     assert base.read_text() == ROWS
+
+
+@pytest.fixture
+def read_only_root(tmp_path):
+    """A root with two committed items, seen through a read-only bind mount (needs root: skips
+    where mounting is not allowed)."""
+    from pusa_batch.store.store import Store
+
+    source, mounted = tmp_path / "src", tmp_path / "ro"
+    store = Store(str(source))
+    for item_id in ("a", "b"):
+        store.commit(item_id, f"video {item_id}".encode(), {"fingerprint": "f"})
+    store.compact_index()
+    mounted.mkdir()
+    steps = [["mount", "--bind", str(source), str(mounted)],
+             ["mount", "-o", "remount,bind,ro", str(mounted)]]  # fmt: skip
+    for step in steps:
+        if subprocess.run(step, capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", str(mounted)], capture_output=True, check=False)
+            pytest.skip("a read-only bind mount needs root (mount --bind); not allowed here")
+    try:
+        yield mounted
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True, check=False)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["verify", "{root}", "--repair"],
+        ["gallery", "{root}"],
+        ["export", "{root}", "--format", "hf"],
+        ["run", "{manifest}", "-o", "{root}", "-p", TINY, "--workers", "1"],
+    ],  # fmt: skip
+    ids=["verify", "gallery", "export", "run"],
+)
+def test_a_read_only_root_is_named_as_such_with_exit_2(read_only_root, tmp_path, capsys, command):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(ROWS)
+    argv = [a.format(root=read_only_root, manifest=manifest) for a in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "read-only" in err.lower() and "unexpected" not in err
+    assert "temporary file" not in err  # no warning about a temporary that was never made

@@ -11,6 +11,7 @@ a hard link shares the video with the output root, so edit neither in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -157,11 +158,28 @@ class Destination:
 
     def write(self, rel: str, data: bytes) -> None:
         self.makedirs(os.path.dirname(rel))
-        self.fs.pipe_file(self.path(rel), data)
+        with self._writing(rel):
+            self.fs.pipe_file(self.path(rel), data)
 
     def makedirs(self, rel_dir: str) -> None:
         if self.is_local:
-            self.fs.makedirs(self.path(rel_dir) if rel_dir else self.root, exist_ok=True)
+            with self._writing(rel_dir):
+                self.fs.makedirs(self.path(rel_dir) if rel_dir else self.root, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _writing(self, rel: str) -> Iterator[None]:
+        """A local write that fails (a read-only file system, no permission, a full disk) is an
+        `ExportError` naming the file, not a traceback."""
+        try:
+            yield
+        except OSError as exc:
+            if not self.is_local:
+                raise
+            where = f"{self.display.rstrip('/')}/{rel}" if rel else self.display
+            raise ExportError(
+                f"cannot write {where}: {exc.strerror or exc}; give a destination you can write "
+                "(export: --dest; gallery: --html PAGE)"
+            ) from None
 
 
 def open_destination(dest: str | os.PathLike, storage_options: dict | None) -> Destination:

@@ -238,6 +238,12 @@ def storage_hint(exc: BaseException) -> str:
         return _missing_filesystem(text)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "the disk is full: free space or choose another output root"
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return (
+            "the output root is on a read-only file system: make it writable or choose another -o"
+        )
+    if isinstance(exc, PermissionError):
+        return "permission denied: check the credentials and the bucket or folder permissions"
     if isinstance(exc, IsADirectoryError):
         return "a folder is where pusa-batch keeps a file: move the folder away"
     if isinstance(exc, NotADirectoryError):
@@ -358,7 +364,7 @@ class Root:
         except FileExistsError:
             raise
         except PermissionError as exc:
-            raise StoreError(
+            raise StoreConfigError(
                 f"permission denied to {what} {self.where(rel)}: check the credentials "
                 f"and the bucket or directory permissions ({type(exc).__name__})"
             ) from exc
@@ -543,6 +549,8 @@ class Root:
         return removed
 
     def _remove_tmp(self, tmp: str) -> None:
+        if self.is_local and not os.path.lexists(tmp):
+            return  # never made (the write failed before it), or renamed into place
         try:
             self.call("clean up", TMP_DIR, lambda: self.fs.rm_file(tmp))
         except FileNotFoundError:
