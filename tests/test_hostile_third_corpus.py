@@ -105,3 +105,19 @@ def test_a_read_only_root_is_named_as_such_with_exit_2(read_only_root, tmp_path,
     err = capsys.readouterr().err
     assert "read-only" in err.lower() and "unexpected" not in err
     assert "temporary file" not in err  # no warning about a temporary that was never made
+
+
+def test_status_escapes_terminal_controls_that_a_root_holds(tmp_path, capsys):
+    import json
+
+    from pusa_batch.store.store import Store
+
+    store = Store(str(tmp_path / "out"))
+    store.commit("a", b"video", {"fingerprint": "f"})
+    store.record_failure("b", {"error_type": "E", "message": "msg \x1b]0;PWN\x07\x1b[2J \u202e"})
+    run = {"state": "running", "host": "h\x1b[2J", "updated_at": time.time(), "workers": {}}
+    store.root.write_bytes("run.json", json.dumps(run).encode())
+    assert main(["status", str(tmp_path / "out")]) == 0
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "\\x1b[2J" in shown

@@ -50,7 +50,7 @@ from pusa_batch.cli.app import (
     verbosity,
 )
 from pusa_batch.cli.processes import kill_descendants
-from pusa_batch.errors import Terminated
+from pusa_batch.errors import Terminated, printable
 from pusa_batch.store.io import redact_text
 
 # ---------------------------------------------------------------- checking inputs
@@ -402,7 +402,8 @@ def status(
         return 0
     from pusa_batch.engine.status import format_status
 
-    out.print(format_status(report), highlight=False, markup=False, soft_wrap=True)
+    text = "\n".join(printable(line) for line in format_status(report).split("\n"))
+    out.print(text, highlight=False, markup=False, soft_wrap=True)  # a root's text: escaped
     return 0
 
 
