@@ -121,3 +121,12 @@ def test_status_escapes_terminal_controls_that_a_root_holds(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "\\x1b[2J" in shown
+
+
+def test_a_chained_url_whose_outer_layer_is_broken_is_exit_2_naming_the_manifest(tmp_path, capsys):
+    base = tmp_path / "base.csv"
+    base.write_text(ROWS)
+    url = f"zip://m.csv::{base}"
+    assert main(["validate", url, "-p", TINY]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the manifest" in err and "BadZipFile" in err and "unexpected" not in err

@@ -107,6 +107,9 @@ def _refuse_special_file(path: str, opts: dict) -> None:
         fs, fs_path = fsspec.core.url_to_fs(path, **opts)
     except (ValueError, ImportError):
         return  # fsspec.open says what is wrong with the URL
+    except Exception as e:  # noqa: BLE001 - a chained URL's outer layer (zip://...::) is read now
+        problem = storage_fix(e, secrets_of(path, opts))
+        raise ManifestError(f"{redact_url(path)}: cannot open the manifest: {problem}") from None
     if not getattr(fs, "local_file", False):
         return
     try:
