@@ -118,3 +118,16 @@ def test_repair_restores_a_marker_whose_video_is_whole_and_removes_a_broken_vide
 def test_damaged_items_are_left_out_of_the_done_metadata(root):
     root.root.delete("videos/a.mp4")
     assert sorted(m["id"] for m in root.iter_done_metadata()) == ["b", "c", "d"]
+
+
+def test_an_emptied_marker_of_an_item_the_index_lost_is_damage(root):
+    import shutil
+
+    top = root.root.path("")
+    shutil.rmtree(f"{top}/index")
+    with open(f"{top}/items/a.json", "w"):
+        pass  # emptied
+    state = root.state()
+    assert state.damaged == {"a": "marker is unreadable (0 bytes) and the index lost the item"}
+    assert classify(state, "a", "f") is ItemKind.DAMAGED
+    assert {"b", "c", "d"} <= state.done_ids() and "a" not in state.done_ids()

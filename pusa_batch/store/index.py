@@ -373,7 +373,7 @@ def read_state(root: Root, *, verify: bool = True) -> RootState:
             state.damaged = verify_files(indexed, recent_keys, videos.table(), markers)
         state.verified = True
         if not indexed.corrupt:
-            state.rebuilt = rebuild_unindexed(root, videos, known)
+            state.rebuilt = rebuild_unindexed(root, videos, known, state.damaged)
     if indexed.corrupt:
         state.rebuilt = rebuild_from_markers(root, known)
     state.done = done_table(indexed.keys, state)
@@ -381,7 +381,7 @@ def read_state(root: Root, *, verify: bool = True) -> RootState:
 
 
 def rebuild_unindexed(
-    root: Root, videos: Listing, known: np.ndarray
+    root: Root, videos: Listing, known: np.ndarray, damaged: dict[str, str] | None = None
 ) -> dict[str, tuple[dict, int | None]]:
     """Done items the index lost (a part deleted, or the whole `index/`), found from the listing
     of `videos/` the verification takes anyway: a video whose id neither the index nor `recent/`
@@ -398,6 +398,9 @@ def rebuild_unindexed(
     for item_id, listed, (marker, size) in zip(unknown, videos.sizes[lost], found, strict=True):
         if _names_video(marker, item_id, int(listed)):
             rebuilt[item_id] = (marker, size)
+        elif marker is None and size is not None and damaged is not None:
+            # a marker there but unreadable (cut, emptied): damage, not a crash's orphan video
+            damaged[item_id] = f"marker is unreadable ({size} bytes) and the index lost the item"
     return rebuilt
 
 
