@@ -39,11 +39,17 @@ class RowProblem:
     message: str
 
     def __str__(self) -> str:
-        who = f"row {self.row}" + (f" (id {printable(self.id)})" if self.id else "")
-        message = self.message
-        if len(message) > MAX_MESSAGE:  # a cell quoted whole could be megabytes
-            message = f"{message[: MAX_MESSAGE - 40]} ... ({len(message):,} characters in all)"
-        return f"{who}, column '{self.column}': {message}"
+        """At most MAX_MESSAGE characters in all: a cell quoted whole could be megabytes."""
+        who = f"row {self.row}" + (f" (id {_cut(printable(self.id))})" if self.id else "")
+        head = f"{who}, column '{_cut(printable(self.column))}': "
+        message, room = self.message, MAX_MESSAGE - len(head)
+        if len(message) > room:
+            message = f"{message[: room - 40]} ... ({len(message):,} characters in all)"
+        return head + message
+
+
+def _cut(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else f"{text[: most - 7]}...{text[-4:]}"
 
 
 class ManifestError(PusaBatchError):

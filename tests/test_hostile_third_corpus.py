@@ -130,3 +130,11 @@ def test_a_chained_url_whose_outer_layer_is_broken_is_exit_2_naming_the_manifest
     assert main(["validate", url, "-p", TINY]) == 2
     err = capsys.readouterr().err
     assert "cannot open the manifest" in err and "BadZipFile" in err and "unexpected" not in err
+
+
+def test_a_row_problem_is_at_most_600_characters_however_long_its_id_and_cell():
+    from pusa_batch.errors import MAX_MESSAGE, RowProblem
+
+    problem = RowProblem(3, "x" * 300, "c" * 300, "id " + "x" * 300 + " is too long" * 1000)
+    assert len(str(problem)) <= MAX_MESSAGE == 600
+    assert str(problem).startswith("row 3 (id xxx") and "characters in all" in str(problem)
