@@ -20,6 +20,7 @@ import ray
 from ray._private.ray_constants import PROCESS_TYPE_MONITOR
 
 from pusa_batch.engine.config import Notice, OnEvent, Phase, RunConfig
+from pusa_batch.engine.reaper import Reaper, start_reaper
 from pusa_batch.errors import RayStartError
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Startup:
         self._ray: concurrent.futures.Future | None = None
         self._checked: concurrent.futures.Future | None = None
         self._told = False
+        self._reaper: Reaper | None = None  # an embedded Ray's, once it is up
         self.on_ready: Callable[[], None] = lambda: None  # called in the main thread, Ray up
 
     def begin(self) -> None:
@@ -75,6 +77,10 @@ class Startup:
         notes = self._ray.result()
         if not self._told:
             self._told = True
+            if self.address is None:  # embedded: if this driver is killed, its Ray goes too
+                self._reaper = start_reaper()
+                if self._reaper is not None:
+                    self._reaper.watch()
             self.on_ready()
             for note in notes:
                 self.emit(Notice(f"Ray: {note}"))
@@ -94,6 +100,8 @@ class Startup:
             concurrent.futures.wait([self._ray])
             if ray.is_initialized():
                 shutdown_ray(embedded=self.address is None)
+        if self._reaper is not None:
+            self._reaper.close()
         pool.shutdown(wait=True)
 
     def _start_ray(self) -> list[str]:
