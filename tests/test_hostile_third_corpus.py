@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,35 @@ def test_a_row_problem_is_at_most_600_characters_however_long_its_id_and_cell():
     problem = RowProblem(3, "x" * 300, "c" * 300, "id " + "x" * 300 + " is too long" * 1000)
     assert len(str(problem)) <= MAX_MESSAGE == 600
     assert str(problem).startswith("row 3 (id xxx") and "characters in all" in str(problem)
+
+
+def validate(tmp_path: Path, name: str, text: str, capsys) -> tuple[int, str]:
+    path = tmp_path / name
+    path.write_text(text)
+    code = main(["validate", str(path), "-p", TINY])
+    return code, capsys.readouterr().err
+
+
+def test_a_frame_count_below_one_is_told_to_be_at_least_one(tmp_path, capsys):
+    code, err = validate(tmp_path, "m.csv", "id,task,prompt,num_frames\na,t2v,x,-3\n", capsys)
+    assert code == 2 and "num_frames -3 must be at least 1" in err and "is not" not in err
+
+
+def test_a_number_too_long_for_python_to_read_names_its_line_not_a_python_setting(tmp_path, capsys):
+    line = '{"id": "a", "task": "t2v", "prompt": "x", "seed": ' + "9" * 5000 + "}\n"
+    code, err = validate(tmp_path, "m.jsonl", line, capsys)
+    assert code == 2 and "line 1: a number has more than 4,300 digits" in err
+    assert "set_int_max_str_digits" not in err
+
+
+def test_a_prompt_of_the_wrong_type_is_one_problem_not_also_an_empty_one(tmp_path, capsys):
+    code, err = validate(tmp_path, "m.jsonl", '{"id":"a","task":"t2v","prompt":["x"]}\n', capsys)
+    assert code == 2 and "expected text" in err and "is empty" not in err
+
+
+def test_seeds_beyond_64_bits_are_refused_one_by_one_without_false_duplicates(tmp_path, capsys):
+    rows = "task,prompt,seed\nt2v,x,18446744073709551616\nt2v,x,18446744073709551615\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy cast warning on the way
+        code, err = validate(tmp_path, "m.csv", rows, capsys)
+    assert code == 2 and err.count("is outside 0..4294967295") == 2 and "duplicate" not in err

@@ -130,7 +130,14 @@ def canonical(cols: dict[str, Any], idx: np.ndarray) -> list[str]:
             values = cells[idx]
             filled = ~np.isnan(values)
             kept = values[filled]
-            text = (kept.astype(np.int64) if kind == "int" else kept).astype(str).astype(object)
+            if kind == "int":
+                huge = np.abs(kept) >= 2.0**63  # no int64 (nor one float) holds it: as written
+                text = np.where(huge, 0, kept).astype(np.int64).astype(str).astype(object)
+                written = cols.get(as_written(name))
+                if huge.any() and written is not None:
+                    text[huge] = np.asarray(written, dtype=object)[idx][filled][huge]
+            else:
+                text = kept.astype(str).astype(object)
         elif kind in ("text", "path"):
             values = cells[idx]
             filled = present(values)

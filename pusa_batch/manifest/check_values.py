@@ -24,7 +24,10 @@ from pusa_batch.manifest.value_rules import limit_rules, range_rules, written_te
 def check_values(cols: dict[str, Any], found: Problems, rules: Rules) -> None:
     for name in REQUIRED_COLUMNS:
         if name in cols:
-            found.add_where(~present(cols[name]), name, missing_message(name), cols[name])
+            empty = ~present(cols[name])
+            for i in np.flatnonzero(empty):  # a cell of the wrong type is named once, as such
+                if (int(i), name) not in found.cells:
+                    found.add(int(i), name, missing_message(name)(None))
     if "task" in cols:
         tasks = pd.Series(cols["task"], dtype=object)
         unknown = tasks.notna().to_numpy() & ~tasks.isin(task_rules.TASKS).to_numpy()

@@ -351,6 +351,11 @@ def _jsonl_chunks(f: Any, chunk_rows: int, path: str) -> Iterator[pd.DataFrame]:
                 "text, a number or a flat list."
             ) from None
         except ValueError as e:
+            if "integer string conversion" in str(e):
+                raise ManifestError(
+                    f"{path}, line {line_no}: a number has more than 4,300 digits; no column "
+                    "takes one that long (a seed is at most 20 digits)"
+                ) from None
             raise ManifestError(f"{path}, line {line_no}: {e}") from None
         if not isinstance(record, dict):
             raise ManifestError(f"{path}, line {line_no}: each line must be a JSON object.")

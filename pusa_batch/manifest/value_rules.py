@@ -60,6 +60,8 @@ def limit_rules(limits: Limits) -> list[tuple[str, Callable, Callable]]:
 
 def range_rules(r: int, m: int) -> list[tuple[str, Callable, Callable]]:
     def frames_msg(v: float, shown: str) -> str:
+        if v < 1:
+            return f"num_frames {shown} must be at least 1 ({r}*k+1: 1, {r + 1}, {2 * r + 1}...)."
         low = max(1, (int(v) - 1) // r * r + 1)
         return f"num_frames {shown} is not {r}*k+1; use {low} or {low + r}."
 
