@@ -171,3 +171,14 @@ def test_seeds_beyond_64_bits_are_refused_one_by_one_without_false_duplicates(tm
         warnings.simplefilter("error")  # no numpy cast warning on the way
         code, err = validate(tmp_path, "m.csv", rows, capsys)
     assert code == 2 and err.count("is outside 0..4294967295") == 2 and "duplicate" not in err
+
+
+def test_a_local_manifest_with_a_question_mark_in_its_name_is_read(tmp_path, capsys):
+    code, err = validate(tmp_path, "q?1.csv", ROWS, capsys)
+    assert code == 0, err
+
+
+def test_a_folder_given_as_the_manifest_is_not_a_regular_file_whatever_its_name(tmp_path, capsys):
+    (tmp_path / "rows.csv").mkdir()
+    assert main(["validate", str(tmp_path / "rows.csv"), "-p", TINY]) == 2
+    assert "not a regular file" in capsys.readouterr().err

@@ -44,7 +44,9 @@ _EMPTY_HEADER = re.compile(r"^Unnamed: (\d+)$")  # pandas' name for an empty hea
 
 
 def manifest_format(path: str) -> str:
-    name = path.lower().split("?", 1)[0]
+    name = path.lower()
+    if "://" in name:  # a URL's query is not part of its name; a local file's `?` is
+        name = name.split("?", 1)[0]
     for comp in COMPRESSIONS:
         name = name.removesuffix(comp)
     for ext, kind in FORMATS.items():
@@ -64,11 +66,11 @@ def iter_raw_chunks(
     CSV cells come as text (empty cell = NaN); Parquet and JSONL keep their types (lists stay
     lists). Local paths and fsspec URLs both work; the file is never read whole.
     """
-    kind = manifest_format(path)
     opts = storage_options or {}
     secrets = secrets_of(path, opts)
     shown = redact_url(path)
-    _refuse_special_file(path, opts)
+    _refuse_special_file(path, opts)  # first: a folder is "not a regular file", whatever its name
+    kind = manifest_format(path)
     try:
         with fsspec.open(path, "rb", compression="infer", **opts) as f:
             if kind == "parquet":
