@@ -182,3 +182,16 @@ def test_a_folder_given_as_the_manifest_is_not_a_regular_file_whatever_its_name(
     (tmp_path / "rows.csv").mkdir()
     assert main(["validate", str(tmp_path / "rows.csv"), "-p", TINY]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt,inside", [("vbench", "videos"), ("webdataset", "items")])
+def test_an_export_into_the_roots_own_layout_is_refused(tmp_path, capsys, fmt, inside):
+    from pusa_batch.store.store import Store
+
+    store = Store(str(tmp_path / "out"))
+    store.commit("a", b"video a", {"fingerprint": "f", "prompt": "a cat"})
+    dest = tmp_path / "out" / inside
+    before = sorted(p.name for p in dest.iterdir())
+    assert main(["export", str(tmp_path / "out"), "--format", fmt, "--dest", str(dest)]) == 2
+    assert "inside the output root's own" in capsys.readouterr().err
+    assert sorted(p.name for p in dest.iterdir()) == before

@@ -26,7 +26,7 @@ import pyarrow as pa
 from pusa_batch.errors import ExportError
 from pusa_batch.store.index import video_path
 from pusa_batch.store.io import redact_text, redact_url
-from pusa_batch.store.store import Store
+from pusa_batch.store.store import Store, layout_path_of
 
 T = TypeVar("T")
 
@@ -182,8 +182,19 @@ class Destination:
             ) from None
 
 
-def open_destination(dest: str | os.PathLike, storage_options: dict | None) -> Destination:
+def open_destination(
+    dest: str | os.PathLike, storage_options: dict | None, store: Store | None = None
+) -> Destination:
+    """The export folder; with `store`, one inside the run's own layout (`videos/`, `items/`,
+    ...) is refused: the next run or a repair would mix or delete what is written there."""
     url = os.fspath(dest)
+    if store is not None and store.root.is_local and "://" not in url:
+        entry = layout_path_of(store.root.path(""), url)
+        if entry is not None:
+            raise ExportError(
+                f"--dest {url} is inside the output root's own {entry}: the run keeps its "
+                "files there. Give a folder outside it, or a new folder in the root"
+            )
     try:
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ValueError, ImportError, TypeError) as exc:
@@ -197,7 +208,8 @@ def open_destination(dest: str | os.PathLike, storage_options: dict | None) -> D
         raise ExportError(f"--dest {redact_url(url)} is a file: give a folder (new or empty)")
     dest_obj = Destination(fs, root.rstrip("/"), redact_url(url), is_local)
     try:
-        dest_obj.makedirs("")
+        if is_local:
+            fs.makedirs(dest_obj.root, exist_ok=True)
     except OSError as exc:  # a file on the way (NotADirectoryError), no permission, ...
         raise ExportError(
             f"cannot create the export destination {redact_url(url)}: {exc.strerror or exc}; "

@@ -169,7 +169,7 @@ def _page(store: Store, dest: str | os.PathLike | None, storage_options: dict | 
     if "://" not in url and os.path.isdir(url):  # a folder: the page goes inside it
         url = os.path.join(url, DEFAULT_PAGE)
     parent, name = posixpath.split(url.replace(os.sep, "/") if "://" not in url else url)
-    folder = open_destination(parent or ".", storage_options)
+    folder = open_destination(parent or ".", storage_options, store)
     same_fs = type(folder.fs) is type(store.root.fs)
     return _Page(folder, name or DEFAULT_PAGE, same_fs and folder.root == store.root.root)
 

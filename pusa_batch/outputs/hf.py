@@ -178,7 +178,7 @@ def export_hf(
         store.root.write_bytes(HF_METADATA, data.getvalue())
         store.root.write_bytes(HF_CARD, card.encode())
     else:
-        target = open_destination(dest, storage_options)
+        target = open_destination(dest, storage_options, store)
         where = target.display
         check_card_is_ours(_read_or_none(lambda: target.fs.cat_file(target.path(HF_CARD))), where)
         linked = copy_all(store, target, [(m, video_path(m["id"])) for m in markers])
@@ -424,7 +424,7 @@ def local_export_folder(store: Store, dest: str | os.PathLike | None) -> str:
                 "one: export with --dest to a local folder"
             )
         return store.root.root
-    target = open_destination(dest, None)
+    target = open_destination(dest, None, store)
     if not target.is_local:
         raise ExportError(
             f"--push-to-hub uploads a local folder, and {target.display} is not one: give "

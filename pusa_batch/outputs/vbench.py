@@ -240,7 +240,7 @@ def export_vbench(
         warnings += [sample_count_warning(videos), renamed_prompt_warning(videos)]
     prompt_files = custom_prompt_files(videos) if mode == "custom" else {}
 
-    target = open_destination(dest, storage_options)
+    target = open_destination(dest, storage_options, store)
     previous = _previous_export(target)
     by_id = {m["id"]: m for m in markers}
     linked = copy_all(store, target, [(by_id[v.id], v.path) for v in videos])

@@ -157,7 +157,7 @@ def export_webdataset(
     limit = parse_size(shard_size)
     markers, skipped = done_markers(store)
     samples = [_sample(m) for m in markers]
-    target = open_destination(dest, storage_options)
+    target = open_destination(dest, storage_options, store)
     names = []
     for number, indices in enumerate(plan_shards([s.size() for s in samples], limit)):
         names.append(f"shard-{number:06d}.tar")
