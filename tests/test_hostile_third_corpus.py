@@ -195,3 +195,19 @@ def test_an_export_into_the_roots_own_layout_is_refused(tmp_path, capsys, fmt, i
     assert main(["export", str(tmp_path / "out"), "--format", fmt, "--dest", str(dest)]) == 2
     assert "inside the output root's own" in capsys.readouterr().err
     assert sorted(p.name for p in dest.iterdir()) == before
+
+
+def test_a_weights_root_that_is_a_file_is_named_as_a_file(tmp_path, capsys):
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"x")
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'family = "wan2.1"\n[weights]\nroot = "{weights}"\n')
+    assert main(["doctor", "-p", str(toml)]) == 2
+    assert "is a file: give the model's folder" in capsys.readouterr().err
+
+
+def test_a_weight_cache_that_is_a_file_is_exit_2_not_empty(tmp_path, capsys):
+    blocker = tmp_path / "cache"
+    blocker.write_text("x")
+    assert main(["cache", "list", "--cache", str(blocker)]) == 2
+    assert "is a file" in capsys.readouterr().err

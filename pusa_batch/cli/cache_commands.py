@@ -20,7 +20,12 @@ CacheDirOpt = typer.Option(
 def _layout(cache: Path | None):
     from pusa_batch.weights.cache import CacheLayout, default_cache_root
 
-    return CacheLayout(cache.expanduser() if cache is not None else default_cache_root())
+    root = cache.expanduser() if cache is not None else default_cache_root()
+    if root.exists() and not root.is_dir():
+        from pusa_batch.errors import UsageError
+
+        raise UsageError(f"--cache {root} is a file: give the weight cache's folder")
+    return CacheLayout(root)
 
 
 def _age(seconds: float) -> str:

@@ -172,6 +172,8 @@ def _parse_weights(where: Where, raw: Mapping[str, Any], family: str, base: Path
             raise where.fail("weights", "`tiny` uses generated weights: give no other weight keys")
         return WeightPaths(tiny=family)
     root = _weight_path(where, "weights.root", base, raw["root"]) if "root" in raw else None
+    if isinstance(root, Path) and root.is_file():
+        raise where.fail("weights.root", f"{root} is a file: give the model's folder")
     # diffusers or original layout: detected from the root's files (models/layouts.py)
     under_root = {} if root is None else root_components(root, family, raw.get("layout", "auto"))
     paths: dict[str, WeightPath] = {}
