@@ -5,27 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from pathlib import Path
+
+from pusa_batch.engine.reaper import children_of
 
 
 def descendants(pid: int) -> list[int]:
     """Every live descendant of `pid` (read from /proc; empty where there is none)."""
-    parents: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (ValueError, OSError, IndexError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    return children_of(pid)
 
 
 def kill_descendants() -> None:
