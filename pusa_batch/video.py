@@ -204,6 +204,14 @@ def native_size(width: int, height: int, multiple: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- videos
 
 
+def _is_still_image(format_name: str) -> bool:
+    """FFmpeg's demuxers of single images (png_pipe, jpeg_pipe...); GIF and WebP may animate."""
+    animated = ("gif_pipe", "webp_pipe")
+    return (format_name.endswith("_pipe") and format_name not in animated) or (
+        format_name == "image2"
+    )
+
+
 @contextlib.contextmanager
 def _open_container(path: PathLike, storage_options: dict | None = None) -> Iterator:
     with _open_binary(path, storage_options) as f:
@@ -217,6 +225,12 @@ def _open_container(path: PathLike, storage_options: dict | None = None) -> Iter
         try:
             if not container.streams.video:
                 raise InputMediaError(f"{path}: the file has no video stream.")
+            if _is_still_image(container.format.name):
+                raise InputMediaError(
+                    f"{path}: this is an image ({container.format.name.removesuffix('_pipe')}), "
+                    "not a video; give a video (mp4, webm, mov, mkv), or the image as an image "
+                    "input (image, images)"
+                )
             yield container
         finally:
             container.close()

@@ -211,3 +211,12 @@ def test_a_weight_cache_that_is_a_file_is_exit_2_not_empty(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["cache", "list", "--cache", str(blocker)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_an_image_given_as_a_video_is_named_an_image(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "still.png")
+    rows = f"id,task,prompt,video\na,extend,x,{tmp_path / 'still.png'}\n"
+    code, err = validate(tmp_path, "m.csv", rows, capsys)
+    assert code == 2 and "this is an image (png), not a video" in err
