@@ -215,24 +215,24 @@ def acquire_lease(
         if ahead:  # how long the record has stayed the same, on this machine's clock
             age = time.monotonic() - seen[1]
         if age >= stale_after_s:
-            note = f"took over a stale lease: {describe(current, now)}"
-            if ahead:
-                note = (
-                    f"took over a lease whose heartbeat is dated in the future and did not "
-                    f"change for {age:.0f} s: {describe(current, now)}"
-                )
-            return _take_over(root, read, record, data, note)
-        if (age < missed_after_s and not ahead) or not wait:
-            hint = (
-                "it has missed its heartbeats: rerun without --no-wait to wait for it"
-                if age >= missed_after_s
-                else "wait for it to finish, or stop it"
+            what = (
+                f"a lease whose heartbeat is dated in the future and did not change for {age:.0f} s"
+                if ahead
+                else "a stale lease"
             )
+            return _take_over(
+                root, read, record, data, f"took over {what}: {describe(current, now)}"
+            )
+        if (age < missed_after_s and not ahead) or not wait:
             if ahead:
                 hint = (
                     "its heartbeat is dated in the future (clocks out of step?): rerun without "
                     "--no-wait to watch it; it is taken over once it stops changing"
                 )
+            elif age >= missed_after_s:
+                hint = "it has missed its heartbeats: rerun without --no-wait to wait for it"
+            else:
+                hint = "wait for it to finish, or stop it"
             raise LeaseError(
                 f"another run holds {root.where(LEASE_FILE)}: {describe(current, now)}. "
                 f"{hint.capitalize()}; a lease without heartbeat for {stale_after_s:.0f} s is "
