@@ -220,3 +220,12 @@ def test_an_image_given_as_a_video_is_named_an_image(tmp_path, capsys):
     rows = f"id,task,prompt,video\na,extend,x,{tmp_path / 'still.png'}\n"
     code, err = validate(tmp_path, "m.csv", rows, capsys)
     assert code == 2 and "this is an image (png), not a video" in err
+
+
+def test_a_limit_raised_beyond_its_ceiling_is_refused_naming_it(tmp_path, capsys):
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        f'family = "wan2.1"\n[weights]\ntiny = "wan2.1"\n[limits]\nmax_frames = {10**20}\n'
+    )
+    assert main(["doctor", "-p", str(toml)]) == 2
+    assert "limits.max_frames" in capsys.readouterr().err

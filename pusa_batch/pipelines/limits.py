@@ -48,11 +48,24 @@ class DeviceSettings:
         return None if self.memory_gib is None else int(self.memory_gib * GIB)
 
 
+# How far `[limits]` may raise each limit: far above any model or codec (H.264 and AV1 stop at
+# 8192 and 65536 pixels a side), so an override stays a bound on what one item may allocate.
+CEILINGS = Limits(
+    max_frames=100_000, max_side=65_536, max_pixels=2**30, max_steps=100_000, max_fps=1_000
+)
+
+
 def limits_problem(limits: Limits) -> tuple[str, str] | None:
-    """(key, message) for the first limit below 1, or None."""
+    """(key, message) for the first limit below 1 or above its ceiling, or None."""
+    ceilings = asdict(CEILINGS)
     for key, value in asdict(limits).items():
         if value < 1:
             return f"limits.{key}", f"must be at least 1, got {value}"
+        if value > ceilings[key]:
+            return f"limits.{key}", (
+                f"must be at most {ceilings[key]:,} (a bound on what one item may allocate), "
+                f"got {value:,}"
+            )
     return None
 
 
